@@ -1,0 +1,1 @@
+"""A virtual NVML: pynvml's own marshalling against ctypes callbacks and a simulated host."""

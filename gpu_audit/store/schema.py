@@ -1,0 +1,128 @@
+"""Arrow schemas of the store's tables, versioned.
+
+SCHEMA_VERSION goes into every file's key-value metadata (``gpu_audit.schema_version``). Readers
+accept every earlier version: a column that an older file lacks reads as null. Each column's meaning,
+unit and NVML source are documented in docs/store.md; a test checks that every column here appears
+there.
+
+History:
+- 1: first version.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+TS = pa.timestamp("us", tz="UTC")
+
+SAMPLES = pa.schema(
+    [
+        ("ts", TS),
+        ("host", pa.string()),
+        ("uuid", pa.string()),
+        ("parent_uuid", pa.string()),
+        ("index", pa.int32()),
+        ("name", pa.string()),
+        ("mig_profile", pa.string()),
+        ("mig_mode", pa.bool_()),
+        ("util_gpu_pct", pa.float32()),
+        ("util_mem_pct", pa.float32()),
+        ("mem_used_bytes", pa.int64()),
+        ("mem_total_bytes", pa.int64()),
+        ("power_w", pa.float32()),
+        ("power_limit_w", pa.float32()),
+        ("sm_clock_mhz", pa.int32()),
+        ("sm_clock_max_mhz", pa.int32()),
+        ("temp_c", pa.int32()),
+        ("throttle_reasons", pa.int64()),
+        ("sm_active_pct", pa.float32()),
+        ("sm_occupancy_pct", pa.float32()),
+        ("tensor_active_pct", pa.float32()),
+        ("dram_active_pct", pa.float32()),
+        ("gr_engine_active_pct", pa.float32()),
+        ("source", pa.string()),
+        ("interval_s", pa.float32()),
+        ("error", pa.string()),
+        ("k8s_pod", pa.string()),
+        ("k8s_namespace", pa.string()),
+        ("k8s_container", pa.string()),
+    ]
+)
+
+PROCESSES = pa.schema(
+    [
+        ("ts", TS),
+        ("host", pa.string()),
+        ("uuid", pa.string()),
+        ("pid", pa.int64()),
+        ("name", pa.string()),
+        ("type", pa.string()),
+        ("used_mem_bytes", pa.int64()),
+        ("sm_util_pct", pa.float32()),
+        ("container_id", pa.string()),
+        ("k8s_pod_uid", pa.string()),
+        ("slurm_job_id", pa.string()),
+    ]
+)
+
+ENGINE = pa.schema(
+    [
+        ("ts", TS),
+        ("host", pa.string()),
+        ("endpoint", pa.string()),
+        ("engine", pa.string()),
+        ("model", pa.string()),
+        ("source", pa.string()),
+        ("prompt_tokens_total", pa.float64()),
+        ("generation_tokens_total", pa.float64()),
+        ("preemptions_total", pa.float64()),
+        ("prefix_cache_queries_total", pa.float64()),
+        ("prefix_cache_hits_total", pa.float64()),
+        ("requests_total", pa.float64()),
+        ("requests_running", pa.float64()),
+        ("requests_waiting", pa.float64()),
+        ("kv_cache_usage_pct", pa.float64()),
+        ("kv_capacity_tokens", pa.float64()),
+        ("prefix_cache_hit_pct", pa.float64()),
+        ("error", pa.string()),
+    ]
+)
+
+DEVICES = pa.schema(
+    [
+        ("ts", TS),
+        ("host", pa.string()),
+        ("uuid", pa.string()),
+        ("parent_uuid", pa.string()),
+        ("index", pa.int32()),
+        ("name", pa.string()),
+        ("mig_profile", pa.string()),
+        ("mig_mode", pa.bool_()),
+        ("mig_slices", pa.int32()),
+        ("mig_total_slices", pa.int32()),
+        ("pci_bus_id", pa.string()),
+        ("mem_total_bytes", pa.int64()),
+        ("power_limit_w", pa.float32()),
+        ("driver_version", pa.string()),
+        ("nvml_version", pa.string()),
+        ("cuda_driver_version", pa.string()),
+        ("gpm_supported", pa.bool_()),
+        ("source", pa.string()),
+        ("run_id", pa.string()),
+        ("first_seen", TS),
+        ("last_seen", TS),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "samples": SAMPLES,
+    "processes": PROCESSES,
+    "engine": ENGINE,
+    "devices": DEVICES,
+}
+
+
+def with_version(schema: pa.Schema) -> pa.Schema:
+    """The schema with the store's version in its metadata, as written to every file."""
+    return schema.with_metadata({b"gpu_audit.schema_version": str(SCHEMA_VERSION).encode()})

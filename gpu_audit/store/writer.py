@@ -1,0 +1,160 @@
+"""Crash-safe, partitioned Parquet writer.
+
+Rows are buffered in columns (lists) per table. ``flush()`` splits them by UTC date and writes one
+file per (table, date) under its final name only when complete: write a dot-prefixed temp file
+beside it, fsync it, rename it, fsync the folder. A reader never sees half a file; a killed
+collector loses at most the rows it had not flushed yet.
+
+File names carry the host, the run's UTC start time, a run id (pid + random) and a sequence
+number, so two runs on one host, or many hosts, never collide.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gpu_audit.errors import GpuAuditError
+from gpu_audit.store.layout import encode_host, partition_dir
+from gpu_audit.store.schema import TABLES, with_version
+
+
+class StoreError(GpuAuditError):
+    """The store cannot be written (permissions, disk full, not a folder)."""
+
+
+def keep_pandas_out() -> None:
+    """Stop pyarrow from importing pandas in this process (the collector's start-up and memory).
+
+    pyarrow's lazy pandas shim imports pandas on the first ``pa.array()`` of Python objects when
+    pandas is installed. With ``import pandas`` blocked for that first call, the shim records "no
+    pandas" and never looks again for conversions from Python objects; ``to_pandas()`` still
+    imports it on demand, so nothing else in the same process breaks.
+    """
+    import sys
+
+    if "pandas" in sys.modules:
+        return
+
+    class _Refuse:
+        @staticmethod
+        def find_spec(name: str, path: Any = None, target: Any = None) -> None:
+            if name == "pandas" or name.startswith("pandas."):
+                raise ImportError("pandas is kept out of the collector")
+            return None
+
+    sys.meta_path.insert(0, _Refuse)  # type: ignore[arg-type]
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(_Refuse)  # type: ignore[arg-type]
+
+
+def check_writable(root: str) -> None:
+    """Fail early, in one line, when the store root cannot be created or written."""
+    try:
+        os.makedirs(root, exist_ok=True)
+        probe = os.path.join(root, f".probe-{os.getpid()}-{secrets.token_hex(3)}")
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        os.unlink(probe)
+    except OSError as e:
+        raise StoreError(f"cannot write to store {root!r}: {e.strerror or e}") from None
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    """Write ``table`` to ``path`` so that ``path`` exists only when complete and durable."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    # Dictionary encoding for every column but the timestamp (delta-encoded): NVML values repeat.
+    dictionary = [f.name for f in table.schema if f.name != "ts"]
+    try:
+        os.makedirs(folder, exist_ok=True)
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            compression_level=9,
+            use_dictionary=dictionary,
+            column_encoding={"ts": "DELTA_BINARY_PACKED"} if "ts" in table.column_names else None,
+            write_statistics=True,
+        )
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise StoreError(f"cannot write {path}: {what}") from None
+
+
+class StoreWriter:
+    """Buffers rows of the store's tables for one host and one run, and flushes them to files."""
+
+    def __init__(self, root: str, host: str, started: datetime | None = None) -> None:
+        self.root = root
+        self.host = host
+        started = started or datetime.now(timezone.utc)
+        self.run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}-{secrets.token_hex(2)}"
+        self._seq = 0
+        self._buf: dict[str, dict[str, list[Any]]] = {t: self._empty(t) for t in TABLES}
+        self.rows_written: dict[str, int] = {t: 0 for t in TABLES}
+        self.files_written: list[str] = []
+
+    @staticmethod
+    def _empty(table: str) -> dict[str, list[Any]]:
+        return {name: [] for name in TABLES[table].names}
+
+    def add(self, table: str, row: dict[str, Any]) -> None:
+        """Buffer one row; columns the row lacks are null."""
+        for name, col in self._buf[table].items():
+            col.append(row.get(name))
+
+    def pending(self, table: str | None = None) -> int:
+        tables = [table] if table else list(self._buf)
+        return sum(len(self._buf[t]["ts"]) for t in tables)
+
+    def flush(self) -> list[str]:
+        """Write every buffered row. On failure the rows stay buffered (retried next flush)."""
+        written = []
+        for table, cols in self._buf.items():
+            n = len(cols["ts"])
+            if n == 0:
+                continue
+            data = pa.Table.from_pydict(cols, schema=with_version(TABLES[table]))
+            # Split by UTC date of ts; a flush rarely spans midnight, so this is usually one group.
+            dates = [t.strftime("%Y-%m-%d") for t in (cols["ts"][0], cols["ts"][-1])]
+            if dates[0] == dates[1]:
+                groups = {dates[0]: data}
+            else:
+                import pyarrow.compute as pc
+
+                day = pc.strftime(data["ts"], format="%Y-%m-%d")
+                groups = {d: data.filter(pc.equal(day, d)) for d in sorted(set(day.to_pylist()))}
+            for date, part in groups.items():
+                self._seq += 1
+                name = f"{encode_host(self.host)}-{self.run_id}-{self._seq:05d}.parquet"
+                path = os.path.join(partition_dir(self.root, table, self.host, date), name)
+                write_parquet_atomic(part, path)
+                written.append(path)
+            self.rows_written[table] += n
+            self._buf[table] = self._empty(table)
+        self.files_written.extend(written)
+        return written
