@@ -14,6 +14,17 @@ from typing import List, Optional
 import click
 import typer
 
+# typer >= 0.2x vendors its own copy of click (typer._click); usage errors come from whichever is used.
+_CLICK_ERRORS: tuple[type[BaseException], ...] = (click.ClickException,)
+_ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, KeyboardInterrupt)
+try:
+    from typer._click import exceptions as _tc
+
+    _CLICK_ERRORS += (_tc.ClickException,)
+    _ABORTS += tuple(getattr(_tc, n) for n in ("Abort",) if hasattr(_tc, n))
+except ImportError:  # pragma: no cover - older typer
+    pass
+
 from gpu_audit.errors import GpuAuditError
 
 app = typer.Typer(
@@ -28,9 +39,14 @@ app.add_typer(import_app, name="import")
 
 
 def _console(stderr: bool = False):  # imported lazily: rich costs import time
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    c = Console(stderr=stderr, highlight=False)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = 120  # logs and pipes: wide enough for the report's tables
+    return c
 
 
 def _seconds(value: Optional[str], what: str) -> Optional[float]:
@@ -115,6 +131,82 @@ def doctor(
         c.print(f"note: {n}", soft_wrap=True)
 
 
+@app.command()
+def report(
+    stores: List[str] = typer.Argument(..., help="One or more store folders (each may hold many hosts)."),
+    pricing: Optional[str] = typer.Option(None, help="Pricing TOML ($ per GPU-hour by [gpu] and [host]; [api] reference prices)."),
+    tokens: Optional[List[str]] = typer.Option(None, "--tokens", help="Token log(s): JSONL, CSV or Parquet. Repeatable."),
+    since: Optional[str] = typer.Option(None, help="Window start (inclusive), ISO 8601 or epoch seconds."),
+    until: Optional[str] = typer.Option(None, help="Window end (exclusive)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the findings JSON here."),
+    idle_below: float = typer.Option(5.0, "--idle-below", help="A sample is idle when utilization is below this %."),
+    strict: bool = typer.Option(False, help="A bad token record is an error, not a counted warning."),
+) -> None:
+    """Spend, waste, idle cost and cost per 1M tokens from stores, pricing and token logs."""
+    from gpu_audit.analyze.findings import build, write_json
+    from gpu_audit.report.terminal import render
+
+    findings = build(stores, pricing, tokens or [], since, until, idle_below, strict)
+    if json_out:
+        write_json(findings, json_out)
+    render(findings, _console())
+    if json_out:
+        _console().print(f"findings: {json_out}")
+
+
+@app.command()
+def prices(
+    pricing: Optional[str] = typer.Option(None, help="Pricing TOML whose [gpu] and [host] prices override the catalog."),
+) -> None:
+    """The price that applies to each GPU model, and where it came from."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from gpu_audit.analyze.pricing import load_pricing, price_table
+    from gpu_audit.fmt import fmt_usd
+
+    t = Table("model", "NVML name", "$ / GPU-hour", "as of", "source")
+    for r in price_table(load_pricing(pricing)):
+        t.add_row(escape(r["model"]), escape(r["nvml_name"] or ""), fmt_usd(r["price_per_hour"]), r["as_of"] or "", escape(r["source"]))
+    _console().print(t)
+
+
+@import_app.command("nvidia-smi")
+def import_nvidia_smi(
+    files: List[str] = typer.Argument(..., help="Logs written by nvidia-smi --query-gpu=... --format=csv [-l N]."),
+    host: str = typer.Option(..., help="The host the logs came from (written into every row)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Store folder (default as for collect)."),
+    tz: Optional[str] = typer.Option(None, help="Time zone of the logs' timestamps (IANA name; default: this machine's)."),
+    fields: Optional[str] = typer.Option(None, help="For --format=csv,noheader logs: the --query-gpu field list, comma-separated."),
+    interval: Optional[str] = typer.Option(None, help="The -l interval; default: each series' median gap."),
+    strict: bool = typer.Option(False, help="A bad line is an error and nothing is written."),
+) -> None:
+    """Import nvidia-smi CSV logs into a store (source = nvidia-smi)."""
+    from gpu_audit.collect.run import default_store
+    from gpu_audit.sources.nvidia_smi import import_nvidia_smi as run_import
+
+    err = _console(stderr=True)
+    progress = None
+    if err.is_terminal:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        progress = Progress(TextColumn("importing"), BarColumn(), DownloadColumn(), console=err, transient=True)
+        task = progress.add_task("import", total=1)
+        progress.start()
+    try:
+        res = run_import(files, out or default_store(), host, tz, fields, _seconds(interval, "--interval"), strict,
+                         progress=(lambda path, done, total: progress.update(task, completed=done, total=total)) if progress else None)
+    finally:
+        if progress:
+            progress.stop()
+    c = _console()
+    c.print(f"imported {res.rows:,} rows ({res.series} GPU series) from {len(res.files)} file(s); times read as {res.zone}")
+    if res.bad:
+        c.print(f"[yellow]{res.bad} bad line(s) skipped[/]: " + "; ".join(res.bad_lines), soft_wrap=True)
+    if res.single_sample_series:
+        c.print(f"[yellow]{res.single_sample_series} series had a single sample and count for no time: give --interval[/]")
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     """Run the CLI with ``argv``; return the exit code. The one error boundary of gpu-audit."""
     cmd = typer.main.get_command(app)
@@ -128,11 +220,11 @@ def run(argv: Optional[List[str]] = None) -> int:
         if e.hint:
             err.print(f"[yellow]Hint:[/] {escape(e.hint)}", soft_wrap=True)
         return e.exit_code
-    except click.exceptions.Abort:
+    except _ABORTS:
         return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
+    except _CLICK_ERRORS as e:
+        e.show()  # type: ignore[attr-defined]
+        return e.exit_code  # type: ignore[attr-defined]
     return rv if isinstance(rv, int) else 0
 
 

@@ -39,3 +39,18 @@ def test_every_command_has_help_and_a_docs_section():
             for opt in p.opts:
                 if opt.startswith("--") and opt != "--help":
                     assert opt in text, f"{name} {opt} is not documented in docs/"
+
+
+def test_every_findings_field_is_documented(tmp_path):
+    from conftest import ASSETS
+    from gpu_audit.analyze.findings import build
+    from storefix import series, write_samples
+
+    write_samples(str(tmp_path), series("h", "GPU-a", "NVIDIA H100 80GB HBM3", 0, 600, [50] * 6))
+    t = tmp_path / "t.jsonl"
+    t.write_text('{"timestamp": 1795824100, "model": "m", "host": "h", "prompt_tokens": 1, "completion_tokens": 2}\n')
+    f = build([str(tmp_path)], str(ASSETS / "pricing.toml"), [str(t)], None, None)
+    text = (DOCS / "findings.md").read_text()
+    keys = set(f) | set(f["fleet"]) | set(f["devices"][0]) | set(f["models"][0]) | set(f["data_quality"]) | set(f["series"])
+    missing = sorted(k for k in keys if f"`{k}`" not in text)
+    assert not missing, f"findings fields missing from docs/findings.md: {missing}"

@@ -1,0 +1,1 @@
+"""The analysis: the store, pricing and token logs in; findings out."""

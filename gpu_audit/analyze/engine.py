@@ -1,0 +1,394 @@
+"""Samples to money: spend, waste, idle cost, attribution of cost to models.
+
+Every number follows docs/metrics.md (the project's account of DESIGN.md "What every number
+means"). The heavy work is one DuckDB aggregation to one row per (device, clock hour); pandas only
+sees those small frames. No Python loop runs per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from gpu_audit.analyze.pricing import Pricing
+from gpu_audit.analyze.reader import table_files
+from gpu_audit.analyze.tokens import TokenLog
+from gpu_audit.errors import GpuAuditError
+
+HOURS_PER_MONTH = 730
+
+
+class EmptyStore(GpuAuditError):
+    pass
+
+
+@dataclass(frozen=True)
+class AnalyzeSettings:
+    idle_below: float = 5.0
+    since: datetime | None = None
+    until: datetime | None = None
+    memory_limit: str = "1GB"
+    threads: int | None = None
+
+
+def _sql_list(files: list[str]) -> str:
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+def connect(settings: AnalyzeSettings) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.execute(f"SET memory_limit='{settings.memory_limit}'")
+    con.execute("SET preserve_insertion_order=false")
+    if settings.threads:
+        con.execute(f"SET threads={int(settings.threads)}")
+    return con
+
+
+def _samples_sql(files: list[str], s: AnalyzeSettings) -> str:
+    where = []
+    if s.since:
+        where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
+    if s.until:
+        where.append(f"ts < TIMESTAMPTZ '{s.until.isoformat()}'")
+    cond = ("WHERE " + " AND ".join(where)) if where else ""
+    # share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30);
+    # 0 for a GPU in MIG mode, which is not billed itself (its unallocated slices are, below).
+    return f"""
+      SELECT host, uuid, parent_uuid, name, mig_profile, coalesce(mig_mode, false) AS mig_mode,
+             ts, epoch_us(ts) AS ts_us, CAST(interval_s AS DOUBLE) AS dt,
+             CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour,
+             CAST(coalesce(util_gpu_pct, gr_engine_active_pct, sm_active_pct) AS DOUBLE) AS u,
+             CASE WHEN util_gpu_pct IS NOT NULL THEN 'util_gpu_pct'
+                  WHEN gr_engine_active_pct IS NOT NULL THEN 'gr_engine_active_pct'
+                  WHEN sm_active_pct IS NOT NULL THEN 'sm_active_pct' END AS metric,
+             CAST(sm_active_pct AS DOUBLE) AS sm,
+             mem_used_bytes, mem_total_bytes, error,
+             CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END AS total_slices,
+             TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) AS slices
+      FROM read_parquet({_sql_list(files)}, union_by_name = true)
+      {cond}
+    """
+
+
+def device_hours(con: duckdb.DuckDBPyConnection, files: list[str], s: AnalyzeSettings) -> pd.DataFrame:
+    """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs."""
+    idle = float(s.idle_below)
+    q = f"""
+    WITH s AS ({_samples_sql(files, s)}),
+    b AS (
+      SELECT *, CASE WHEN parent_uuid IS NOT NULL THEN coalesce(slices, 0) / total_slices
+                     WHEN mig_mode THEN 0.0 ELSE 1.0 END AS share
+      FROM s
+    ),
+    alloc AS (
+      SELECT host, parent_uuid, ts_us, sum(slices) AS used FROM s WHERE parent_uuid IS NOT NULL GROUP BY ALL
+    ),
+    unalloc AS (
+      SELECT b.host, b.uuid, b.ts_us, greatest(0.0, 1.0 - coalesce(a.used, 0) / b.total_slices) AS free
+      FROM b LEFT JOIN alloc a ON a.host = b.host AND a.parent_uuid = b.uuid AND a.ts_us = b.ts_us
+      WHERE b.mig_mode AND b.parent_uuid IS NULL
+    ),
+    j AS (
+      SELECT b.*, coalesce(unalloc.free, 0.0) AS free
+      FROM b LEFT JOIN unalloc ON unalloc.host = b.host AND unalloc.uuid = b.uuid AND unalloc.ts_us = b.ts_us
+    )
+    SELECT host, uuid, hour,
+           any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
+           bool_or(mig_mode) AS mig_mode, max(share) AS share,
+           count(*) AS n, sum(dt) AS dt_s,
+           sum(share * dt) AS share_dt,
+           sum(free * dt) AS free_dt,
+           sum(dt) FILTER (WHERE u IS NOT NULL) AS ev_dt,
+           sum(share * dt) FILTER (WHERE u IS NOT NULL) AS ev_share_dt,
+           sum(u * dt) FILTER (WHERE u IS NOT NULL) AS u_dt,
+           sum(share * dt * (1 - u / 100)) FILTER (WHERE u IS NOT NULL) AS waste_share_dt,
+           sum(share * dt) FILTER (WHERE u < {idle}) AS idle_share_dt,
+           sum(dt) FILTER (WHERE u < {idle}) AS idle_dt,
+           sum(share * dt) FILTER (WHERE sm IS NOT NULL) AS sm_share_dt,
+           sum(share * dt * (1 - sm / 100)) FILTER (WHERE sm IS NOT NULL) AS sm_waste_share_dt,
+           sum(dt) FILTER (WHERE error IS NOT NULL) AS error_dt,
+           max(mem_used_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
+           sum(dt) FILTER (WHERE metric = 'util_gpu_pct') AS m_util_dt,
+           sum(dt) FILTER (WHERE metric = 'gr_engine_active_pct') AS m_gr_dt,
+           sum(dt) FILTER (WHERE metric = 'sm_active_pct') AS m_sm_dt,
+           min(ts_us) AS first_us, max(ts_us + dt * 1e6) AS last_us
+    FROM j GROUP BY host, uuid, hour
+    """
+    return con.execute(q).df()
+
+
+def device_distributions(con: duckdb.DuckDBPyConnection, files: list[str], s: AnalyzeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per device: a dt-weighted histogram of u at 1 % bins (for p95), and memory p95."""
+    base = _samples_sql(files, s)
+    hist = con.execute(f"""
+        SELECT host, uuid, CAST(round(u) AS INTEGER) AS bin, sum(dt) AS w
+        FROM ({base}) WHERE u IS NOT NULL GROUP BY ALL
+    """).df()
+    mem = con.execute(f"""
+        SELECT host, uuid, approx_quantile(mem_used_bytes, 0.95) AS mem_p95 FROM ({base}) GROUP BY ALL
+    """).df()
+    return hist, mem
+
+
+def weighted_p95(hist: pd.DataFrame) -> pd.DataFrame:
+    """The dt-weighted 95th percentile: the smallest bin whose cumulative weight reaches 95 %."""
+    if hist.empty:
+        return pd.DataFrame(columns=["host", "uuid", "p95_util_pct"])
+    h = hist.sort_values(["host", "uuid", "bin"])
+    h["cum"] = h.groupby(["host", "uuid"])["w"].cumsum()
+    h["tot"] = h.groupby(["host", "uuid"])["w"].transform("sum")
+    hit = h[h["cum"] >= 0.95 * h["tot"] - 1e-9]
+    return hit.groupby(["host", "uuid"], as_index=False)["bin"].first().rename(columns={"bin": "p95_util_pct"})
+
+
+def token_hours(con: duckdb.DuckDBPyConnection, tokens: pa.Table) -> pd.DataFrame:
+    con.register("tokens_in", tokens)
+    df = con.execute("""
+        SELECT host, model, CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour, epoch_us(ts) AS _ts,
+               prompt_tokens, completion_tokens FROM tokens_in
+    """).df()
+    con.unregister("tokens_in")
+    return df
+
+
+def window_of(dh: pd.DataFrame, s: AnalyzeSettings) -> tuple[float, float]:
+    """The report window [start, end) in epoch seconds: --since/--until, else the data's extent."""
+    start = s.since.timestamp() if s.since else float(dh["first_us"].min()) / 1e6
+    end = s.until.timestamp() if s.until else float(dh["last_us"].max()) / 1e6
+    return start, end
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _f(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return float(v)
+
+
+def attribute(dh: pd.DataFrame, toks: pd.DataFrame, hosts_with_samples: set[str], start: float, end: float) -> dict[str, Any]:
+    """Split each host's hourly GPU cost among the models that produced output tokens there.
+
+    Returns per-model totals, the unattributed cost, per-model hourly series and counts of token
+    records left out (host without samples, outside the window).
+    """
+    host_hour = dh.groupby(["host", "hour"], as_index=False)["spend_usd"].sum()
+    out: dict[str, Any] = {"models": [], "unattributed_usd": float(host_hour["spend_usd"].sum()),
+                           "records_outside_window": 0, "records_unknown_host": 0, "model_hourly": []}
+    if toks is None or toks.empty:
+        return out
+    in_win = (toks["_ts"] >= start * 1e6) & (toks["_ts"] < end * 1e6)
+    known = toks["host"].isin(hosts_with_samples)
+    out["records_outside_window"] = int((~in_win).sum())
+    out["records_unknown_host"] = int((in_win & ~known).sum())
+    t = toks[in_win & known]
+    tok = t.groupby(["host", "hour", "model"], as_index=False)[["prompt_tokens", "completion_tokens"]].sum()
+    # Shares per host-hour among models with output tokens in that hour.
+    hour_tot = tok.groupby(["host", "hour"])["completion_tokens"].transform("sum")
+    tok["share"] = np.where(hour_tot > 0, tok["completion_tokens"] / hour_tot.where(hour_tot > 0, 1), 0.0)
+    # Fallback shares per host over the whole window (for hours without tokens).
+    host_model = tok.groupby(["host", "model"], as_index=False)["completion_tokens"].sum()
+    htot = host_model.groupby("host")["completion_tokens"].transform("sum")
+    host_model["share"] = np.where(htot > 0, host_model["completion_tokens"] / htot.where(htot > 0, 1), 0.0)
+    hours_with_output = set(map(tuple, tok.loc[hour_tot > 0, ["host", "hour"]].drop_duplicates().to_numpy().tolist()))
+    hh = host_hour.copy()
+    hh["has_tokens"] = [(h, hr) in hours_with_output for h, hr in zip(hh["host"], hh["hour"])]
+    direct = hh[hh["has_tokens"]].merge(tok[tok["share"] > 0][["host", "hour", "model", "share"]], on=["host", "hour"])
+    fallback = hh[~hh["has_tokens"]].merge(host_model[host_model["share"] > 0][["host", "model", "share"]], on="host")
+    parts = pd.concat([direct, fallback], ignore_index=True)
+    parts["cost_usd"] = parts["spend_usd"] * parts["share"]
+    attributed = float(parts["cost_usd"].sum()) if not parts.empty else 0.0
+    out["unattributed_usd"] = float(host_hour["spend_usd"].sum()) - attributed
+    cost = parts.groupby("model")["cost_usd"].sum() if not parts.empty else pd.Series(dtype=float)
+    counts = t.groupby("model")[["prompt_tokens", "completion_tokens"]].sum()
+    for model in sorted(set(counts.index) | set(cost.index)):
+        c = float(cost.get(model, 0.0))
+        p = int(counts.loc[model, "prompt_tokens"]) if model in counts.index else 0
+        o = int(counts.loc[model, "completion_tokens"]) if model in counts.index else 0
+        out["models"].append({
+            "model": model, "prompt_tokens": p, "completion_tokens": o, "cost_usd": c,
+            "cost_per_1m_output_tokens": c / o * 1e6 if o else None,
+            "cost_per_1m_tokens": c / (p + o) * 1e6 if (p + o) else None,
+        })
+    if not parts.empty:
+        mh = parts.groupby(["model", "hour"], as_index=False)["cost_usd"].sum()
+        th = tok.groupby(["model", "hour"], as_index=False)[["prompt_tokens", "completion_tokens"]].sum()
+        mh = mh.merge(th, on=["model", "hour"], how="left").fillna({"prompt_tokens": 0, "completion_tokens": 0})
+        out["model_hourly"] = [[r.model, _iso(r.hour * 3600), float(r.cost_usd), int(r.prompt_tokens), int(r.completion_tokens)]
+                               for r in mh.sort_values(["model", "hour"]).itertuples()]
+    return out
+
+
+def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: AnalyzeSettings) -> dict[str, Any]:
+    """The findings (schema_version 1) for the stores at ``roots``."""
+    files = table_files(roots, "samples", s.since, s.until)
+    if not files:
+        raise EmptyStore(f"no samples in {', '.join(roots)}" + (" in the window" if s.since or s.until else ""))
+    con = connect(s)
+    dh = device_hours(con, files, s)
+    if dh.empty:
+        raise EmptyStore(f"no samples in {', '.join(roots)} between --since and --until")
+    hist, mem = device_distributions(con, files, s)
+    start, end = window_of(dh, s)
+    window_h = (end - start) / 3600
+
+    # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.
+    devs = dh.groupby(["host", "uuid"], as_index=False).agg(name=("name", "first"))
+    prices = {(h, u): pricing.price(h, n) for h, u, n in devs.itertuples(index=False)}
+    dh["price"] = [prices[(h, u)].per_hour if prices[(h, u)] else np.nan for h, u in zip(dh["host"], dh["uuid"])]
+    for col in ("share_dt", "free_dt", "ev_dt", "ev_share_dt", "u_dt", "waste_share_dt", "idle_share_dt", "idle_dt",
+                "sm_share_dt", "sm_waste_share_dt", "error_dt"):
+        dh[col] = dh[col].astype(float).fillna(0.0)
+    p = dh["price"].fillna(0.0)
+    dh["gpu_s"] = dh["share_dt"] + dh["free_dt"]
+    dh["spend_usd"] = p * dh["gpu_s"] / 3600
+    dh["waste_usd"] = p * (dh["waste_share_dt"] + dh["free_dt"]) / 3600
+    dh["idle_usd"] = p * (dh["idle_share_dt"] + dh["free_dt"]) / 3600
+    dh["unalloc_usd"] = p * dh["free_dt"] / 3600
+    dh["sm_waste_usd"] = p * dh["sm_waste_share_dt"] / 3600
+
+    g = dh.groupby(["host", "uuid"], as_index=False)
+    dev = g.agg(
+        parent_uuid=("parent_uuid", "first"), name=("name", "first"), mig_profile=("mig_profile", "first"),
+        mig_mode=("mig_mode", "max"), share=("share", "max"), dt_s=("dt_s", "sum"), gpu_s=("gpu_s", "sum"),
+        ev_dt=("ev_dt", "sum"), u_dt=("u_dt", "sum"), idle_share_dt=("idle_share_dt", "sum"), free_dt=("free_dt", "sum"),
+        spend_usd=("spend_usd", "sum"), waste_usd=("waste_usd", "sum"), idle_usd=("idle_usd", "sum"),
+        unalloc_usd=("unalloc_usd", "sum"), sm_share_dt=("sm_share_dt", "sum"), sm_waste_usd=("sm_waste_usd", "sum"),
+        error_dt=("error_dt", "sum"), mem_max=("mem_max", "max"), mem_total=("mem_total", "max"),
+        m_util=("m_util_dt", "sum"), m_gr=("m_gr_dt", "sum"), m_sm=("m_sm_dt", "sum"),
+    )
+    dev = dev.merge(weighted_p95(hist), on=["host", "uuid"], how="left").merge(mem, on=["host", "uuid"], how="left")
+    dev = dev.sort_values(["host", "uuid"]).reset_index(drop=True)
+    window_s = end - start
+
+    devices, unpriced, no_evidence, gaps = [], [], [], []
+    for r in dev.itertuples(index=False):
+        pr = prices[(r.host, r.uuid)]
+        parent_in_mig = bool(r.mig_mode) and (r.parent_uuid is None or pd.isna(r.parent_uuid))
+        metric = max((("util_gpu_pct", r.m_util), ("gr_engine_active_pct", r.m_gr), ("sm_active_pct", r.m_sm)),
+                     key=lambda kv: kv[1] or 0)
+        has_ev = r.ev_dt > 0
+        d = {
+            "host": r.host, "uuid": r.uuid, "name": r.name,
+            "parent_uuid": None if pd.isna(r.parent_uuid) else r.parent_uuid,
+            "mig_profile": None if pd.isna(r.mig_profile) else r.mig_profile,
+            "mig_mode": bool(r.mig_mode), "share": float(r.share),
+            "gpu_hours": r.gpu_s / 3600,
+            "mean_util_pct": r.u_dt / r.ev_dt if has_ev else None,
+            "p95_util_pct": _f(r.p95_util_pct) if has_ev else None,
+            "utilization_metric": metric[0] if has_ev else None,
+            "idle_hours": (r.idle_share_dt + r.free_dt) / 3600,
+            "peak_memory_bytes": _f(r.mem_max), "p95_memory_bytes": _f(r.mem_p95), "memory_total_bytes": _f(r.mem_total),
+            "price_per_hour": pr.per_hour if pr else None, "price_source": pr.source if pr else None,
+            "spend_usd": r.spend_usd if pr else None, "waste_usd": r.waste_usd if pr else None,
+            "idle_usd": r.idle_usd if pr else None,
+            "unallocated_usd": r.unalloc_usd if pr and parent_in_mig else None,
+            "waste_sm_active_usd": r.sm_waste_usd if pr and r.sm_share_dt > 0 else None,
+            "coverage_pct": 100 * r.dt_s / window_s if window_s > 0 else None,
+            "error_hours": r.error_dt / 3600,
+        }
+        devices.append(d)
+        if pr is None:
+            unpriced.append({"host": r.host, "uuid": r.uuid, "name": r.name})
+        if not has_ev and not parent_in_mig:
+            no_evidence.append({"host": r.host, "uuid": r.uuid, "name": r.name, "mig_profile": d["mig_profile"],
+                                "why": "no utilization reading (MIG device without GPM or DCGM)" if d["parent_uuid"]
+                                else "no utilization reading"})
+        missing = window_s - r.dt_s
+        if not parent_in_mig and window_s > 0 and missing > max(0.01 * window_s, 60):
+            gaps.append({"host": r.host, "uuid": r.uuid, "missing_hours": missing / 3600,
+                         "coverage_pct": d["coverage_pct"]})
+
+    billable = [d for d in devices if not (d["mig_mode"] and d["parent_uuid"] is None)]
+    priced = dh["price"].notna()
+    ev = dh["ev_dt"].sum()
+    sm_rows = dh[priced & (dh["sm_share_dt"] > 0)]
+    fleet = {
+        "devices": len(billable),
+        "gpu_hours": float(dh["gpu_s"].sum() / 3600),
+        "spend_usd": float(dh.loc[priced, "spend_usd"].sum()),
+        "waste_usd": float(dh.loc[priced, "waste_usd"].sum()),
+        "idle_usd": float(dh.loc[priced, "idle_usd"].sum()),
+        "unallocated_usd": float(dh.loc[priced, "unalloc_usd"].sum()),
+        "idle_hours": float((dh["idle_share_dt"] + dh["free_dt"]).sum() / 3600),
+        "mean_util_pct": float(dh["u_dt"].sum() / ev) if ev > 0 else None,
+        "unattributed_usd": None,
+        "coverage_pct": float(sum(d["coverage_pct"] or 0 for d in billable) / len(billable)) if billable else None,
+        "unpriced_gpu_hours": float(dh.loc[~priced, "gpu_s"].sum() / 3600),
+        "waste_sm_active_usd": float(sm_rows["sm_waste_usd"].sum()) if not sm_rows.empty else None,
+        "waste_util_on_sm_devices_usd": float(sm_rows["waste_usd"].sum()) if not sm_rows.empty else None,
+    }
+    fleet["utilization_pct_of_spend"] = (100 * (1 - fleet["waste_usd"] / fleet["spend_usd"])) if fleet["spend_usd"] else None
+
+    toks_df = token_hours(con, tokens.table) if tokens is not None and tokens.table.num_rows else None
+    dh_priced = dh[priced]
+    att = attribute(dh_priced, toks_df, set(dh["host"]), start, end)
+    fleet["unattributed_usd"] = att["unattributed_usd"] if toks_df is not None else fleet["spend_usd"]
+
+    out_tokens = sum(m["completion_tokens"] for m in att["models"])
+    fleet["cost_per_1m_output_tokens"] = (
+        (fleet["spend_usd"] - fleet["unattributed_usd"]) / out_tokens * 1e6 if out_tokens else None)
+    dh_sorted = dh.sort_values(["host", "uuid", "hour"])
+    series = {
+        "device_hourly": {
+            "columns": ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd"],
+            "rows": [[r.host, r.uuid, _iso(r.hour * 3600), (r.u_dt / r.ev_dt) if r.ev_dt > 0 else None,
+                      _f(r.mem_max), r.spend_usd if not math.isnan(r.price) else None]
+                     for r in dh_sorted.itertuples(index=False)],
+        },
+        "model_hourly": {"columns": ["model", "hour", "cost_usd", "prompt_tokens", "completion_tokens"],
+                         "rows": att["model_hourly"]},
+        "utilization_histogram": _fleet_histogram(hist),
+    }
+    return {
+        "schema_version": 1,
+        "generated_at": _iso(datetime.now(timezone.utc).timestamp()),
+        "window": {"start": _iso(start), "end": _iso(end), "hours": window_h},
+        "utilization_metric": _fleet_metric(devices),
+        "idle_below_pct": s.idle_below,
+        "token_source": ("token logs" if toks_df is not None else None),
+        "fleet": fleet,
+        "devices": devices,
+        "models": att["models"],
+        "api_prices": [vars(a) for a in pricing.api.values()],
+        "recommendations": [],
+        "series": series,
+        "data_quality": {
+            "gaps": gaps,
+            "unpriced_devices": unpriced,
+            "devices_without_evidence": no_evidence,
+            "rejected_token_records": ({"count": tokens.bad, "examples": tokens.bad_examples} if tokens is not None else {"count": 0, "examples": []}),
+            "token_records_outside_window": att["records_outside_window"],
+            "token_records_unknown_host": att["records_unknown_host"],
+        },
+        "inputs": {"stores": roots, "pricing": pricing.path, "token_logs": tokens.files if tokens else []},
+    }
+
+
+def _fleet_metric(devices: list[dict[str, Any]]) -> str:
+    used = sorted({d["utilization_metric"] for d in devices if d["utilization_metric"]})
+    return used[0] if len(used) == 1 else ("mixed: " + ", ".join(used) if used else "none")
+
+
+def _fleet_histogram(hist: pd.DataFrame) -> dict[str, Any]:
+    """dt-weighted hours of device time per 10 % utilization bucket, fleet-wide."""
+    if hist.empty:
+        return {"bins": [], "hours": []}
+    b = (hist["bin"].clip(0, 100) // 10).clip(upper=9)
+    hours = hist.groupby(b)["w"].sum() / 3600
+    return {"bins": [f"{10 * i}-{10 * i + 10}%" for i in range(10)], "hours": [float(hours.get(i, 0.0)) for i in range(10)]}

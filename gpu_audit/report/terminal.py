@@ -1,0 +1,54 @@
+"""The terminal summary: rich tables rendered from the findings object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from gpu_audit.fmt import fmt_bytes, fmt_num, fmt_pct, fmt_usd
+
+
+def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
+    fl = f["fleet"]
+    w = f["window"]
+    console.print(f"[bold]gpu-audit report[/]  {w['start']} -> {w['end']} ({w['hours']:.1f} h)  "
+                  f"utilization metric: {escape(f['utilization_metric'])}")
+    t = Table("devices", "GPU-hours", "spend", "waste", "idle cost", "mean util", "coverage", title="Fleet", title_justify="left")
+    t.add_row(str(fl["devices"]), fmt_num(fl["gpu_hours"], 1), fmt_usd(fl["spend_usd"]), fmt_usd(fl["waste_usd"]),
+              fmt_usd(fl["idle_usd"]), fmt_pct(fl["mean_util_pct"]), fmt_pct(fl["coverage_pct"]))
+    console.print(t)
+    if fl.get("waste_sm_active_usd") is not None:
+        console.print(f"On GPUs with SM activity (GPM/DCGM), waste by util_gpu is {fmt_usd(fl['waste_util_on_sm_devices_usd'])}; "
+                      f"by SM activity it is {fmt_usd(fl['waste_sm_active_usd'])}: the duty cycle hides the difference.")
+    devs = sorted([d for d in f["devices"] if d["spend_usd"] is not None], key=lambda d: -(d["waste_usd"] or 0))[:top]
+    t = Table("host", "device", "GPU-hours", "spend", "waste", "idle", "mean", "p95", "peak mem", title=f"Costliest waste (top {len(devs)})", title_justify="left")
+    for d in devs:
+        label = (d["name"] or "?").replace("NVIDIA ", "") + " " + d["uuid"][-6:] + (f" {d['mig_profile']}" if d["mig_profile"] else "")
+        if d["mig_mode"] and not d["parent_uuid"]:
+            label += " (unallocated MIG slices)"
+        t.add_row(escape(d["host"]), escape(label), fmt_num(d["gpu_hours"], 1), fmt_usd(d["spend_usd"]), fmt_usd(d["waste_usd"]),
+                  fmt_usd(d["idle_usd"]), fmt_pct(d["mean_util_pct"]), fmt_pct(d["p95_util_pct"], 0), fmt_bytes(d["peak_memory_bytes"]))
+    console.print(t)
+    if f["models"]:
+        t = Table("model", "prompt tokens", "output tokens", "cost", "$ / 1M output", "$ / 1M tokens", title=f"Models ({escape(f['token_source'] or '')})", title_justify="left")
+        for m in sorted(f["models"], key=lambda m: -m["cost_usd"]):
+            t.add_row(escape(m["model"]), fmt_num(m["prompt_tokens"]), fmt_num(m["completion_tokens"]), fmt_usd(m["cost_usd"]),
+                      fmt_usd(m["cost_per_1m_output_tokens"], 3), fmt_usd(m["cost_per_1m_tokens"], 3))
+        console.print(t)
+        console.print(f"unattributed GPU cost (hosts without tokens): {fmt_usd(fl['unattributed_usd'])}")
+    q = f["data_quality"]
+    for d in q["unpriced_devices"]:
+        console.print(f"[yellow]unpriced:[/] {escape(d['host'])} {escape(d['name'] or '?')} ({d['uuid']}): add it to a pricing file")
+    for d in q["devices_without_evidence"]:
+        console.print(f"[yellow]no evidence:[/] {escape(d['host'])} {escape(d['name'] or '?')} {escape(d['mig_profile'] or '')}: {d['why']}")
+    for g in q["gaps"][:top]:
+        console.print(f"[yellow]gap:[/] {escape(g['host'])} {g['uuid']}: {g['missing_hours']:.1f} h without samples ({fmt_pct(g['coverage_pct'])} coverage)")
+    rj = q["rejected_token_records"]
+    if rj["count"]:
+        console.print(f"[yellow]rejected token records:[/] {rj['count']} (" + "; ".join(escape(e) for e in rj["examples"]) + ")")
+    for key, what in (("token_records_outside_window", "outside the window"), ("token_records_unknown_host", "from hosts without samples")):
+        if q[key]:
+            console.print(f"[yellow]token records not attributed:[/] {q[key]} {what}")

@@ -1,0 +1,183 @@
+"""The analysis against answers computed by hand (docs/metrics.md has each definition)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ASSETS
+from gpu_audit.analyze.findings import build
+from storefix import T0, at, series, write_samples
+
+PRICING = str(ASSETS / "pricing.toml")
+H100, L4 = "NVIDIA H100 80GB HBM3", "NVIDIA L4"
+
+
+def dev(f, uuid):
+    return next(d for d in f["devices"] if d["uuid"] == uuid)
+
+
+def model(f, name):
+    return next(m for m in f["models"] if m["model"] == name)
+
+
+def write_tokens(path, records):
+    with open(path, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def test_two_devices_two_hours_one_model_per_host(tmp_path):
+    store = str(tmp_path / "store")
+    # 10-minute samples over two hours. A ($3/h): 50 % then 0 %. B ($1/h): 100 % then 20 %.
+    write_samples(store, series("host-a", "GPU-a", H100, 0, 600, [50] * 6 + [0] * 6)
+                  + series("host-b", "GPU-b", L4, 0, 600, [100] * 6 + [20] * 6))
+    toks = write_tokens(tmp_path / "t.jsonl", [
+        {"timestamp": T0 + 100, "model": "m-a", "host": "host-a", "prompt_tokens": 3000, "completion_tokens": 1000},
+        {"timestamp": T0 + 200, "model": "m-b", "host": "host-b", "prompt_tokens": 1000, "completion_tokens": 2000},
+        {"timestamp": T0 + 4000, "model": "m-b", "host": "host-b", "prompt_tokens": 0, "completion_tokens": 500},
+    ])
+    f = build([store], PRICING, [toks], None, None)
+    a, b = dev(f, "GPU-a"), dev(f, "GPU-b")
+    assert a["gpu_hours"] == pytest.approx(2) and a["spend_usd"] == pytest.approx(6)
+    assert a["waste_usd"] == pytest.approx(3 * (1 * 0.5 + 1 * 1.0))  # 4.5
+    assert a["idle_usd"] == pytest.approx(3) and a["idle_hours"] == pytest.approx(1)
+    assert a["mean_util_pct"] == pytest.approx(25) and a["p95_util_pct"] == 50
+    assert b["spend_usd"] == pytest.approx(2) and b["waste_usd"] == pytest.approx(0.8)
+    assert b["idle_usd"] == 0 and b["mean_util_pct"] == pytest.approx(60) and b["p95_util_pct"] == 100
+    fl = f["fleet"]
+    assert fl["spend_usd"] == pytest.approx(8) and fl["waste_usd"] == pytest.approx(5.3)
+    assert fl["idle_usd"] == pytest.approx(3) and fl["mean_util_pct"] == pytest.approx(42.5)
+    assert fl["gpu_hours"] == pytest.approx(4) and fl["coverage_pct"] == pytest.approx(100)
+    assert f["window"]["hours"] == pytest.approx(2)
+    # Host A's second hour has no tokens: it goes to the host's models by their window shares (all m-a).
+    assert model(f, "m-a")["cost_usd"] == pytest.approx(6)
+    assert model(f, "m-a")["cost_per_1m_output_tokens"] == pytest.approx(6 / 1000 * 1e6)
+    assert model(f, "m-a")["cost_per_1m_tokens"] == pytest.approx(6 / 4000 * 1e6)
+    assert model(f, "m-b")["cost_usd"] == pytest.approx(2)
+    assert model(f, "m-b")["cost_per_1m_output_tokens"] == pytest.approx(800)
+    assert model(f, "m-b")["cost_per_1m_tokens"] == pytest.approx(2 / 3500 * 1e6)
+    assert fl["unattributed_usd"] == pytest.approx(0)
+    assert f["token_source"] == "token logs"
+    assert f["utilization_metric"] == "util_gpu_pct"
+
+
+def test_shared_host_hours_without_tokens_and_unattributed(tmp_path):
+    store = str(tmp_path / "store")
+    H = 3600
+    write_samples(store, series("host-a", "GPU-a", "NVIDIA A100-SXM4-80GB", 0, 1800, [40] * 6, )
+                  + series("host-b", "GPU-b", L4, 0, 1800, [10] * 6))
+    # host-a costs $7/h. Hour 0: m1 300 out, m2 100 out -> 75/25. Hour 1: only m2. Hour 2: none -> the
+    # host's window shares (m1 300 : m2 300 -> 50/50). host-b has no tokens: its $3 are unattributed.
+    toks = write_tokens(tmp_path / "t.jsonl", [
+        {"timestamp": T0 + 10, "model": "m1", "host": "host-a", "prompt_tokens": 1, "completion_tokens": 300},
+        {"timestamp": T0 + 20, "model": "m2", "host": "host-a", "prompt_tokens": 1, "completion_tokens": 100},
+        {"timestamp": T0 + H + 5, "model": "m2", "host": "host-a", "prompt_tokens": 1, "completion_tokens": 200},
+    ])
+    f = build([store], PRICING, [toks], None, None)
+    assert model(f, "m1")["cost_usd"] == pytest.approx(7 * 0.75 + 7 * 0.5)
+    assert model(f, "m2")["cost_usd"] == pytest.approx(7 * 0.25 + 7 + 7 * 0.5)
+    assert f["fleet"]["unattributed_usd"] == pytest.approx(3)
+    assert sum(m["cost_usd"] for m in f["models"]) + f["fleet"]["unattributed_usd"] == pytest.approx(f["fleet"]["spend_usd"])
+
+
+def test_token_records_outside_the_window_or_from_unknown_hosts_are_counted(tmp_path):
+    store = str(tmp_path / "store")
+    write_samples(store, series("host-a", "GPU-a", H100, 0, 600, [50] * 6))
+    toks = write_tokens(tmp_path / "t.jsonl", [
+        {"timestamp": T0 + 10, "model": "m1", "host": "host-a", "prompt_tokens": 1, "completion_tokens": 10},
+        {"timestamp": T0 + 7200, "model": "m1", "host": "host-a", "prompt_tokens": 1, "completion_tokens": 10},
+        {"timestamp": T0 + 20, "model": "m1", "host": "host-z", "prompt_tokens": 1, "completion_tokens": 10},
+    ])
+    f = build([store], PRICING, [toks], None, None)
+    assert f["data_quality"]["token_records_outside_window"] == 1
+    assert f["data_quality"]["token_records_unknown_host"] == 1
+    assert model(f, "m1")["completion_tokens"] == 10
+
+
+def test_mig_devices_are_billed_by_their_share(tmp_path):
+    store = str(tmp_path / "store")
+    name = "NVIDIA A100-SXM4-80GB"
+    rows = series("h", "GPU-p", name, 0, 600, [None] * 6, mig_mode=True)
+    rows += series("h", "MIG-3", name, 0, 600, [None] * 6, parent_uuid="GPU-p", mig_profile="3g.40gb", sm_active_pct=40.0)
+    rows += series("h", "MIG-2", name, 0, 600, [None] * 6, parent_uuid="GPU-p", mig_profile="2g.20gb")
+    write_samples(store, rows)
+    f = build([store], PRICING, [], None, None)
+    m3, m2, p = dev(f, "MIG-3"), dev(f, "MIG-2"), dev(f, "GPU-p")
+    assert m3["gpu_hours"] == pytest.approx(3 / 7) and m3["spend_usd"] == pytest.approx(3)
+    assert m3["waste_usd"] == pytest.approx(3 * 0.6) and m3["utilization_metric"] == "sm_active_pct"
+    assert m2["spend_usd"] == pytest.approx(2) and m2["waste_usd"] == 0 and m2["mean_util_pct"] is None
+    # The parent is not billed itself; its 2 free slices of 7 are unallocated (idle and waste).
+    assert p["unallocated_usd"] == pytest.approx(2) and p["spend_usd"] == pytest.approx(2) and p["idle_usd"] == pytest.approx(2)
+    fl = f["fleet"]
+    assert fl["spend_usd"] == pytest.approx(7) and fl["waste_usd"] == pytest.approx(1.8 + 2)
+    assert fl["idle_usd"] == pytest.approx(2) and fl["unallocated_usd"] == pytest.approx(2) and fl["devices"] == 2
+    assert [d["uuid"] for d in f["data_quality"]["devices_without_evidence"]] == ["MIG-2"]
+    assert fl["waste_sm_active_usd"] == pytest.approx(1.8)
+
+
+def test_unpriced_device_is_listed_never_free(tmp_path):
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-x", "NVIDIA GeForce RTX 4090", 0, 600, [10] * 6)
+                  + series("h", "GPU-y", L4, 0, 600, [10] * 6))
+    f = build([store], PRICING, [], None, None)
+    x = dev(f, "GPU-x")
+    assert x["spend_usd"] is None and x["price_per_hour"] is None
+    assert f["data_quality"]["unpriced_devices"] == [{"host": "h", "uuid": "GPU-x", "name": "NVIDIA GeForce RTX 4090"}]
+    assert f["fleet"]["spend_usd"] == pytest.approx(1) and f["fleet"]["unpriced_gpu_hours"] == pytest.approx(1)
+
+
+def test_host_price_wins_and_catalog_fills_in(tmp_path):
+    store = str(tmp_path / "store")
+    write_samples(store, series("special-host", "GPU-s", H100, 0, 600, [10] * 6)
+                  + series("h", "GPU-t", "Tesla T4", 0, 600, [10] * 6))
+    f = build([store], PRICING, [], None, None)
+    assert dev(f, "GPU-s")["price_per_hour"] == 10.0
+    assert dev(f, "GPU-t")["price_per_hour"] == 0.53 and "catalog T4" in dev(f, "GPU-t")["price_source"]
+
+
+def test_since_until_select_ts_in_half_open_window(tmp_path):
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-a", H100, 0, 600, [10] * 6 + [50] * 6 + [90] * 6))
+    f = build([store], PRICING, [], "2026-11-28T01:00:00Z", "2026-11-28T02:00:00Z")
+    a = dev(f, "GPU-a")
+    assert a["gpu_hours"] == pytest.approx(1) and a["mean_util_pct"] == pytest.approx(50)
+    assert f["window"] == {"start": "2026-11-28T01:00:00Z", "end": "2026-11-28T02:00:00Z", "hours": 1.0}
+
+
+def test_coverage_and_gaps(tmp_path):
+    store = str(tmp_path / "store")
+    # One hour of 60 s samples with 20 minutes missing (the collector billed the gap's first sample one
+    # interval): 40 samples -> 40 minutes covered out of 60.
+    rows = series("h", "GPU-a", H100, 0, 60, [30] * 20) + series("h", "GPU-a", H100, 2400, 60, [30] * 20)
+    write_samples(store, rows)
+    f = build([store], PRICING, [], "2026-11-28T00:00:00Z", "2026-11-28T01:00:00Z")
+    assert dev(f, "GPU-a")["coverage_pct"] == pytest.approx(100 * 40 / 60)
+    assert f["data_quality"]["gaps"][0]["missing_hours"] == pytest.approx(20 / 60)
+    assert dev(f, "GPU-a")["spend_usd"] == pytest.approx(3 * 40 / 60)  # missing coverage is not billed
+
+
+def test_idle_below_threshold(tmp_path):
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-a", H100, 0, 600, [4, 5, 6, 9, 10, 11]))
+    assert dev(build([store], PRICING, [], None, None), "GPU-a")["idle_hours"] == pytest.approx(1 / 6)
+    assert dev(build([store], PRICING, [], None, None, idle_below=10), "GPU-a")["idle_hours"] == pytest.approx(4 / 6)
+
+
+def test_older_schema_files_are_read(tmp_path):
+    """A file without the newer columns (as an earlier schema version wrote it) reads as nulls."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "store" / "samples" / "host=h" / "date=2026-11-28"
+    folder.mkdir(parents=True)
+    old = pa.table({"ts": pa.array([at(0), at(600)], pa.timestamp("us", tz="UTC")), "host": ["h", "h"],
+                    "uuid": ["GPU-o", "GPU-o"], "name": [H100, H100], "util_gpu_pct": pa.array([20.0, 40.0], pa.float32()),
+                    "interval_s": pa.array([600.0, 600.0], pa.float32())})
+    pq.write_table(old, folder / "old.parquet")
+    write_samples(str(tmp_path / "store"), series("h", "GPU-n", H100, 0, 600, [60, 60]))
+    f = build([str(tmp_path / "store")], PRICING, [], None, None)
+    assert dev(f, "GPU-o")["mean_util_pct"] == pytest.approx(30) and dev(f, "GPU-o")["peak_memory_bytes"] is None
+    assert dev(f, "GPU-n")["mean_util_pct"] == pytest.approx(60)
