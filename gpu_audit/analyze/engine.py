@@ -52,7 +52,23 @@ def connect(settings: AnalyzeSettings) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _samples_sql(files: list[str], s: AnalyzeSettings) -> str:
+_DUCK_TYPES = {"timestamp[us, tz=UTC]": "TIMESTAMPTZ", "string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT",
+               "float": "FLOAT", "double": "DOUBLE", "bool": "BOOLEAN"}
+
+
+def samples_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
+    """A SELECT over the files with every column of the current schema: columns that no file has
+    (a store written by an older schema version, or an importer that has fewer fields) are typed
+    NULLs, so the analysis reads every version."""
+    from gpu_audit.store.schema import SAMPLES
+
+    src = f"read_parquet({_sql_list(files)}, union_by_name = true)"
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    cols = [f'"{f.name}"' if f.name in have else f'CAST(NULL AS {_DUCK_TYPES[str(f.type)]}) AS "{f.name}"' for f in SAMPLES]
+    return f"(SELECT {', '.join(cols)} FROM {src})"
+
+
+def _samples_sql(src: str, s: AnalyzeSettings) -> str:
     where = []
     if s.since:
         where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
@@ -61,81 +77,94 @@ def _samples_sql(files: list[str], s: AnalyzeSettings) -> str:
     cond = ("WHERE " + " AND ".join(where)) if where else ""
     # share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30);
     # 0 for a GPU in MIG mode, which is not billed itself (its unallocated slices are, below).
+    # share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30);
+    # 0 for a GPU in MIG mode, which is not billed itself (its unallocated slices are, elsewhere).
+    # String work (profile, name) runs only in the MIG branches. metric: 1 util_gpu_pct,
+    # 2 gr_engine_active_pct, 3 sm_active_pct, null without evidence.
     return f"""
       SELECT host, uuid, parent_uuid, name, mig_profile, coalesce(mig_mode, false) AS mig_mode,
-             ts, epoch_us(ts) AS ts_us, CAST(interval_s AS DOUBLE) AS dt,
-             CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour,
+             epoch_us(ts) AS ts_us, CAST(interval_s AS DOUBLE) AS dt,
+             epoch_us(ts) // 3600000000 AS hour,
              CAST(coalesce(util_gpu_pct, gr_engine_active_pct, sm_active_pct) AS DOUBLE) AS u,
-             CASE WHEN util_gpu_pct IS NOT NULL THEN 'util_gpu_pct'
-                  WHEN gr_engine_active_pct IS NOT NULL THEN 'gr_engine_active_pct'
-                  WHEN sm_active_pct IS NOT NULL THEN 'sm_active_pct' END AS metric,
+             CASE WHEN util_gpu_pct IS NOT NULL THEN 1 WHEN gr_engine_active_pct IS NOT NULL THEN 2
+                  WHEN sm_active_pct IS NOT NULL THEN 3 END AS metric,
              CAST(sm_active_pct AS DOUBLE) AS sm,
-             mem_used_bytes, mem_total_bytes, error,
-             CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END AS total_slices,
-             TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) AS slices
-      FROM read_parquet({_sql_list(files)}, union_by_name = true)
+             mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error,
+             CASE WHEN parent_uuid IS NOT NULL OR mig_mode THEN
+                  (CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END) END AS total_slices,
+             CASE WHEN parent_uuid IS NOT NULL THEN TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) END AS slices
+      FROM {src}
       {cond}
     """
 
 
-def device_hours(con: duckdb.DuckDBPyConnection, files: list[str], s: AnalyzeSettings) -> pd.DataFrame:
-    """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs."""
+def device_hours(con: duckdb.DuckDBPyConnection, src: str, s: AnalyzeSettings) -> pd.DataFrame:
+    """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs.
+
+    One pass with a plain GROUP BY (no join, no window function); the unallocated slices of GPUs in
+    MIG mode come from a second, small query over MIG rows only, merged here.
+    """
     idle = float(s.idle_below)
+    # A device's share is constant, so the query sums plain dt-weighted terms and share is applied
+    # per row of the result: waste = share x (ev_dt - u_dt / 100), idle = share x idle_dt.
     q = f"""
-    WITH s AS ({_samples_sql(files, s)}),
-    b AS (
-      SELECT *, CASE WHEN parent_uuid IS NOT NULL THEN coalesce(slices, 0) / total_slices
-                     WHEN mig_mode THEN 0.0 ELSE 1.0 END AS share
-      FROM s
-    ),
-    alloc AS (
-      SELECT host, parent_uuid, ts_us, sum(slices) AS used FROM s WHERE parent_uuid IS NOT NULL GROUP BY ALL
-    ),
-    unalloc AS (
-      SELECT b.host, b.uuid, b.ts_us, greatest(0.0, 1.0 - coalesce(a.used, 0) / b.total_slices) AS free
-      FROM b LEFT JOIN alloc a ON a.host = b.host AND a.parent_uuid = b.uuid AND a.ts_us = b.ts_us
-      WHERE b.mig_mode AND b.parent_uuid IS NULL
-    ),
-    j AS (
-      SELECT b.*, coalesce(unalloc.free, 0.0) AS free
-      FROM b LEFT JOIN unalloc ON unalloc.host = b.host AND unalloc.uuid = b.uuid AND unalloc.ts_us = b.ts_us
-    )
     SELECT host, uuid, hour,
            any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
-           bool_or(mig_mode) AS mig_mode, max(share) AS share,
+           bool_or(mig_mode) AS mig_mode,
+           max(CASE WHEN parent_uuid IS NOT NULL THEN coalesce(slices, 0) / total_slices
+                    WHEN mig_mode THEN 0.0 ELSE 1.0 END) AS share,
            count(*) AS n, sum(dt) AS dt_s,
-           sum(share * dt) AS share_dt,
-           sum(free * dt) AS free_dt,
-           sum(dt) FILTER (WHERE u IS NOT NULL) AS ev_dt,
-           sum(share * dt) FILTER (WHERE u IS NOT NULL) AS ev_share_dt,
-           sum(u * dt) FILTER (WHERE u IS NOT NULL) AS u_dt,
-           sum(share * dt * (1 - u / 100)) FILTER (WHERE u IS NOT NULL) AS waste_share_dt,
-           sum(share * dt) FILTER (WHERE u < {idle}) AS idle_share_dt,
-           sum(dt) FILTER (WHERE u < {idle}) AS idle_dt,
-           sum(share * dt) FILTER (WHERE sm IS NOT NULL) AS sm_share_dt,
-           sum(share * dt * (1 - sm / 100)) FILTER (WHERE sm IS NOT NULL) AS sm_waste_share_dt,
-           sum(dt) FILTER (WHERE error IS NOT NULL) AS error_dt,
+           sum(CASE WHEN u IS NOT NULL THEN dt END) AS ev_dt,
+           sum(u * dt) AS u_dt,
+           sum(CASE WHEN u < {idle} THEN dt END) AS idle_dt,
+           sum(CASE WHEN sm IS NOT NULL THEN dt END) AS sm_dt,
+           sum(sm * dt) AS smu_dt,
+           sum(CASE WHEN has_error THEN dt END) AS error_dt,
+           sum(CASE WHEN metric = 1 THEN dt END) AS m_util_dt,
+           sum(CASE WHEN metric = 2 THEN dt END) AS m_gr_dt,
+           sum(CASE WHEN metric = 3 THEN dt END) AS m_sm_dt,
            max(mem_used_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
-           sum(dt) FILTER (WHERE metric = 'util_gpu_pct') AS m_util_dt,
-           sum(dt) FILTER (WHERE metric = 'gr_engine_active_pct') AS m_gr_dt,
-           sum(dt) FILTER (WHERE metric = 'sm_active_pct') AS m_sm_dt,
            min(ts_us) AS first_us, max(ts_us + dt * 1e6) AS last_us
-    FROM j GROUP BY host, uuid, hour
+    FROM ({_samples_sql(src, s)}) GROUP BY host, uuid, hour
     """
-    return con.execute(q).df()
+    dh = con.execute(q).df()
+    for col in ("ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_util_dt", "m_gr_dt", "m_sm_dt"):
+        dh[col] = dh[col].astype(float).fillna(0.0)
+    sh = dh["share"].astype(float)
+    dh["share_dt"] = sh * dh["dt_s"]
+    dh["ev_share_dt"] = sh * dh["ev_dt"]
+    dh["waste_share_dt"] = sh * (dh["ev_dt"] - dh["u_dt"] / 100)
+    dh["idle_share_dt"] = sh * dh["idle_dt"]
+    dh["sm_share_dt"] = sh * dh["sm_dt"]
+    dh["sm_waste_share_dt"] = sh * (dh["sm_dt"] - dh["smu_dt"] / 100)
+    free = con.execute(f"""
+    WITH m AS (SELECT * FROM ({_samples_sql(src, s)}) WHERE mig_mode OR parent_uuid IS NOT NULL),
+    alloc AS (SELECT host, parent_uuid, ts_us, sum(slices) AS used FROM m WHERE parent_uuid IS NOT NULL GROUP BY ALL)
+    SELECT p.host, p.uuid, p.hour,
+           sum(greatest(0.0, 1.0 - coalesce(a.used, 0) / p.total_slices) * p.dt) AS free_dt
+    FROM m p LEFT JOIN alloc a ON a.host = p.host AND a.parent_uuid = p.uuid AND a.ts_us = p.ts_us
+    WHERE p.mig_mode AND p.parent_uuid IS NULL
+    GROUP BY p.host, p.uuid, p.hour
+    """).df()
+    if free.empty:
+        dh["free_dt"] = 0.0
+        return dh
+    return dh.merge(free, on=["host", "uuid", "hour"], how="left")
 
 
-def device_distributions(con: duckdb.DuckDBPyConnection, files: list[str], s: AnalyzeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per device: a dt-weighted histogram of u at 1 % bins (for p95), and memory p95."""
-    base = _samples_sql(files, s)
-    hist = con.execute(f"""
-        SELECT host, uuid, CAST(round(u) AS INTEGER) AS bin, sum(dt) AS w
-        FROM ({base}) WHERE u IS NOT NULL GROUP BY ALL
+def device_distributions(con: duckdb.DuckDBPyConnection, src: str, s: AnalyzeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per device, in one scan: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of
+    the device's total), from which the 95th percentiles are read."""
+    h = con.execute(f"""
+        SELECT host, uuid, CAST(round(u) AS INTEGER) AS ubin,
+               CAST(round(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin,
+               sum(dt) AS w, grouping(ubin) AS is_mem
+        FROM ({_samples_sql(src, s)})
+        GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
     """).df()
-    mem = con.execute(f"""
-        SELECT host, uuid, approx_quantile(mem_used_bytes, 0.95) AS mem_p95 FROM ({base}) GROUP BY ALL
-    """).df()
-    return hist, mem
+    util = h[(h["is_mem"] == 0) & h["ubin"].notna()].rename(columns={"ubin": "bin"})[["host", "uuid", "bin", "w"]]
+    mem = h[(h["is_mem"] == 1) & h["mbin"].notna()].rename(columns={"mbin": "bin"})[["host", "uuid", "bin", "w"]]
+    return util, weighted_p95(mem).rename(columns={"p95_util_pct": "mem_p95_permille"})
 
 
 def weighted_p95(hist: pd.DataFrame) -> pd.DataFrame:
@@ -240,10 +269,11 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
     if not files:
         raise EmptyStore(f"no samples in {', '.join(roots)}" + (" in the window" if s.since or s.until else ""))
     con = connect(s)
-    dh = device_hours(con, files, s)
+    src = samples_source(con, files)
+    dh = device_hours(con, src, s)
     if dh.empty:
         raise EmptyStore(f"no samples in {', '.join(roots)} between --since and --until")
-    hist, mem = device_distributions(con, files, s)
+    hist, mem = device_distributions(con, src, s)
     start, end = window_of(dh, s)
     window_h = (end - start) / 3600
 
@@ -251,9 +281,7 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
     devs = dh.groupby(["host", "uuid"], as_index=False).agg(name=("name", "first"))
     prices = {(h, u): pricing.price(h, n) for h, u, n in devs.itertuples(index=False)}
     dh["price"] = [prices[(h, u)].per_hour if prices[(h, u)] else np.nan for h, u in zip(dh["host"], dh["uuid"])]
-    for col in ("share_dt", "free_dt", "ev_dt", "ev_share_dt", "u_dt", "waste_share_dt", "idle_share_dt", "idle_dt",
-                "sm_share_dt", "sm_waste_share_dt", "error_dt"):
-        dh[col] = dh[col].astype(float).fillna(0.0)
+    dh["free_dt"] = dh["free_dt"].astype(float).fillna(0.0)
     p = dh["price"].fillna(0.0)
     dh["gpu_s"] = dh["share_dt"] + dh["free_dt"]
     dh["spend_usd"] = p * dh["gpu_s"] / 3600
@@ -293,7 +321,8 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
             "p95_util_pct": _f(r.p95_util_pct) if has_ev else None,
             "utilization_metric": metric[0] if has_ev else None,
             "idle_hours": (r.idle_share_dt + r.free_dt) / 3600,
-            "peak_memory_bytes": _f(r.mem_max), "p95_memory_bytes": _f(r.mem_p95), "memory_total_bytes": _f(r.mem_total),
+            "peak_memory_bytes": _f(r.mem_max), "memory_total_bytes": _f(r.mem_total),
+            "p95_memory_bytes": (r.mem_p95_permille / 1000 * r.mem_total) if not (pd.isna(r.mem_p95_permille) or pd.isna(r.mem_total)) else None,
             "price_per_hour": pr.per_hour if pr else None, "price_source": pr.source if pr else None,
             "spend_usd": r.spend_usd if pr else None, "waste_usd": r.waste_usd if pr else None,
             "idle_usd": r.idle_usd if pr else None,
