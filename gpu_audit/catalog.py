@@ -40,6 +40,7 @@ class GpuModel:
     price_as_of: str | None = None
     price_source: str | None = None
     match: tuple[str, ...] = field(default=())  # extra name patterns (regex, case-insensitive)
+    provider: str = "aws"  # whose list the catalog price is from: prices are compared within one provider
 
     @property
     def memory_bytes(self) -> int:
@@ -73,7 +74,7 @@ MODELS: tuple[GpuModel, ...] = (
              (r"\bH100\b(?!.*\b(PCIe|NVL)\b)",)),
     GpuModel("H100 PCIe", "NVIDIA H100 PCIe", 81559, 350, 1755, 756, True, True, "hopper", 7, _H100_80,
              2.79, "2026-05-22", "RunPod H100 PCIe Secure Cloud (spheron.network blog)",
-             (r"\bH100\b.*\bPCIe\b",)),
+             (r"\bH100\b.*\bPCIe\b",), "runpod"),
     GpuModel("A100 80GB", "NVIDIA A100-SXM4-80GB", 81920, 400, 1410, 312, False, False, "ampere", 7, _A100_80,
              5.12, "2026-Q1", _AWS + "; p4de.24xlarge / 8", (r"\bA100\b.*\b80\s?GB\b",)),
     GpuModel("A100 40GB", "NVIDIA A100-SXM4-40GB", 40960, 400, 1410, 312, False, False, "ampere", 7, _A100_40,

@@ -141,8 +141,9 @@ def report(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the findings JSON here."),
     idle_below: float = typer.Option(5.0, "--idle-below", help="A sample is idle when utilization is below this %."),
     strict: bool = typer.Option(False, help="A bad token record is an error, not a counted warning."),
-) -> None:
-    """Spend, waste, idle cost and cost per 1M tokens from stores, pricing and token logs."""
+    fail_on: Optional[float] = typer.Option(None, "--fail-on", help="Exit 1 when potential monthly savings exceed this many USD."),
+) -> int:
+    """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
     from gpu_audit.analyze.findings import build, write_json
     from gpu_audit.report.terminal import render
 
@@ -152,6 +153,11 @@ def report(
     render(findings, _console())
     if json_out:
         _console().print(f"findings: {json_out}")
+    savings = findings["fleet"]["potential_monthly_savings_usd"]
+    if fail_on is not None and savings > fail_on:
+        _console(stderr=True).print(f"potential monthly savings ${savings:,.2f} exceed --fail-on ${fail_on:,.2f}")
+        return 1
+    return 0
 
 
 @app.command()

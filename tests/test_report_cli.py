@@ -125,3 +125,14 @@ def test_prices(run_cli):
     assert "$0.53" in t4 and "2026-Q1" in t4
     b200 = next(line for line in lines if "│ B200" in line)
     assert "N/A" in b200 and "unpriced" in b200
+
+
+def test_fail_on(run_cli, tmp_path):
+    from storefix import series, write_samples
+
+    s = str(tmp_path / "idle")
+    write_samples(s, series("h", "GPU-i", "NVIDIA L40S", 0, 600, [0] * 6 * 24))
+    code, out, err = run_cli("report", s, "--pricing", PRICING, "--fail-on", "100")
+    assert code == 1 and "exceed --fail-on $100.00" in err
+    code, _, _ = run_cli("report", s, "--pricing", PRICING, "--fail-on", "1000000")
+    assert code == 0

@@ -188,6 +188,47 @@ def token_hours(con: duckdb.DuckDBPyConnection, tokens: pa.Table) -> pd.DataFram
     return df
 
 
+def top_processes(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSettings) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per device, the process that held the most GPU memory in the window (name, pid, bytes)."""
+    files = table_files(roots, "processes", s.since, s.until)
+    if not files:
+        return {}
+    where = []
+    if s.since:
+        where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
+    if s.until:
+        where.append(f"ts < TIMESTAMPTZ '{s.until.isoformat()}'")
+    cond = ("WHERE " + " AND ".join(where)) if where else ""
+    rows = con.execute(f"""
+        SELECT host, uuid, arg_max(name, used_mem_bytes) AS name, arg_max(pid, used_mem_bytes) AS pid,
+               max(used_mem_bytes) AS used_mem_bytes
+        FROM read_parquet({_sql_list(files)}, union_by_name = true) {cond} GROUP BY host, uuid
+    """).fetchall()
+    return {(h, u): {"name": n, "pid": int(p) if p is not None else None, "used_mem_bytes": _f(b)} for h, u, n, p, b in rows}
+
+
+def model_request_stats(con: duckdb.DuckDBPyConnection, toks: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per model, from the attributed token records: request count, completion-length quantiles,
+    tokens beyond the 95th-percentile length, the share of short requests, and the hosts."""
+    if toks is None or toks.empty:
+        return {}
+    con.register("toks_attr", toks)
+    rows = con.execute("""
+        WITH q AS (SELECT model, quantile_cont(completion_tokens, 0.95) AS p95 FROM toks_attr GROUP BY model)
+        SELECT t.model, count(*) AS requests,
+               quantile_cont(completion_tokens, 0.5) AS p50, any_value(q.p95) AS p95,
+               quantile_cont(completion_tokens, 0.99) AS p99, quantile_cont(prompt_tokens, 0.5) AS prompt_p50,
+               sum(greatest(completion_tokens - q.p95, 0)) AS excess,
+               avg(CASE WHEN completion_tokens <= 64 THEN 1.0 ELSE 0.0 END) AS short_share,
+               list(DISTINCT host ORDER BY host) AS hosts
+        FROM toks_attr t JOIN q USING (model) GROUP BY t.model
+    """).fetchall()
+    con.unregister("toks_attr")
+    return {m: {"requests": int(n), "completion_p50": float(p50), "completion_p95": float(p95), "completion_p99": float(p99),
+                "prompt_p50": float(pp), "completion_tokens_beyond_p95": float(ex), "short_request_share": float(sh),
+                "hosts": list(hosts)} for m, n, p50, p95, p99, pp, ex, sh, hosts in rows}
+
+
 def window_of(dh: pd.DataFrame, s: AnalyzeSettings) -> tuple[float, float]:
     """The report window [start, end) in epoch seconds: --since/--until, else the data's extent."""
     start = s.since.timestamp() if s.since else float(dh["first_us"].min()) / 1e6
@@ -226,6 +267,7 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame, hosts_with_samples: set[str]
     out["records_outside_window"] = int((~in_win).sum())
     out["records_unknown_host"] = int((in_win & ~known).sum())
     t = toks[in_win & known]
+    out["attributed_records"] = t
     tok = t.groupby(["host", "hour", "model"], as_index=False)[["prompt_tokens", "completion_tokens"]].sum()
     # Shares per host-hour among models with output tokens in that hour.
     hour_tot = tok.groupby(["host", "hour"])["completion_tokens"].transform("sum")
@@ -324,6 +366,7 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
             "peak_memory_bytes": _f(r.mem_max), "memory_total_bytes": _f(r.mem_total),
             "p95_memory_bytes": (r.mem_p95_permille / 1000 * r.mem_total) if not (pd.isna(r.mem_p95_permille) or pd.isna(r.mem_total)) else None,
             "price_per_hour": pr.per_hour if pr else None, "price_source": pr.source if pr else None,
+            "price_provider": pr.provider if pr else None,
             "spend_usd": r.spend_usd if pr else None, "waste_usd": r.waste_usd if pr else None,
             "idle_usd": r.idle_usd if pr else None,
             "unallocated_usd": r.unalloc_usd if pr and parent_in_mig else None,
@@ -364,20 +407,28 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
     }
     fleet["utilization_pct_of_spend"] = (100 * (1 - fleet["waste_usd"] / fleet["spend_usd"])) if fleet["spend_usd"] else None
 
+    procs = top_processes(con, roots, s)
+    for d in devices:
+        d["top_process"] = procs.get((d["host"], d["uuid"]))
+
     toks_df = token_hours(con, tokens.table) if tokens is not None and tokens.table.num_rows else None
     dh_priced = dh[priced]
     att = attribute(dh_priced, toks_df, set(dh["host"]), start, end)
     fleet["unattributed_usd"] = att["unattributed_usd"] if toks_df is not None else fleet["spend_usd"]
 
+    stats = model_request_stats(con, att.get("attributed_records"))
+    for m in att["models"]:
+        m.update(stats.get(m["model"], {}))
     out_tokens = sum(m["completion_tokens"] for m in att["models"])
     fleet["cost_per_1m_output_tokens"] = (
         (fleet["spend_usd"] - fleet["unattributed_usd"]) / out_tokens * 1e6 if out_tokens else None)
     dh_sorted = dh.sort_values(["host", "uuid", "hour"])
     series = {
         "device_hourly": {
-            "columns": ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd"],
+            "columns": ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s"],
             "rows": [[r.host, r.uuid, _iso(r.hour * 3600), (r.u_dt / r.ev_dt) if r.ev_dt > 0 else None,
-                      _f(r.mem_max), r.spend_usd if not math.isnan(r.price) else None]
+                      _f(r.mem_max), r.spend_usd if not math.isnan(r.price) else None, float(r.dt_s),
+                      float(r.idle_dt) if r.ev_dt > 0 else None]
                      for r in dh_sorted.itertuples(index=False)],
         },
         "model_hourly": {"columns": ["model", "hour", "cost_usd", "prompt_tokens", "completion_tokens"],

@@ -56,4 +56,34 @@ def build(stores: list[str], pricing_path: str | None, token_paths: list[str], s
         raise GpuAuditError("--since must be before --until")
     pricing = load_pricing(pricing_path)
     tokens = load_tokens(token_paths, strict=strict) if token_paths else None
-    return _clean(analyze(list(stores), pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u)))
+    findings = _clean(analyze(list(stores), pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u)))
+    return add_recommendations(findings, pricing)
+
+
+def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = None) -> dict[str, Any]:
+    """Run the recommendation rules over the findings and record their totals and settings."""
+    from dataclasses import asdict, replace
+
+    from gpu_audit.catalog import MODELS
+    from gpu_audit.recommend import recommend
+    from gpu_audit.recommend.base import RecommendSettings, eligible
+
+    rs = settings or RecommendSettings()
+    prices = {}
+    for m in MODELS:
+        pr = pricing.price("", m.nvml_name)
+        if pr is not None:
+            prices[m.key] = (pr.per_hour, pr.provider)
+    rs = replace(rs, gpu_prices=prices)
+    out = recommend(findings, rs)
+    findings["recommendations"] = out["recommendations"]
+    findings["fleet"]["potential_monthly_savings_usd"] = out["potential_monthly_savings_usd"]
+    findings["savings_by_device"] = out["savings_by_device"]
+    findings["recommend_settings"] = {k: v for k, v in asdict(rs).items() if k != "gpu_prices"}
+    findings["data_quality"]["devices_not_assessed"] = [
+        {"host": d["host"], "uuid": d["uuid"],
+         "why": "no utilization reading" if d.get("mean_util_pct") is None else
+                "unpriced" if d.get("spend_usd") is None else f"coverage {d.get('coverage_pct') or 0:.0f}% < {rs.min_coverage_pct:.0f}%"}
+        for d in findings["devices"]
+        if not (d.get("mig_mode") and not d.get("parent_uuid")) and not eligible(d, rs)]
+    return _clean(findings)

@@ -33,6 +33,7 @@ class Price:
     per_hour: float
     source: str  # "pricing file [host] \"node-7\"", "catalog: ...", ...
     as_of: str | None = None
+    provider: str = "file"  # "file" for the pricing file; the catalog's provider otherwise
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Pricing:
             return Price(self.gpus[best], f"{self.path} [gpu] {best!r}")
         model = find_model(name or "")
         if model and model.price_per_hour is not None:
-            return Price(model.price_per_hour, f"catalog {model.key}: {model.price_source}", model.price_as_of)
+            return Price(model.price_per_hour, f"catalog {model.key}: {model.price_source}", model.price_as_of, model.provider)
         return None
 
 

@@ -23,6 +23,13 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
     if fl.get("waste_sm_active_usd") is not None:
         console.print(f"On GPUs with SM activity (GPM/DCGM), waste by util_gpu is {fmt_usd(fl['waste_util_on_sm_devices_usd'])}; "
                       f"by SM activity it is {fmt_usd(fl['waste_sm_active_usd'])}: the duty cycle hides the difference.")
+    recs = f.get("recommendations") or []
+    if recs:
+        t = Table("kind", "recommendation", "$ / month", "confidence", title=f"Recommendations ({len(recs)}; potential "
+                  f"{fmt_usd(fl.get('potential_monthly_savings_usd'))}/month, each device counted once)", title_justify="left")
+        for r in recs[:top]:
+            t.add_row(r["kind"], escape(r["title"]), fmt_usd(r["monthly_savings_usd"]), r["confidence"])
+        console.print(t)
     devs = sorted([d for d in f["devices"] if d["spend_usd"] is not None], key=lambda d: -(d["waste_usd"] or 0))[:top]
     t = Table("host", "device", "GPU-hours", "spend", "waste", "idle", "mean", "p95", "peak mem", title=f"Costliest waste (top {len(devs)})", title_justify="left")
     for d in devs:

@@ -1,0 +1,99 @@
+"""What every rule shares: the Recommendation type, settings, and helpers over findings."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+HOURS_PER_MONTH = 730
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    kind: str
+    title: str
+    targets: tuple[dict[str, str], ...]  # {"host", "uuid"} for devices, {"model"} for models
+    evidence: dict[str, Any]
+    monthly_savings_usd: float
+    confidence: str  # high | medium | low
+    action: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """Stable for the same kind and targets."""
+        keys = sorted("|".join(f"{k}={v}" for k, v in sorted(t.items())) for t in self.targets)
+        return f"{self.kind}-" + hashlib.sha1("\n".join(keys).encode()).hexdigest()[:10]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return {"id": self.id, **d}
+
+
+@dataclass(frozen=True)
+class RecommendSettings:
+    """Every threshold a rule uses; shown in the report beside each recommendation."""
+
+    min_coverage_pct: float = 50.0  # less coverage than this: too little evidence for any claim
+    busy_mean_util_pct: float = 70.0  # a device this busy gets no idle/right-size/MIG/consolidation claim
+    idle_hour_share: float = 0.9  # an hour is idle when this share of its covered time is idle
+    idle_min_stretch_hours: int = 1
+    idle_min_share: float = 0.2  # idle stretches must add up to this share of the device's covered time
+    idle_held_memory_gib: float = 1.0  # memory held while idle above this: "idle but memory held"
+    schedule_min_days: int = 2
+    schedule_day_share: float = 0.8  # an hour of day is scheduled-idle when idle on this share of days
+    target_util_pct: float = 80.0  # the compute headroom a right-sized / packed device may use
+    memory_headroom: float = 0.2  # peak memory x (1 + headroom) must fit
+    consolidation_compute_pct: float = 80.0
+    consolidation_memory_pct: float = 90.0
+    underused_p95_util_pct: float = 60.0  # right-size / MIG / consolidation consider devices below this
+    batching_max_mean_util_pct: float = 40.0
+    batching_target_util_pct: float = 70.0
+    quantization_memory_pct: float = 90.0
+    fp8_throughput_gain: float = 1.6  # vLLM FP8 docs: "up to a 1.6x improvement in throughput"
+    target_util_for_token_cost_pct: float = 70.0
+    long_tail_ratio: float = 8.0  # completion p99 / p50 above this: set max_tokens
+    long_prompt_ratio: float = 10.0  # median prompt / median completion above this: prefix caching
+    short_request_tokens: int = 64
+    # catalog key -> ($/GPU-hour, provider), from the pricing file or the catalog; right_size compares a
+    # device only with GPUs priced by the same provider (no AWS list price against a neocloud's).
+    gpu_prices: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+
+def monthly(findings: dict[str, Any], usd: float) -> float:
+    """A saving over the window scaled to 730 hours."""
+    hours = findings["window"]["hours"]
+    return usd * HOURS_PER_MONTH / hours if hours > 0 else 0.0
+
+
+def target(d: dict[str, Any]) -> dict[str, str]:
+    return {"host": d["host"], "uuid": d["uuid"]}
+
+
+def is_parent_in_mig(d: dict[str, Any]) -> bool:
+    return bool(d.get("mig_mode")) and not d.get("parent_uuid")
+
+
+def eligible(d: dict[str, Any], s: RecommendSettings) -> bool:
+    """Enough evidence for a claim: a utilization reading, coverage, a price."""
+    return (d.get("mean_util_pct") is not None and d.get("spend_usd") is not None
+            and (d.get("coverage_pct") or 0) >= s.min_coverage_pct)
+
+
+def busy(d: dict[str, Any], s: RecommendSettings) -> bool:
+    return (d.get("mean_util_pct") or 0) >= s.busy_mean_util_pct
+
+
+def hourly(findings: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The device-hourly series as rows per device, each with a parsed hour."""
+    cols = findings["series"]["device_hourly"]["columns"]
+    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in findings["series"]["device_hourly"]["rows"]:
+        r = dict(zip(cols, row))
+        r["h"] = int(datetime.fromisoformat(r["hour"].replace("Z", "+00:00")).timestamp() // 3600)
+        out[(r["host"], r["uuid"])].append(r)
+    return out

@@ -1,0 +1,174 @@
+"""batching, quantization and token_economics: how inference is served and what a token costs."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from gpu_audit.catalog import find_model
+from gpu_audit.recommend.base import Recommendation, RecommendSettings, eligible, hourly, monthly, target
+
+
+def _serving_hosts(findings: dict[str, Any]) -> dict[str, list[str]]:
+    """host -> models with tokens there."""
+    hosts: dict[str, list[str]] = defaultdict(list)
+    for m in findings["models"]:
+        for h in m.get("hosts") or []:
+            hosts[h].append(m["model"])
+    return hosts
+
+
+def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
+    """Low utilization on inference hosts: fewer replicas with bigger batches carry the measured peak."""
+    out = []
+    series = hourly(findings)
+    serving = _serving_hosts(findings)
+    for host, models in sorted(serving.items()):
+        devs = [d for d in findings["devices"] if d["host"] == host and eligible(d, s) and not d.get("parent_uuid")]
+        if len(devs) < 2:
+            continue
+        mean = sum(d["mean_util_pct"] * d["gpu_hours"] for d in devs) / max(1e-9, sum(d["gpu_hours"] for d in devs))
+        if mean >= s.batching_max_mean_util_pct:
+            continue
+        per_hour: dict[int, float] = defaultdict(float)
+        for d in devs:
+            for r in series.get((d["host"], d["uuid"]), []):
+                per_hour[r["h"]] += r["mean_util_pct"] or 0.0
+        peak = max(per_hour.values()) if per_hour else 0.0
+        needed = max(1, math.ceil(peak / s.batching_target_util_pct))
+        freed = len(devs) - needed
+        if freed < 1:
+            continue
+        spend = sum(d["spend_usd"] for d in devs)
+        out_tokens = sum(m["completion_tokens"] for m in findings["models"] if m["model"] in models)
+        out.append(Recommendation(
+            kind="batching", title=f"{host}: {len(devs)} GPUs serve {', '.join(models)} at {mean:.0f}% mean utilization; "
+                                   f"{needed} with larger batches carry the peak",
+            targets=tuple(target(d) for d in devs),
+            evidence={"models": models, "gpus": len(devs), "mean_util_pct": mean, "peak_hourly_util_sum_pct": peak,
+                      "replicas_needed": needed, "replicas_freed": freed,
+                      "output_tokens_per_gpu_hour": out_tokens / max(1e-9, sum(d["gpu_hours"] for d in devs)),
+                      "engine_metrics": "not in the store: batch size, queueing and KV use come from `collect --scrape`"},
+            monthly_savings_usd=monthly(findings, spend * freed / len(devs)), confidence="medium",
+            action=f"Run {needed} replica(s) instead of {len(devs)} and let continuous batching fill them (vLLM `--max-num-seqs`, "
+                   "SGLang `--max-running-requests`); with engine metrics, raise the cap where requests wait while the KV "
+                   "cache has room. Continuous batching's published effect: up to 23x throughput (Anyscale).",
+            settings={"max_mean_util_pct": s.batching_max_mean_util_pct, "target_util_pct": s.batching_target_util_pct},
+        ))
+    return out
+
+
+def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
+    """Memory-bound serving: a lower-precision format frees memory and raises throughput."""
+    out = []
+    serving = _serving_hosts(findings)
+    for d in findings["devices"]:
+        if not eligible(d, s) or d["host"] not in serving or not d.get("memory_total_bytes") or d.get("peak_memory_bytes") is None:
+            continue
+        mem_pct = 100 * d["peak_memory_bytes"] / d["memory_total_bytes"]
+        if mem_pct < s.quantization_memory_pct:
+            continue
+        model = find_model(d["name"] or "")
+        fmt = ("FP8 weights and activations (W8A8), and an FP8 KV cache" if model and model.fp8
+               else "INT8 or INT4 weight-only (W8A16 / AWQ)")
+        gain = s.fp8_throughput_gain
+        saving = d["spend_usd"] * (1 - 1 / gain)
+        out.append(Recommendation(
+            kind="quantization", title=f"{d['host']}: memory-bound serving on {d['name']} ({mem_pct:.0f}% memory): quantize to {fmt.split(' (')[0]}",
+            targets=(target(d),),
+            evidence={"peak_memory_pct": mem_pct, "mean_util_pct": d["mean_util_pct"], "models": serving[d["host"]],
+                      "format": fmt, "assumed_throughput_gain": gain,
+                      "published": ["FP8 W8A8: 2x less model memory, up to 1.6x throughput (vLLM FP8 docs)",
+                                    "INT4 AWQ: ~3x less memory and up to 3x faster than FP16 (Qwen AWQ docs)",
+                                    "FP8 KV cache halves KV bytes per token (vLLM --kv-cache-dtype fp8)"]},
+            monthly_savings_usd=monthly(findings, saving), confidence="low",
+            action=f"Serve {', '.join(serving[d['host']])} in {fmt}; validate accuracy on your evals first. The saving assumes "
+                   f"{gain}x throughput, so the same traffic needs 1/{gain} of the GPU time.",
+            settings={"memory_pct": s.quantization_memory_pct, "throughput_gain": gain},
+        ))
+    return out
+
+
+def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
+    out = []
+    dev_by_host: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for d in findings["devices"]:
+        if d.get("mean_util_pct") is not None:
+            dev_by_host[d["host"]].append(d)
+    models = [m for m in findings["models"] if m["cost_usd"] > 0 and m["completion_tokens"] > 0]
+    for m in models:
+        devs = [d for h in m.get("hosts") or [] for d in dev_by_host.get(h, [])]
+        hours = sum(d["gpu_hours"] for d in devs)
+        util = sum(d["mean_util_pct"] * d["gpu_hours"] for d in devs) / hours if hours else None
+        evidence_base = {"cost_per_1m_output_tokens": m["cost_per_1m_output_tokens"], "cost_per_1m_tokens": m["cost_per_1m_tokens"],
+                         "serving_util_pct": util}
+        if util:
+            evidence_base[f"cost_per_1m_output_tokens_at_{s.target_util_for_token_cost_pct:.0f}pct_util"] = (
+                m["cost_per_1m_output_tokens"] * util / s.target_util_for_token_cost_pct)
+        for api in findings.get("api_prices", []):
+            api_cost = (m["prompt_tokens"] * api["input_per_1m"] + m["completion_tokens"] * api["output_per_1m"]) / 1e6
+            if api_cost <= 0 or m["cost_usd"] <= api_cost:
+                continue
+            breakeven = util * m["cost_usd"] / api_cost if util else None
+            out.append(Recommendation(
+                kind="token_economics", title=f"{m['model']} costs ${m['cost_usd']:.2f} self-hosted vs ${api_cost:.2f} at {api['model']} prices",
+                targets=({"model": m["model"]},),
+                evidence={**evidence_base, "api": api["model"], "api_cost_usd": api_cost, "self_hosted_cost_usd": m["cost_usd"],
+                          "api_price_as_of": api.get("as_of"), "api_price_source": api.get("source"),
+                          "breakeven_util_pct": breakeven},
+                monthly_savings_usd=monthly(findings, m["cost_usd"] - api_cost), confidence="medium",
+                action=(f"Self-hosting breaks even at {breakeven:.0f}% utilization (now {util:.0f}%): raise utilization (batching, "
+                        f"consolidation) or route this traffic to {api['model']} if its quality is enough."
+                        if breakeven and breakeven <= 100 else
+                        f"Even at 100% utilization self-hosting costs more than {api['model']}: route this traffic to the API "
+                        "if its quality is enough, or move to cheaper GPUs."),
+                settings={"target_util_pct": s.target_util_for_token_cost_pct},
+            ))
+        p50, p99 = m.get("completion_p50"), m.get("completion_p99")
+        if p50 and p99 and p99 / p50 >= s.long_tail_ratio:
+            share = (m.get("completion_tokens_beyond_p95") or 0) / m["completion_tokens"]
+            out.append(Recommendation(
+                kind="token_economics", title=f"{m['model']}: a long tail of completions (p99 {p99:.0f} vs median {p50:.0f} tokens): set max_tokens",
+                targets=({"model": m["model"], "lever": "max_tokens"},),
+                evidence={**evidence_base, "completion_p50": p50, "completion_p95": m.get("completion_p95"), "completion_p99": p99,
+                          "completion_tokens_beyond_p95": m.get("completion_tokens_beyond_p95"), "share_of_output_beyond_p95": share},
+                monthly_savings_usd=monthly(findings, m["cost_usd"] * share), confidence="low",
+                action=f"Cap max_tokens near the p95 length ({m.get('completion_p95', 0):.0f}); the tokens beyond it are "
+                       f"{share:.0%} of this model's output.",
+                settings={"long_tail_ratio": s.long_tail_ratio},
+            ))
+        pp = m.get("prompt_p50")
+        if pp and p50 and pp / p50 >= s.long_prompt_ratio:
+            out.append(Recommendation(
+                kind="token_economics", title=f"{m['model']}: prompts are {pp / p50:.0f}x longer than completions: cache prefixes",
+                targets=({"model": m["model"], "lever": "prefix_cache"},),
+                evidence={**evidence_base, "prompt_p50": pp, "completion_p50": p50, "prefix_cache_hit_pct": None},
+                monthly_savings_usd=0.0, confidence="low",
+                action="Enable prefix caching (on by default in vLLM V1; SGLang RadixAttention: up to 5x on shared prefixes) and "
+                       "shorten system prompts. No dollar figure without the engine's prefix-cache hit rate (`collect --scrape`).",
+                settings={"long_prompt_ratio": s.long_prompt_ratio},
+            ))
+    # A costly model serving short requests that a cheaper model could take.
+    if len(models) >= 2:
+        cheap = min(models, key=lambda m: m["cost_per_1m_output_tokens"])
+        for m in models:
+            if m is cheap or (m.get("completion_p50") or 1e9) > s.short_request_tokens:
+                continue
+            ratio = m["cost_per_1m_output_tokens"] / cheap["cost_per_1m_output_tokens"]
+            if ratio < 2:
+                continue
+            share = m.get("short_request_share") or 0
+            saving = m["cost_usd"] * share * (1 - 1 / ratio)
+            out.append(Recommendation(
+                kind="token_economics", title=f"{m['model']}: {share:.0%} of requests are short (<= {s.short_request_tokens} tokens): route them to {cheap['model']}",
+                targets=({"model": m["model"], "lever": "routing"},),
+                evidence={"cost_per_1m_output_tokens": m["cost_per_1m_output_tokens"], "cheaper_model": cheap["model"],
+                          "cheaper_cost_per_1m_output_tokens": cheap["cost_per_1m_output_tokens"], "short_request_share": share,
+                          "completion_p50": m.get("completion_p50")},
+                monthly_savings_usd=monthly(findings, saving), confidence="low",
+                action=f"Route short, simple requests to {cheap['model']} ({ratio:.1f}x cheaper per output token) with a router "
+                       "that checks quality on a sample.",
+                settings={"short_request_tokens": s.short_request_tokens},
+            ))
+    return out
