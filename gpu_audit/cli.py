@@ -142,6 +142,9 @@ def report(
     idle_below: float = typer.Option(5.0, "--idle-below", help="A sample is idle when utilization is below this %."),
     strict: bool = typer.Option(False, help="A bad token record is an error, not a counted warning."),
     fail_on: Optional[float] = typer.Option(None, "--fail-on", help="Exit 1 when potential monthly savings exceed this many USD."),
+    html: Optional[str] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
+    pdf: Optional[str] = typer.Option(None, "--pdf", help="Also print the HTML report to this PDF (needs Chromium)."),
+    browser: Optional[str] = typer.Option(None, "--browser", help="Chromium or Chrome to print the PDF with (default: found on PATH)."),
 ) -> int:
     """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
     from gpu_audit.analyze.findings import build, write_json
@@ -153,6 +156,8 @@ def report(
     render(findings, _console())
     if json_out:
         _console().print(f"findings: {json_out}")
+    if html or pdf:
+        _write_report_files(findings, html, pdf, browser)
     savings = findings["fleet"]["potential_monthly_savings_usd"]
     if fail_on is not None and savings > fail_on:
         _console(stderr=True).print(f"potential monthly savings ${savings:,.2f} exceed --fail-on ${fail_on:,.2f}")
@@ -211,6 +216,55 @@ def import_nvidia_smi(
         c.print(f"[yellow]{res.bad} bad line(s) skipped[/]: " + "; ".join(res.bad_lines), soft_wrap=True)
     if res.single_sample_series:
         c.print(f"[yellow]{res.single_sample_series} series had a single sample and count for no time: give --interval[/]")
+
+
+def _write_report_files(findings: dict, html: Optional[str], pdf: Optional[str], browser: Optional[str]) -> None:
+    """HTML (and PDF printed from it), with a progress bar on a terminal."""
+    import os
+    import tempfile
+
+    from gpu_audit.report.html import write_html
+
+    err = _console(stderr=True)
+    html_path = html or os.path.join(tempfile.mkdtemp(prefix="gpu-audit-"), "report.html")
+    if err.is_terminal:
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as p:
+            task = p.add_task("report")
+            write_html(findings, html_path, progress=lambda msg: p.update(task, description=msg))
+    else:
+        write_html(findings, html_path)
+    if html:
+        _console().print(f"HTML report: {html}")
+    if pdf:
+        from gpu_audit.report.pdf import html_to_pdf
+
+        html_to_pdf(html_path, pdf, browser)
+        _console().print(f"PDF report: {pdf}")
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("gpu-audit-demo", "--out", help="Folder for the demo's store, token log, pricing, findings and report."),
+    open_report: bool = typer.Option(False, "--open", help="Open the HTML report in a browser when done."),
+    hours: float = typer.Option(24.0, help="Simulated hours per host."),
+) -> None:
+    """Run the whole pipeline on a simulated fleet (no GPU needed): collect, token logs, report."""
+    from gpu_audit.demo import run_demo
+    from gpu_audit.report.terminal import render
+
+    err = _console(stderr=True)
+    res = run_demo(out, hours=hours, step=lambda msg: err.print(f"[dim]{msg}[/]"))
+    render(res.findings, _console())
+    c = _console()
+    c.print(f"\nstore: {res.store}\ntoken log: {res.tokens} ({res.requests:,} requests)\npricing: {res.pricing}\n"
+            f"findings: {res.json}\n[bold]HTML report: {res.html}[/]")
+    c.print(f"rerun by hand: gpu-audit report {res.store} --pricing {res.pricing} --tokens {res.tokens} --html report.html")
+    if open_report and res.html:
+        import webbrowser
+
+        webbrowser.open("file://" + __import__("os").path.abspath(res.html))
 
 
 def run(argv: Optional[List[str]] = None) -> int:

@@ -77,3 +77,19 @@ def test_long_tail_and_long_prompts_and_routing():
     route = by[("big", "routing")]
     # big costs 3x the cheapest per output token: 60 % of its cost, less the third the cheap model would cost.
     assert route.monthly_savings_usd == pytest.approx(300 * 0.6 * (1 - 1 / 3) * 730 / 24)
+
+
+def test_batching_uses_the_devices_named_by_gpu_uuid():
+    # Same host: two GPUs serve m at 15 %, a third runs something else at 90 %. With gpu_uuid in the
+    # token logs only the two count: the peak 30 % fits one replica.
+    devs = [device("inf", "GPU-a", H100, 3.0, [15] * 24, 70), device("inf", "GPU-b", H100, 3.0, [15] * 24, 70),
+            device("inf", "GPU-c", H100, 3.0, [90] * 24, 70)]
+    (r,) = batching(findings(devs, 24, [model("m", ["inf"], gpus=["GPU-a", "GPU-b"])]), S)
+    assert {t["uuid"] for t in r.targets} == {"GPU-a", "GPU-b"} and r.evidence["replicas_freed"] == 1
+    # Without gpu_uuid, the host's working GPUs count: mean (15+15+90)/3 = 40 % is not under 40 %.
+    assert batching(findings(devs, 24, [model("m", ["inf"])]), S) == []
+
+
+def test_quantization_silent_on_a_busy_compute_bound_gpu():
+    d = device("inf", "GPU-t", H100, 3.0, [97] * 24, 78)
+    assert quantization(findings([d], 24, [model("m", ["inf"])]), S) == []

@@ -47,6 +47,7 @@ def connect(settings: AnalyzeSettings) -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone='UTC'")
     con.execute(f"SET memory_limit='{settings.memory_limit}'")
     con.execute("SET preserve_insertion_order=false")
+    con.execute("SET enable_progress_bar=false")  # our own progress display, not DuckDB's
     if settings.threads:
         con.execute(f"SET threads={int(settings.threads)}")
     return con
@@ -182,7 +183,7 @@ def token_hours(con: duckdb.DuckDBPyConnection, tokens: pa.Table) -> pd.DataFram
     con.register("tokens_in", tokens)
     df = con.execute("""
         SELECT host, model, CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour, epoch_us(ts) AS _ts,
-               prompt_tokens, completion_tokens FROM tokens_in
+               prompt_tokens, completion_tokens, gpu_uuid FROM tokens_in
     """).df()
     con.unregister("tokens_in")
     return df
@@ -220,13 +221,14 @@ def model_request_stats(con: duckdb.DuckDBPyConnection, toks: pd.DataFrame) -> d
                quantile_cont(completion_tokens, 0.99) AS p99, quantile_cont(prompt_tokens, 0.5) AS prompt_p50,
                sum(greatest(completion_tokens - q.p95, 0)) AS excess,
                avg(CASE WHEN completion_tokens <= 64 THEN 1.0 ELSE 0.0 END) AS short_share,
-               list(DISTINCT host ORDER BY host) AS hosts
+               list(DISTINCT host ORDER BY host) AS hosts,
+               list(DISTINCT gpu_uuid ORDER BY gpu_uuid) FILTER (WHERE gpu_uuid IS NOT NULL) AS gpus
         FROM toks_attr t JOIN q USING (model) GROUP BY t.model
     """).fetchall()
     con.unregister("toks_attr")
     return {m: {"requests": int(n), "completion_p50": float(p50), "completion_p95": float(p95), "completion_p99": float(p99),
                 "prompt_p50": float(pp), "completion_tokens_beyond_p95": float(ex), "short_request_share": float(sh),
-                "hosts": list(hosts)} for m, n, p50, p95, p99, pp, ex, sh, hosts in rows}
+                "hosts": list(hosts), "gpus": list(gpus or [])} for m, n, p50, p95, p99, pp, ex, sh, hosts, gpus in rows}
 
 
 def window_of(dh: pd.DataFrame, s: AnalyzeSettings) -> tuple[float, float]:
@@ -406,6 +408,10 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
         "waste_util_on_sm_devices_usd": float(sm_rows["waste_usd"].sum()) if not sm_rows.empty else None,
     }
     fleet["utilization_pct_of_spend"] = (100 * (1 - fleet["waste_usd"] / fleet["spend_usd"])) if fleet["spend_usd"] else None
+    # Spend in three parts for the report: productive (spend - waste), idle, and the rest of the waste
+    # (busy but under-used). Idle samples waste (1 - u) of their cost, so waste >= idle up to u < 5 %.
+    fleet["spend_split"] = {"productive_usd": fleet["spend_usd"] - fleet["waste_usd"], "idle_usd": fleet["idle_usd"],
+                            "underused_usd": max(0.0, fleet["waste_usd"] - fleet["idle_usd"])}
 
     procs = top_processes(con, roots, s)
     for d in devices:

@@ -28,6 +28,7 @@ TOKENS = pa.schema([
     ("host", pa.string()),
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
+    ("gpu_uuid", pa.string()),
 ])
 
 
@@ -68,7 +69,7 @@ def _count(v: Any, name: str) -> int:
     return int(n)
 
 
-def _record(r: dict[str, Any]) -> tuple[datetime, str, str, int, int]:
+def _record(r: dict[str, Any]) -> tuple[datetime, str, str, int, int, str | None]:
     if not isinstance(r, dict):
         raise ValueError("not an object")
     usage = r.get("usage") if isinstance(r.get("usage"), dict) else r
@@ -80,8 +81,9 @@ def _record(r: dict[str, Any]) -> tuple[datetime, str, str, int, int]:
         raise ValueError("no model")
     if not host or not isinstance(host, str):
         raise ValueError("no host")
+    gpu = r.get("gpu_uuid")
     return (_ts(when), model, host, _count(usage.get("prompt_tokens"), "prompt_tokens"),
-            _count(usage.get("completion_tokens"), "completion_tokens"))
+            _count(usage.get("completion_tokens"), "completion_tokens"), str(gpu) if gpu else None)
 
 
 def _rows_jsonl(path: str) -> Iterable[tuple[int, Any]]:
@@ -107,28 +109,66 @@ def _rows_csv(path: str) -> Iterable[tuple[int, Any]]:
             yield reader.line_num, row
 
 
-def _rows_parquet(path: str) -> Iterable[tuple[int, Any]]:
+def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Table:
+    """Parquet token logs, vectorised: millions of records load in seconds. Rows with a missing
+    field or a negative count are rejected (row numbers from 1)."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     t = pq.read_table(path)
-    for i, row in enumerate(t.to_pylist(), 1):
-        yield i, row
+    when = "timestamp" if "timestamp" in t.column_names else "created" if "created" in t.column_names else None
+    missing = [c for c in ("model", "host", "prompt_tokens", "completion_tokens") if c not in t.column_names]
+    if when is None or missing:
+        raise TokenLogError(f"{path}: token log lacks column(s) {', '.join(missing + ['timestamp'] * (when is None))}")
+    ts = t[when]
+    if pa.types.is_timestamp(ts.type):
+        ts = ts.cast(pa.timestamp("us", tz="UTC")) if ts.type.tz else pc.assume_timezone(ts, "UTC").cast(pa.timestamp("us", tz="UTC"))
+    elif pa.types.is_integer(ts.type) or pa.types.is_floating(ts.type):
+        ts = pc.cast(pc.multiply(pc.cast(ts, pa.float64()), 1e6), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    else:
+        try:
+            ts = pa.chunked_array([pa.array([_ts(v) if v is not None else None for v in ts.to_pylist()], pa.timestamp("us", tz="UTC"))])
+        except ValueError as e:
+            raise TokenLogError(f"{path}: {when}: {e}") from None
+    out = pa.table({"ts": ts, "model": t["model"].cast(pa.string()), "host": t["host"].cast(pa.string()),
+                    "prompt_tokens": t["prompt_tokens"].cast(pa.int64()), "completion_tokens": t["completion_tokens"].cast(pa.int64()),
+                    "gpu_uuid": t["gpu_uuid"].cast(pa.string()) if "gpu_uuid" in t.column_names else pa.nulls(t.num_rows, pa.string())},
+                   schema=TOKENS)
+    ok = pc.and_(pc.and_(pc.is_valid(out["ts"]), pc.and_(pc.is_valid(out["model"]), pc.is_valid(out["host"]))),
+                 pc.and_(pc.greater_equal(pc.fill_null(out["prompt_tokens"], -1), 0), pc.greater_equal(pc.fill_null(out["completion_tokens"], -1), 0)))
+    bad = pc.invert(ok)
+    nbad = pc.sum(bad).as_py() or 0
+    if nbad:
+        first = [i + 1 for i, b in enumerate(bad.to_pylist()) if b][:max_examples]
+        if strict:
+            raise TokenLogError(f"bad token record at {path}:{first[0]}: a missing field or a negative token count")
+        log.bad += nbad
+        for i in first[: max_examples - len(log.bad_examples)]:
+            log.bad_examples.append(f"{path}:{i}: a missing field or a negative token count")
+    return out.filter(ok)
 
 
-READERS = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_jsonl, ".csv": _rows_csv, ".parquet": _rows_parquet}
+READERS = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_jsonl, ".csv": _rows_csv, ".parquet": None}
 
 
 def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -> TokenLog:
     cols: dict[str, list[Any]] = {n: [] for n in TOKENS.names}
     log = TokenLog(table=TOKENS.empty_table(), files=list(paths))
+    parquet: list[pa.Table] = []
     for path in paths:
         ext = os.path.splitext(path)[1].lower()
-        reader = READERS.get(ext)
-        if reader is None:
+        if ext not in READERS:
             raise TokenLogError(f"{path}: unknown token log format {ext or '(no extension)'!r}",
                                 hint="use .jsonl, .csv or .parquet")
         if not os.path.exists(path):
             raise TokenLogError(f"token log not found: {path}")
+        reader = READERS[ext]
+        if reader is None:
+            try:
+                parquet.append(_parquet(path, log, strict, max_examples))
+            except pa.ArrowException as e:
+                raise TokenLogError(f"{path}: not a readable Parquet token log: {e}") from None
+            continue
         try:
             for line, raw in reader(path):
                 try:
@@ -149,5 +189,5 @@ def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -
             raise TokenLogError(f"cannot read token log {path}: {e.strerror or e}") from None
         except pa.ArrowException as e:
             raise TokenLogError(f"{path}: not a readable Parquet file: {e}") from None
-    log.table = pa.Table.from_pydict(cols, schema=TOKENS)
+    log.table = pa.concat_tables([pa.Table.from_pydict(cols, schema=TOKENS), *parquet])
     return log

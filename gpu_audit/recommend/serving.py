@@ -7,52 +7,60 @@ from collections import defaultdict
 from typing import Any
 
 from gpu_audit.catalog import find_model
-from gpu_audit.recommend.base import Recommendation, RecommendSettings, eligible, hourly, monthly, target
+from gpu_audit.recommend.base import Recommendation, RecommendSettings, busy, eligible, hourly, monthly, target
 
 
-def _serving_hosts(findings: dict[str, Any]) -> dict[str, list[str]]:
-    """host -> models with tokens there."""
-    hosts: dict[str, list[str]] = defaultdict(list)
+def serving_devices(findings: dict[str, Any], s: RecommendSettings) -> dict[str, list[dict[str, Any]]]:
+    """model -> the devices that served it: from the token logs' gpu_uuid where they carry it, else
+    the devices of the model's hosts that did some work (an idle GPU is not a replica)."""
+    idle = findings.get("idle_below_pct") or 5
+    out = {}
     for m in findings["models"]:
-        for h in m.get("hosts") or []:
-            hosts[h].append(m["model"])
-    return hosts
+        gpus = set(m.get("gpus") or [])
+        if gpus:
+            devs = [d for d in findings["devices"] if d["uuid"] in gpus]
+        else:
+            devs = [d for d in findings["devices"] if d["host"] in (m.get("hosts") or [])
+                    and (d.get("mean_util_pct") or 0) >= idle and not (d.get("mig_mode") and not d.get("parent_uuid"))]
+        out[m["model"]] = [d for d in devs if eligible(d, s)]
+    return out
 
 
 def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
-    """Low utilization on inference hosts: fewer replicas with bigger batches carry the measured peak."""
+    """Low utilization on the GPUs serving a model: fewer replicas with bigger batches carry the measured peak."""
     out = []
     series = hourly(findings)
-    serving = _serving_hosts(findings)
-    for host, models in sorted(serving.items()):
-        devs = [d for d in findings["devices"] if d["host"] == host and eligible(d, s) and not d.get("parent_uuid")]
+    by_model = serving_devices(findings, s)
+    for m in findings["models"]:
+        devs = by_model.get(m["model"], [])
         if len(devs) < 2:
             continue
-        mean = sum(d["mean_util_pct"] * d["gpu_hours"] for d in devs) / max(1e-9, sum(d["gpu_hours"] for d in devs))
+        hours_total = sum(d["gpu_hours"] for d in devs)
+        mean = sum(d["mean_util_pct"] * d["gpu_hours"] for d in devs) / max(1e-9, hours_total)
         if mean >= s.batching_max_mean_util_pct:
             continue
         per_hour: dict[int, float] = defaultdict(float)
         for d in devs:
             for r in series.get((d["host"], d["uuid"]), []):
-                per_hour[r["h"]] += r["mean_util_pct"] or 0.0
+                per_hour[r["h"]] += (r["mean_util_pct"] or 0.0) * d["share"] if d.get("share") else (r["mean_util_pct"] or 0.0)
         peak = max(per_hour.values()) if per_hour else 0.0
         needed = max(1, math.ceil(peak / s.batching_target_util_pct))
         freed = len(devs) - needed
         if freed < 1:
             continue
         spend = sum(d["spend_usd"] for d in devs)
-        out_tokens = sum(m["completion_tokens"] for m in findings["models"] if m["model"] in models)
         out.append(Recommendation(
-            kind="batching", title=f"{host}: {len(devs)} GPUs serve {', '.join(models)} at {mean:.0f}% mean utilization; "
+            kind="batching", title=f"{m['model']}: {len(devs)} GPUs serve it at {mean:.0f}% mean utilization; "
                                    f"{needed} with larger batches carry the peak",
             targets=tuple(target(d) for d in devs),
-            evidence={"models": models, "gpus": len(devs), "mean_util_pct": mean, "peak_hourly_util_sum_pct": peak,
+            evidence={"model": m["model"], "gpus": len(devs), "mean_util_pct": mean, "peak_hourly_util_sum_pct": peak,
                       "replicas_needed": needed, "replicas_freed": freed,
-                      "output_tokens_per_gpu_hour": out_tokens / max(1e-9, sum(d["gpu_hours"] for d in devs)),
-                      "engine_metrics": "not in the store: batch size, queueing and KV use come from `collect --scrape`"},
+                      "output_tokens_per_gpu_hour": m["completion_tokens"] / max(1e-9, hours_total),
+                      "devices_from": "token logs' gpu_uuid" if m.get("gpus") else "the model's hosts (GPUs doing work)",
+                      "engine_metrics": "not in the store: batch size, queueing and KV use come from collect --scrape"},
             monthly_savings_usd=monthly(findings, spend * freed / len(devs)), confidence="medium",
-            action=f"Run {needed} replica(s) instead of {len(devs)} and let continuous batching fill them (vLLM `--max-num-seqs`, "
-                   "SGLang `--max-running-requests`); with engine metrics, raise the cap where requests wait while the KV "
+            action=f"Run {needed} replica(s) instead of {len(devs)} and let continuous batching fill them (vLLM --max-num-seqs, "
+                   "SGLang --max-running-requests); with engine metrics, raise the cap where requests wait while the KV "
                    "cache has room. Continuous batching's published effect: up to 23x throughput (Anyscale).",
             settings={"max_mean_util_pct": s.batching_max_mean_util_pct, "target_util_pct": s.batching_target_util_pct},
         ))
@@ -62,10 +70,15 @@ def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
 def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
     """Memory-bound serving: a lower-precision format frees memory and raises throughput."""
     out = []
-    serving = _serving_hosts(findings)
+    served: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for model, devs in serving_devices(findings, s).items():
+        for d in devs:
+            served[(d["host"], d["uuid"])].append(model)
+    serving = {d["host"]: served[(d["host"], d["uuid"])] for d in findings["devices"] if (d["host"], d["uuid"]) in served}
     for d in findings["devices"]:
-        if not eligible(d, s) or d["host"] not in serving or not d.get("memory_total_bytes") or d.get("peak_memory_bytes") is None:
+        if (d["host"], d["uuid"]) not in served or busy(d, s) or not d.get("memory_total_bytes") or d.get("peak_memory_bytes") is None:
             continue
+        serving[d["host"]] = served[(d["host"], d["uuid"])]
         mem_pct = 100 * d["peak_memory_bytes"] / d["memory_total_bytes"]
         if mem_pct < s.quantization_memory_pct:
             continue
@@ -106,8 +119,10 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
         if util:
             evidence_base[f"cost_per_1m_output_tokens_at_{s.target_util_for_token_cost_pct:.0f}pct_util"] = (
                 m["cost_per_1m_output_tokens"] * util / s.target_util_for_token_cost_pct)
-        for api in findings.get("api_prices", []):
-            api_cost = (m["prompt_tokens"] * api["input_per_1m"] + m["completion_tokens"] * api["output_per_1m"]) / 1e6
+        # The cheapest reference API for this model's own token mix (one recommendation, not one per API).
+        apis = [(api, (m["prompt_tokens"] * api["input_per_1m"] + m["completion_tokens"] * api["output_per_1m"]) / 1e6)
+                for api in findings.get("api_prices", [])]
+        for api, api_cost in sorted(apis, key=lambda x: x[1])[:1]:
             if api_cost <= 0 or m["cost_usd"] <= api_cost:
                 continue
             breakeven = util * m["cost_usd"] / api_cost if util else None
@@ -146,7 +161,7 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
                 evidence={**evidence_base, "prompt_p50": pp, "completion_p50": p50, "prefix_cache_hit_pct": None},
                 monthly_savings_usd=0.0, confidence="low",
                 action="Enable prefix caching (on by default in vLLM V1; SGLang RadixAttention: up to 5x on shared prefixes) and "
-                       "shorten system prompts. No dollar figure without the engine's prefix-cache hit rate (`collect --scrape`).",
+                       "shorten system prompts. No dollar figure without the engine's prefix-cache hit rate (collect --scrape).",
                 settings={"long_prompt_ratio": s.long_prompt_ratio},
             ))
     # A costly model serving short requests that a cheaper model could take.

@@ -117,7 +117,7 @@ def mig(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
             monthly_savings_usd=monthly(findings, spend * freed / len(items)), confidence="medium",
             action=f"Enable MIG on {len(plan)} {key} and give each workload its slice; release the other {freed}. "
                    "Placement here checks compute slices, memory eighths and per-profile instance limits; confirm with "
-                   "`nvidia-smi mig -lgip` before reconfiguring.",
+                   "nvidia-smi mig -lgip before reconfiguring.",
             settings={"memory_headroom": s.memory_headroom, "target_util_pct": s.target_util_pct,
                       "underused_p95_util_pct": s.underused_p95_util_pct},
         ))

@@ -1,0 +1,121 @@
+"""`gpu-audit demo`: the whole pipeline on a simulated fleet, on a machine without a GPU.
+
+The real collector runs against the virtual NVML for each shipped scenario (24 simulated hours),
+token logs are generated from the same simulated load (each served model's output tokens follow
+its GPUs' utilization), and `report` writes the findings and the HTML report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gpu_audit.collect.clock import WallClock
+from gpu_audit.collect.run import collect
+from gpu_audit.collect.virtual.scenario import Scenario, load_scenario
+
+PKG = Path(__file__).resolve().parent
+SCENARIOS = ("h100-inference.toml", "mixed-idle.toml", "a100-mig.toml", "h200-mig.toml")
+# Request shapes per served model: (median prompt tokens, median completion tokens, spread of completions).
+SHAPES = {
+    "llama-3.1-70b": (1500, 250, 1.1),      # chat with a long tail of completions
+    "qwen2.5-7b": (6000, 120, 0.5),         # RAG: prompts far longer than answers
+    "mistral-7b-instruct": (400, 40, 0.6),  # short classification-style answers
+}
+DEFAULT_SHAPE = (800, 200, 0.6)
+
+
+@dataclass
+class DemoResult:
+    out: str
+    store: str
+    tokens: str
+    pricing: str
+    json: str
+    html: str | None
+    requests: int
+    findings: dict[str, Any]
+
+
+def token_log(scenarios: list[tuple[Scenario, float]], duration_s: float, path: str, seed: int = 1) -> int:
+    """Per-request records consistent with the simulated load: for every minute, each device with a
+    served model produces (output tokens/s at that minute's utilization) x 60 tokens, split into
+    requests of realistic lengths. Returns the number of requests."""
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list[Any]] = {k: [] for k in ("timestamp", "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid")}
+    for sc, start in scenarios:
+        for dev in sc.devices:
+            w = dev.workload
+            if not w.model or not w.tokens_per_s:
+                continue
+            p50, c50, sigma = SHAPES.get(w.model, DEFAULT_SHAPE)
+            mean_c = c50 * math.exp(sigma**2 / 2)
+            minutes = np.arange(0, duration_s, 60.0)
+            budget = np.array([sc.output_tokens_per_s(dev, start + m) * 60 for m in minutes])
+            n = rng.poisson(budget / mean_c)
+            total = int(n.sum())
+            if total == 0:
+                continue
+            ts = start + np.repeat(minutes, n) + rng.uniform(0, 60, total)
+            comp = np.maximum(1, rng.lognormal(math.log(c50), sigma, total)).astype(np.int64)
+            prompt = np.maximum(1, rng.lognormal(math.log(p50), 0.4, total)).astype(np.int64)
+            cols["timestamp"].append(ts)
+            cols["model"].append(np.full(total, w.model, dtype=object))
+            cols["host"].append(np.full(total, sc.host, dtype=object))
+            cols["prompt_tokens"].append(prompt)
+            cols["completion_tokens"].append(comp)
+            cols["gpu_uuid"].append(np.full(total, dev.uuid, dtype=object))
+    data = {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
+    data["timestamp"] = pa.array((data["timestamp"] * 1e6).astype(np.int64), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    table = pa.table(data)
+    pq.write_table(table.sort_by("timestamp"), path, compression="zstd")
+    return table.num_rows
+
+
+def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool = True,
+             step: Callable[[str], None] | None = None) -> DemoResult:
+    from gpu_audit.analyze.findings import build, write_json
+
+    say = step or (lambda _msg: None)
+    outp = Path(out)
+    store = outp / "store"
+    if store.exists():
+        shutil.rmtree(store)  # a demo rerun starts clean; nothing else in the folder is touched
+    outp.mkdir(parents=True, exist_ok=True)
+    duration = hours * 3600
+    start = math.floor((WallClock().now() - duration) / 3600) * 3600  # whole hours, ending about now
+    runs = []
+    for name in SCENARIOS:
+        text = (PKG / "scenarios" / name).read_text()
+        path = outp / f".scenario-{name}"
+        path.write_text(text.replace("[host]\n", f'[host]\nstart = {start}\n', 1))
+        say(f"collecting {name}: {hours:g} simulated hours at {interval_s:g} s")
+        collect(str(store), interval_s=interval_s, duration_s=duration, simulate=str(path), handle_signals=False)
+        runs.append((load_scenario(str(path)), float(start)))
+        path.unlink()
+    say("generating token logs from the simulated load")
+    tokens = str(outp / "tokens.parquet")
+    requests = token_log(runs, duration, tokens)
+    pricing = str(outp / "pricing.toml")
+    shutil.copyfile(PKG / "data" / "demo-pricing.toml", pricing)
+    say("analyzing")
+    findings = build([str(store)], pricing, [tokens], None, None)
+    js = str(outp / "findings.json")
+    write_json(findings, js)
+    html_path = None
+    if html:
+        from gpu_audit.report.html import write_html
+
+        say("writing the HTML report")
+        html_path = str(outp / "report.html")
+        write_html(findings, html_path)
+    return DemoResult(out=str(outp), store=str(store), tokens=tokens, pricing=pricing, json=js, html=html_path,
+                      requests=requests, findings=findings)
