@@ -65,6 +65,7 @@ def collect(
     no_processes: bool = typer.Option(False, "--no-processes", help="Do not record per-process GPU use."),
     simulate: Optional[str] = typer.Option(None, help="Run against a virtual NVML described by this scenario TOML."),
     realtime: bool = typer.Option(False, help="With --simulate: run on the wall clock instead of a virtual one."),
+    scrape: Optional[List[str]] = typer.Option(None, "--scrape", help="An inference engine's /metrics URL (vLLM, SGLang, TGI, TensorRT-LLM, NIM) to scrape every tick. Repeatable."),
 ) -> None:
     """Sample NVML (utilization, memory, power, clocks, MIG, GPM, processes) into a Parquet store."""
     from gpu_audit.collect.run import collect as run_collect, default_store
@@ -86,6 +87,7 @@ def collect(
         settings, stats = run_collect(
             store, host, interval_s, duration_s, flush_s, not no_processes, simulate, realtime,
             on_tick=(lambda st: progress.update(task, completed=st.ticks + st.skipped_ticks)) if progress else None,
+            scrape=scrape or (),
         )
     finally:
         if progress:
@@ -97,6 +99,8 @@ def collect(
     c.print(f"  {stats.devices} devices, {stats.ticks} ticks over {fmt_duration(stats.ended - stats.started)} "
             f"({stats.skipped_ticks} skipped), {stats.device_samples} device samples, "
             f"{stats.error_samples} with errors, {stats.process_rows} process rows, {stats.flushes} flushes")
+    if scrape:
+        c.print(f"  {stats.engine_rows} engine rows from {len(scrape)} endpoint(s), {stats.scrape_errors} failed scrapes")
     c.print(f"  our CPU: {stats.cpu_s:.2f} s ({1e6 * stats.cpu_s / max(1, stats.device_samples):.0f} us per device-sample); "
             f"stopped by {stats.stopped_by}")
     for w in stats.warnings:

@@ -19,7 +19,9 @@ SHARED = ROOT.parent / "shared"
 def read_table(store: str | Path, table: str) -> pa.Table:
     files = sorted(f for f in glob.glob(f"{store}/{table}/host=*/date=*/*.parquet") if not os.path.basename(f).startswith("."))
     assert files, f"no files for {table} in {store}"
-    return pa.concat_tables([pq.read_table(f) for f in files]).sort_by([("uuid", "ascending"), ("ts", "ascending")])
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    key = "uuid" if "uuid" in t.column_names else "endpoint"
+    return t.sort_by([(key, "ascending"), ("ts", "ascending")])
 
 
 def cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -183,3 +183,12 @@ def test_older_schema_files_are_read(tmp_path):
     f = build([str(tmp_path / "store")], PRICING, [], None, None)
     assert dev(f, "GPU-o")["mean_util_pct"] == pytest.approx(30) and dev(f, "GPU-o")["peak_memory_bytes"] is None
     assert dev(f, "GPU-n")["mean_util_pct"] == pytest.approx(60)
+
+
+@pytest.mark.parametrize("host", ["inf", "2026", "1.5", "true", "2026-11-28"])
+def test_host_names_that_look_like_values_stay_strings(tmp_path, host):
+    """host=<name> folders must not be type-inferred (DuckDB read `host=inf` as a DATE once)."""
+    store = str(tmp_path / "store")
+    write_samples(store, series(host, "GPU-a", H100, 0, 600, [50] * 6))
+    f = build([store], PRICING, [], None, None)
+    assert [d["host"] for d in f["devices"]] == [host]

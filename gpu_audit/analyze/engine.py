@@ -63,7 +63,7 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
     NULLs, so the analysis reads every version."""
     from gpu_audit.store.schema import SAMPLES
 
-    src = f"read_parquet({_sql_list(files)}, union_by_name = true)"
+    src = f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     cols = [f'"{f.name}"' if f.name in have else f'CAST(NULL AS {_DUCK_TYPES[str(f.type)]}) AS "{f.name}"' for f in SAMPLES]
     return f"(SELECT {', '.join(cols)} FROM {src})"
@@ -189,6 +189,55 @@ def token_hours(con: duckdb.DuckDBPyConnection, tokens: pa.Table) -> pd.DataFram
     return df
 
 
+def engine_data(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSettings) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """From the engine table: hourly token deltas per (host, model), and per-model engine statistics.
+
+    Counters are stored as scraped; a series is one (host, endpoint, model). A sample's delta is its
+    value minus the previous one of its series; a value below the previous one is a counter reset
+    (a restarted server), whose delta is the new value; a series' first scrape has no delta.
+    """
+    files = table_files(roots, "engine", s.since, s.until)
+    if not files:
+        return pd.DataFrame(), {}
+    where = ["error IS NULL", "model IS NOT NULL"]
+    if s.since:
+        where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
+    if s.until:
+        where.append(f"ts < TIMESTAMPTZ '{s.until.isoformat()}'")
+    src = f"(SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false) WHERE {' AND '.join(where)})"
+
+    def delta(col: str) -> str:
+        prev = f"lag({col}) OVER w"
+        return f"CASE WHEN {prev} IS NULL OR {col} IS NULL THEN 0 WHEN {col} >= {prev} THEN {col} - {prev} ELSE {col} END AS d_{col}"
+
+    d = f"""
+      SELECT host, model, engine, epoch_us(ts) AS ts_us, epoch_us(ts) // 3600000000 AS hour,
+             {delta('prompt_tokens_total')}, {delta('generation_tokens_total')}, {delta('preemptions_total')},
+             {delta('prefix_cache_queries_total')}, {delta('prefix_cache_hits_total')},
+             requests_running, requests_waiting, kv_cache_usage_pct, kv_capacity_tokens, prefix_cache_hit_pct
+      FROM {src} WINDOW w AS (PARTITION BY host, endpoint, model ORDER BY ts)
+    """
+    hourly = con.execute(f"""
+      SELECT host, model, hour, min(ts_us) AS _ts, CAST(sum(d_prompt_tokens_total) AS BIGINT) AS prompt_tokens,
+             CAST(sum(d_generation_tokens_total) AS BIGINT) AS completion_tokens, CAST(NULL AS VARCHAR) AS gpu_uuid
+      FROM ({d}) GROUP BY host, model, hour HAVING sum(d_generation_tokens_total) > 0 OR sum(d_prompt_tokens_total) > 0
+    """).df()
+    stats = {}
+    for row in con.execute(f"""
+      SELECT model, any_value(engine), count(*), avg(requests_running), max(requests_running), avg(requests_waiting),
+             avg(kv_cache_usage_pct), quantile_cont(kv_cache_usage_pct, 0.95), max(kv_capacity_tokens),
+             sum(d_preemptions_total), sum(d_prefix_cache_hits_total), sum(d_prefix_cache_queries_total), avg(prefix_cache_hit_pct),
+             list(DISTINCT host ORDER BY host)
+      FROM ({d}) GROUP BY model
+    """).fetchall():
+        m, eng, n, run, runmax, wait, kv, kv95, cap, pre, hits, queries, hitpct, hosts = row
+        stats[m] = {"engine": eng, "scrapes": int(n), "mean_requests_running": _f(run), "max_requests_running": _f(runmax),
+                    "mean_requests_waiting": _f(wait), "mean_kv_cache_usage_pct": _f(kv), "p95_kv_cache_usage_pct": _f(kv95),
+                    "kv_capacity_tokens": _f(cap), "preemptions": _f(pre),
+                    "prefix_cache_hit_pct": (100 * hits / queries) if queries else _f(hitpct), "hosts": list(hosts)}
+    return hourly, stats
+
+
 def top_processes(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSettings) -> dict[tuple[str, str], dict[str, Any]]:
     """Per device, the process that held the most GPU memory in the window (name, pid, bytes)."""
     files = table_files(roots, "processes", s.since, s.until)
@@ -203,7 +252,7 @@ def top_processes(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSe
     rows = con.execute(f"""
         SELECT host, uuid, arg_max(name, used_mem_bytes) AS name, arg_max(pid, used_mem_bytes) AS pid,
                max(used_mem_bytes) AS used_mem_bytes
-        FROM read_parquet({_sql_list(files)}, union_by_name = true) {cond} GROUP BY host, uuid
+        FROM read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false) {cond} GROUP BY host, uuid
     """).fetchall()
     return {(h, u): {"name": n, "pid": int(p) if p is not None else None, "used_mem_bytes": _f(b)} for h, u, n, p, b in rows}
 
@@ -418,13 +467,21 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
         d["top_process"] = procs.get((d["host"], d["uuid"]))
 
     toks_df = token_hours(con, tokens.table) if tokens is not None and tokens.table.num_rows else None
+    engine_hourly, engine_stats = engine_data(con, roots, s)
+    token_source = "token logs" if toks_df is not None else None
+    if toks_df is None and not engine_hourly.empty:
+        toks_df = engine_hourly  # no token logs: the engines' own counters are the token source
+        token_source = "engine counters"
     dh_priced = dh[priced]
     att = attribute(dh_priced, toks_df, set(dh["host"]), start, end)
     fleet["unattributed_usd"] = att["unattributed_usd"] if toks_df is not None else fleet["spend_usd"]
 
-    stats = model_request_stats(con, att.get("attributed_records"))
+    stats = model_request_stats(con, att.get("attributed_records")) if token_source == "token logs" else {}
     for m in att["models"]:
         m.update(stats.get(m["model"], {}))
+        if token_source == "engine counters":
+            m["hosts"] = engine_stats.get(m["model"], {}).get("hosts", [])
+        m["engine"] = engine_stats.get(m["model"])
     out_tokens = sum(m["completion_tokens"] for m in att["models"])
     fleet["cost_per_1m_output_tokens"] = (
         (fleet["spend_usd"] - fleet["unattributed_usd"]) / out_tokens * 1e6 if out_tokens else None)
@@ -447,7 +504,7 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
         "window": {"start": _iso(start), "end": _iso(end), "hours": window_h},
         "utilization_metric": _fleet_metric(devices),
         "idle_below_pct": s.idle_below,
-        "token_source": ("token logs" if toks_df is not None else None),
+        "token_source": token_source,
         "fleet": fleet,
         "devices": devices,
         "models": att["models"],

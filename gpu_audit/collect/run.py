@@ -56,10 +56,14 @@ def collect(
     realtime: bool = False,
     on_tick: Callable[[CollectStats], None] | None = None,
     handle_signals: bool = True,
+    scrape: tuple[str, ...] | list[str] = (),
 ) -> tuple[CollectSettings, CollectStats]:
     """Sample every device into the store at ``out`` until ``duration_s`` passes or a signal stops it."""
     if interval_s <= 0 or (duration_s is not None and duration_s <= 0):
         raise GpuAuditError("--interval and --duration must be positive")
+    for url in scrape:
+        if not url.startswith(("http://", "https://")):
+            raise GpuAuditError(f"--scrape: {url!r} is not an http(s) URL", hint="e.g. --scrape http://127.0.0.1:8000/metrics")
     check_writable(out)
     keep_pandas_out()
     clock: Any = WallClock()
@@ -72,6 +76,7 @@ def collect(
         # A virtual day flushed every minute would be 1,440 tiny files per table: flush hourly there.
         flush_every_s=flush_every_s or (3600.0 if clock.virtual else 60.0),
         processes=processes, source="virtual" if scenario else "nvml", read_proc=scenario is None,
+        scrape=tuple(scrape),
     )
     nvml = Nvml()
     try:

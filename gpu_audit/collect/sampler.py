@@ -29,6 +29,7 @@ class CollectSettings:
     processes: bool = True
     source: str = "nvml"
     read_proc: bool = True  # read /proc/PID for owners (off for virtual hosts: their PIDs are fake)
+    scrape: tuple[str, ...] = ()  # inference-engine /metrics URLs
 
 
 @dataclass
@@ -38,6 +39,8 @@ class CollectStats:
     device_samples: int = 0
     error_samples: int = 0
     process_rows: int = 0
+    engine_rows: int = 0
+    scrape_errors: int = 0
     flushes: int = 0
     devices: int = 0
     cpu_s: float = 0.0
@@ -66,6 +69,7 @@ class Sampler:
         self.system = system or {}
         self.devices: list[Device] = []
         self.writer: StoreWriter | None = None
+        self.scraper: Any = None
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason
@@ -132,8 +136,29 @@ class Sampler:
             self._owners[pid] = info
         return self._owners[pid]
 
+    def _engine_rows(self, now: float) -> None:
+        assert self.writer is not None and self.scraper is not None
+        for ts, row in self.scraper.take(now):
+            self.writer.add("engine", {**row, "ts": _ts(ts), "host": self.s.host, "source": "scrape"})
+            self.stats.engine_rows += 1
+            self.stats.scrape_errors += "error" in row
+
     def run(self, writer: StoreWriter, on_tick: Callable[[CollectStats], None] | None = None) -> CollectStats:
         self.writer = writer
+        clock, s = self.clock, self.s
+        self.scraper = None
+        if s.scrape:
+            from gpu_audit.collect.engines import Scraper
+
+            self.scraper = Scraper(list(s.scrape), s.interval_s, clock.virtual)
+            self.scraper.start(clock.now)
+        try:
+            return self._run(writer, on_tick)
+        finally:
+            if self.scraper is not None:
+                self.scraper.stop()
+
+    def _run(self, writer: StoreWriter, on_tick: Callable[[CollectStats], None] | None) -> CollectStats:
         clock, s = self.clock, self.s
         cpu0 = time.process_time()
         start = clock.now()
@@ -154,6 +179,8 @@ class Sampler:
                 if self.stop_reason is not None:
                     break
             self.tick(clock.now())
+            if self.scraper is not None:
+                self._engine_rows(clock.now())
             self.stats.ticks += 1
             if on_tick:
                 on_tick(self.stats)
@@ -166,6 +193,8 @@ class Sampler:
                 writer.flush()
                 self.stats.flushes += 1
                 last_flush = now
+        if self.scraper is not None and not clock.virtual:
+            self._engine_rows(clock.now())  # what finished since the last tick
         self.stats.stopped_by = self.stop_reason or "duration"
         self.stats.ended = clock.now()
         self._write_inventory(self.stats.ended)

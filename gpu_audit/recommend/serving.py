@@ -46,7 +46,10 @@ def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
         peak = max(per_hour.values()) if per_hour else 0.0
         needed = max(1, math.ceil(peak / s.batching_target_util_pct))
         freed = len(devs) - needed
-        if freed < 1:
+        eng = m.get("engine") or {}
+        # Requests queue while the KV cache has room and the GPUs idle: the batch is capped by configuration.
+        capped = bool(eng) and (eng.get("mean_requests_waiting") or 0) >= 1 and (eng.get("p95_kv_cache_usage_pct") or 100) < 80
+        if freed < 1 and not capped:
             continue
         spend = sum(d["spend_usd"] for d in devs)
         out.append(Recommendation(
@@ -57,11 +60,14 @@ def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
                       "replicas_needed": needed, "replicas_freed": freed,
                       "output_tokens_per_gpu_hour": m["completion_tokens"] / max(1e-9, hours_total),
                       "devices_from": "token logs' gpu_uuid" if m.get("gpus") else "the model's hosts (GPUs doing work)",
-                      "engine_metrics": "not in the store: batch size, queueing and KV use come from collect --scrape"},
-            monthly_savings_usd=monthly(findings, spend * freed / len(devs)), confidence="medium",
-            action=f"Run {needed} replica(s) instead of {len(devs)} and let continuous batching fill them (vLLM --max-num-seqs, "
-                   "SGLang --max-running-requests); with engine metrics, raise the cap where requests wait while the KV "
-                   "cache has room. Continuous batching's published effect: up to 23x throughput (Anyscale).",
+                      "engine_metrics": eng or "not in the store: batch size, queueing and KV use come from collect --scrape",
+                      "batch_capped_by_configuration": capped},
+            monthly_savings_usd=monthly(findings, spend * max(0, freed) / len(devs)), confidence="medium",
+            action=(f"Requests wait (mean {eng.get('mean_requests_waiting', 0):.1f}) while the KV cache is at most "
+                    f"{eng.get('p95_kv_cache_usage_pct', 0):.0f}% used (p95) and the GPUs idle: the batch is capped by configuration. "
+                    "Raise vLLM --max-num-seqs (SGLang --max-running-requests, TGI --max-batch-total-tokens), then "
+                    if capped else "") + (f"run {needed} replica(s) instead of {len(devs)} and let continuous batching fill them. "
+                    if freed > 0 else "") + "Continuous batching's published effect: up to 23x throughput (Anyscale).",
             settings={"max_mean_util_pct": s.batching_max_mean_util_pct, "target_util_pct": s.batching_target_util_pct},
         ))
     return out
@@ -80,7 +86,9 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
             continue
         serving[d["host"]] = served[(d["host"], d["uuid"])]
         mem_pct = 100 * d["peak_memory_bytes"] / d["memory_total_bytes"]
-        if mem_pct < s.quantization_memory_pct:
+        engs = [m.get("engine") or {} for m in findings["models"] if m["model"] in served[(d["host"], d["uuid"])]]
+        kv_full = any((e.get("p95_kv_cache_usage_pct") or 0) >= 95 or (e.get("preemptions") or 0) > 0 for e in engs)
+        if mem_pct < s.quantization_memory_pct and not kv_full:
             continue
         model = find_model(d["name"] or "")
         fmt = ("FP8 weights and activations (W8A8), and an FP8 KV cache" if model and model.fp8
@@ -91,6 +99,8 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
             kind="quantization", title=f"{d['host']}: memory-bound serving on {d['name']} ({mem_pct:.0f}% memory): quantize to {fmt.split(' (')[0]}",
             targets=(target(d),),
             evidence={"peak_memory_pct": mem_pct, "mean_util_pct": d["mean_util_pct"], "models": serving[d["host"]],
+                      "kv_cache_full_or_preempting": kv_full,
+                      "engine_metrics": [e for e in engs if e] or None,
                       "format": fmt, "assumed_throughput_gain": gain,
                       "published": ["FP8 W8A8: 2x less model memory, up to 1.6x throughput (vLLM FP8 docs)",
                                     "INT4 AWQ: ~3x less memory and up to 3x faster than FP16 (Qwen AWQ docs)",
