@@ -222,6 +222,59 @@ def import_nvidia_smi(
         c.print(f"[yellow]{res.single_sample_series} series had a single sample and count for no time: give --interval[/]")
 
 
+@import_app.command("prometheus")
+def import_prometheus(
+    url: str = typer.Option(..., "--url", help="Prometheus base URL, e.g. http://prometheus:9090."),
+    out: Optional[str] = typer.Option(None, "--out", help="Store folder (default as for collect)."),
+    since: Optional[str] = typer.Option(None, help="Start (ISO 8601 or epoch seconds); default: --until minus 1 day."),
+    until: Optional[str] = typer.Option(None, help="End; default: now."),
+    step: str = typer.Option("60s", help="Resolution of the imported samples (query_range step)."),
+    match: Optional[str] = typer.Option(None, "--match", help='Extra label matchers, e.g. \'Hostname=~"gpu-.*"\'.'),
+) -> None:
+    """Import dcgm-exporter (and inference-engine) series from Prometheus (source = dcgm)."""
+    from datetime import datetime, timedelta, timezone
+
+    from gpu_audit.collect.run import default_store
+    from gpu_audit.sources.prometheus import import_prometheus as run_import
+    from gpu_audit.units import parse_time
+
+    u = parse_time(until, "--until") if until else datetime.now(timezone.utc)
+    s = parse_time(since, "--since") if since else u - timedelta(days=1)
+    err = _console(stderr=True)
+    progress = None
+    if err.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        progress = Progress(TextColumn("querying"), BarColumn(), MofNCompleteColumn(), console=err, transient=True)
+        task = progress.add_task("q", total=1)
+        progress.start()
+    try:
+        res = run_import(url, out or default_store(), s, u, _seconds(step, "--step"), match,
+                         progress=(lambda d, t: progress.update(task, completed=d, total=t)) if progress else None)
+    finally:
+        if progress:
+            progress.stop()
+    _console().print(f"imported {res.rows:,} samples of {res.devices} devices on {len(res.hosts)} host(s) and {res.engine_rows:,} "
+                     f"engine rows in {res.queries} queries; DCGM fields found: {', '.join(res.metrics_found)}", soft_wrap=True)
+
+
+@import_app.command("prometheus-text")
+def import_prometheus_text(
+    files: List[str] = typer.Argument(..., help="Saved scrapes of dcgm-exporter (or an engine): Prometheus text or OpenMetrics."),
+    out: Optional[str] = typer.Option(None, "--out", help="Store folder (default as for collect)."),
+    at: Optional[str] = typer.Option(None, help="Time of samples without a timestamp (default: each file's modification time)."),
+    interval: Optional[str] = typer.Option(None, help="Seconds each sample stands for; default: each series' median gap."),
+) -> None:
+    """Import saved exporter scrapes (one point in time per file, or OpenMetrics with timestamps)."""
+    from gpu_audit.collect.run import default_store
+    from gpu_audit.sources.prometheus import import_prometheus_text as run_import
+    from gpu_audit.units import parse_time
+
+    res = run_import(files, out or default_store(), parse_time(at, "--at") if at else None, _seconds(interval, "--interval"))
+    _console().print(f"imported {res.rows:,} samples of {res.devices} devices on {len(res.hosts)} host(s) and {res.engine_rows:,} engine rows",
+                     soft_wrap=True)
+
+
 def _write_report_files(findings: dict, html: Optional[str], pdf: Optional[str], browser: Optional[str]) -> None:
     """HTML (and PDF printed from it), with a progress bar on a terminal."""
     import os

@@ -118,7 +118,17 @@ def detect(names: set[str]) -> str | None:
 
 def parse_engine(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(engine, one row per model with the canonical fields) from a /metrics text."""
-    samples = [s for s in _samples(text) if not s[0].endswith("_created")]
+    return aggregate(_samples(text))
+
+
+def engine_metric_names() -> set[str]:
+    """Every metric name any engine mapping reads (what a Prometheus import asks for)."""
+    return {n for m in MAP.values() for names, _, _ in m.values() for n in names} | {"vllm:cache_config_info"}
+
+
+def aggregate(samples: list[tuple[str, dict[str, str], float]]) -> tuple[str | None, list[dict[str, Any]]]:
+    """(engine, one row per model) from the samples of one endpoint at one time."""
+    samples = [s for s in samples if not s[0].endswith("_created")]
     engine = detect({n for n, _, _ in samples})
     if engine is None:
         return None, []

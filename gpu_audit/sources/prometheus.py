@@ -1,0 +1,247 @@
+"""Import DCGM exporter (and inference-engine) series from Prometheus, or from saved scrapes.
+
+``import_prometheus`` asks a Prometheus server's HTTP API (``/api/v1/query_range``) for each DCGM
+field in chunks of at most 10,000 points per series (Prometheus refuses more than 11,000).
+``import_prometheus_text`` reads saved exporter scrapes (one point in time per file, the file's
+time or ``--at``; or OpenMetrics/text with sample timestamps).
+
+Mapping (docs/import.md): host from ``Hostname`` (else ``hostname``, else the ``instance`` host),
+device from ``UUID``; a MIG instance (``GPU_I_ID``) is a device of its own, ``<UUID>/GI-<id>``, with
+``parent_uuid`` and ``mig_profile`` from ``GPU_I_PROFILE``, whose utilization comes from
+``PROF_GR_ENGINE_ACTIVE`` (``GPU_UTIL`` does not exist for it). DCGM's blank sentinels (values near
+2^63, 2^31 and 2^47) are nulls. Pod, namespace and container labels are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from gpu_audit.errors import GpuAuditError
+from gpu_audit.store.writer import StoreWriter, check_writable
+
+MIB = 2**20
+DCGM: dict[str, tuple[str, float]] = {
+    "DCGM_FI_DEV_GPU_UTIL": ("util_gpu_pct", 1),
+    "DCGM_FI_DEV_MEM_COPY_UTIL": ("util_mem_pct", 1),
+    "DCGM_FI_DEV_FB_USED": ("mem_used_bytes", MIB),
+    "DCGM_FI_DEV_FB_FREE": ("_fb_free", MIB),
+    "DCGM_FI_DEV_FB_RESERVED": ("_fb_reserved", MIB),
+    "DCGM_FI_DEV_POWER_USAGE": ("power_w", 1),
+    "DCGM_FI_DEV_SM_CLOCK": ("sm_clock_mhz", 1),
+    "DCGM_FI_DEV_GPU_TEMP": ("temp_c", 1),
+    "DCGM_FI_PROF_SM_ACTIVE": ("sm_active_pct", 100),
+    "DCGM_FI_PROF_SM_OCCUPANCY": ("sm_occupancy_pct", 100),
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("tensor_active_pct", 100),
+    "DCGM_FI_PROF_DRAM_ACTIVE": ("dram_active_pct", 100),
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ("gr_engine_active_pct", 100),
+}
+INT_COLS = {"mem_used_bytes", "sm_clock_mhz", "temp_c"}
+MAX_POINTS = 10_000
+
+
+class PrometheusError(GpuAuditError):
+    pass
+
+
+def blank(v: float) -> bool:
+    """DCGM's "blank" sentinels (no value for this field) and non-finite values."""
+    return (not math.isfinite(v)) or v >= 9.2e18 or 2147483600 <= v <= 2147483647 or v == 140737488355328.0
+
+
+@dataclass
+class PromImport:
+    rows: int = 0
+    devices: int = 0
+    engine_rows: int = 0
+    queries: int = 0
+    hosts: list[str] = field(default_factory=list)
+    metrics_found: list[str] = field(default_factory=list)
+
+
+def _host(labels: dict[str, str]) -> str:
+    if labels.get("Hostname") or labels.get("hostname"):
+        return labels.get("Hostname") or labels["hostname"]
+    inst = labels.get("instance", "")
+    return inst.rsplit(":", 1)[0] if inst else "unknown"
+
+
+def _device(labels: dict[str, str]) -> tuple[str, str, dict[str, Any]] | None:
+    uuid = labels.get("UUID") or labels.get("uuid")
+    if not uuid:
+        return None
+    host = _host(labels)
+    ident: dict[str, Any] = {"name": labels.get("modelName") or labels.get("model_name"),
+                             "index": int(labels["gpu"]) if labels.get("gpu", "").isdigit() else None,
+                             "k8s_pod": labels.get("pod") or labels.get("exported_pod"),
+                             "k8s_namespace": labels.get("namespace") or labels.get("exported_namespace"),
+                             "k8s_container": labels.get("container") or labels.get("exported_container")}
+    gi = labels.get("GPU_I_ID")
+    if gi not in (None, ""):
+        ident.update(parent_uuid=uuid, mig_profile=labels.get("GPU_I_PROFILE"))
+        uuid = f"{uuid}/GI-{gi}"
+    return host, uuid, ident
+
+
+class Assembler:
+    """Points (metric, labels, ts, value) -> samples rows per device and engine rows per endpoint."""
+
+    def __init__(self) -> None:
+        from gpu_audit.collect.engines import engine_metric_names
+
+        self.engine_names = engine_metric_names() | {n[: -len("_total")] for n in engine_metric_names() if n.endswith("_total")}
+        self.dev: dict[tuple[str, str], dict[float, dict[str, Any]]] = defaultdict(dict)
+        self.ident: dict[tuple[str, str], dict[str, Any]] = {}
+        self.engine_points: dict[tuple[str, str, float], list[tuple[str, dict[str, str], float]]] = defaultdict(list)
+        self.found: set[str] = set()
+
+    def add(self, name: str, labels: dict[str, str], ts: float, value: float) -> None:
+        if name in DCGM:
+            d = _device(labels)
+            if d is None:
+                return
+            host, uuid, ident = d
+            self.found.add(name)
+            self.ident.setdefault((host, uuid), ident)
+            row = self.dev[(host, uuid)].setdefault(ts, {})
+            col, scale = DCGM[name]
+            row[col] = None if blank(value) else value * scale
+        elif name in self.engine_names:
+            self.engine_points[(_host(labels), labels.get("instance", ""), ts)].append((name, labels, value))
+
+    def write(self, out: str, interval_s: float | None) -> PromImport:
+        """Write everything, one writer per host so that each row lands under its own host= folder."""
+        from gpu_audit.collect.engines import aggregate
+
+        writers: dict[str, StoreWriter] = {}
+
+        def w(host: str) -> StoreWriter:
+            if host not in writers:
+                writers[host] = StoreWriter(out, host)
+            return writers[host]
+
+        res = PromImport()
+        parents = {i["parent_uuid"] for i in self.ident.values() if i.get("parent_uuid")}
+        for (host, uuid), points in sorted(self.dev.items()):
+            ts_sorted = sorted(points)
+            gaps = [b - a for a, b in zip(ts_sorted, ts_sorted[1:]) if b > a]
+            nominal = interval_s or (statistics.median(gaps) if gaps else 0.0)
+            prev = None
+            ident = self.ident[(host, uuid)]
+            for t in ts_sorted:
+                r = points[t]
+                used, free, reserved = r.get("mem_used_bytes"), r.pop("_fb_free", None), r.pop("_fb_reserved", None)
+                total = used + free + (reserved or 0) if used is not None and free is not None else None
+                dt = t - prev if prev is not None and 0 < t - prev <= 3 * nominal else nominal
+                prev = t
+                for c in INT_COLS:
+                    if r.get(c) is not None:
+                        r[c] = int(round(r[c]))
+                w(host).add("samples", {**r, **ident, "ts": datetime.fromtimestamp(t, tz=timezone.utc), "host": host,
+                                       "uuid": uuid, "mem_total_bytes": total, "interval_s": dt, "source": "dcgm",
+                                       "mig_mode": True if uuid in parents else None})
+                res.rows += 1
+            res.devices += 1
+        for (host, instance, t), samples in sorted(self.engine_points.items()):
+            engine, rows = aggregate(samples)
+            for r in rows if engine else []:
+                w(host).add("engine", {**r, "ts": datetime.fromtimestamp(t, tz=timezone.utc), "host": host,
+                                      "endpoint": instance or None, "source": "prometheus"})
+                res.engine_rows += 1
+        res.hosts = sorted({h for h, _ in self.dev})
+        res.metrics_found = sorted(self.found)
+        for wr in writers.values():
+            wr.flush()
+        return res
+
+
+def _get(url: str, params: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    full = url.rstrip("/") + "/api/v1/query_range?" + urllib.parse.urlencode(params)
+    try:
+        with urllib.request.urlopen(full, timeout=timeout_s) as r:  # noqa: S310 - the user's Prometheus
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read()).get("error", e.reason)
+        except (ValueError, AttributeError):
+            detail = e.reason
+        raise PrometheusError(f"Prometheus at {url} rejected the query {params['query']!r}: {detail}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise PrometheusError(f"cannot reach Prometheus at {url}: {getattr(e, 'reason', e)}",
+                              hint="check --url (e.g. http://prometheus:9090) and that it is up") from None
+    except ValueError:
+        raise PrometheusError(f"{url} did not answer with Prometheus JSON: is it a Prometheus server?") from None
+    if body.get("status") != "success":
+        raise PrometheusError(f"Prometheus at {url} answered an error for {params['query']!r}: {body.get('error')}")
+    return body
+
+
+def import_prometheus(url: str, out: str, since: datetime, until: datetime, step_s: float = 60.0, match: str | None = None,
+                      timeout_s: float = 60.0, progress: Callable[[int, int], None] | None = None) -> PromImport:
+    from gpu_audit.collect.engines import engine_metric_names
+
+    if until <= since:
+        raise PrometheusError("--since must be before --until")
+    check_writable(out)
+    names = list(DCGM) + sorted(engine_metric_names())
+    chunk = step_s * MAX_POINTS
+    starts = [since.timestamp() + k * chunk for k in range(math.ceil((until.timestamp() - since.timestamp()) / chunk))]
+    total, done = len(names) * len(starts), 0
+    asm = Assembler()
+    queries = 0
+    for name in names:
+        selector = f'{{__name__="{name}"{"," + match if match else ""}}}'
+        for a in starts:
+            b = min(a + chunk - step_s, until.timestamp())
+            body = _get(url, {"query": selector, "start": f"{a:.3f}", "end": f"{b:.3f}", "step": f"{step_s:g}"}, timeout_s)
+            queries += 1
+            for series in body["data"]["result"]:
+                labels = {k: v for k, v in series["metric"].items() if k != "__name__"}
+                for t, v in series.get("values", []):
+                    asm.add(name, labels, float(t), float(v))
+            done += 1
+            if progress:
+                progress(done, total)
+    if not asm.dev:
+        raise PrometheusError(f"no DCGM series in Prometheus at {url} between {since.isoformat()} and {until.isoformat()}"
+                              + (f" matching {match}" if match else ""),
+                              hint="check --since/--until (data older than the retention is gone) and --match")
+    res = asm.write(out, step_s)
+    res.queries = queries
+    return res
+
+
+def import_prometheus_text(paths: list[str], out: str, at: datetime | None = None, interval_s: float | None = None) -> PromImport:
+    """Saved exporter scrapes: each sample's own timestamp, else ``at``, else the file's mtime."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+    from prometheus_client.parser import text_string_to_metric_families as prom
+
+    check_writable(out)
+    asm = Assembler()
+    for path in paths:
+        try:
+            text = open(path, encoding="utf-8", errors="replace").read()
+        except OSError as e:
+            raise PrometheusError(f"cannot read {path}: {e.strerror}") from None
+        when = at.timestamp() if at else os.path.getmtime(path)
+        try:
+            fams = list(om(text)) if text.rstrip().endswith("# EOF") else list(prom(text))
+        except (ValueError, TypeError, IndexError) as e:
+            raise PrometheusError(f"{path}: not Prometheus text or OpenMetrics: {e}") from None
+        for f in fams:
+            for s in f.samples:
+                ts = s.timestamp
+                t = float(ts) if ts is not None and not hasattr(ts, "sec") else (ts.sec + ts.nsec / 1e9 if ts is not None else when)
+                asm.add(s.name, dict(s.labels), t, float(s.value))
+    if not asm.dev and not asm.engine_points:
+        raise PrometheusError(f"no DCGM or inference-engine series in {', '.join(paths)}")
+    return asm.write(out, interval_s)
