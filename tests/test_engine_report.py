@@ -74,3 +74,14 @@ def test_quantization_from_preemptions_with_memory_to_spare():
     (r,) = quantization(findings([d], 24, [model(preemptions=12.0, p95_kv_cache_usage_pct=99.0)]), RecommendSettings())
     assert r.evidence["kv_cache_full_or_preempting"]
     assert quantization(findings([d], 24, [model(preemptions=0.0, p95_kv_cache_usage_pct=50.0)]), RecommendSettings()) == []
+
+
+def test_html_shows_engine_evidence(tmp_path):
+    from gpu_audit.report.html import render_html
+
+    store = str(tmp_path / "s")
+    write_samples(store, series("inf", "GPU-a", "NVIDIA H100 80GB HBM3", 0, 600, [40] * 6))
+    write_engine(store, [{"ts": at(0), "model": "m<x>", "generation_tokens_total": 1.0, "requests_running": 6.0, "kv_cache_usage_pct": 42.0},
+                         {"ts": at(60), "model": "m<x>", "generation_tokens_total": 9.0, "requests_running": 8.0, "kv_cache_usage_pct": 44.0}])
+    html = render_html(build([store], PRICING, [], None, None))
+    assert 'id="engine-table"' in html and "<td>m&lt;x&gt;</td><td>vllm</td>" in html and "7.0 / 8" in html

@@ -168,10 +168,13 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
             out.append(Recommendation(
                 kind="token_economics", title=f"{m['model']}: prompts are {pp / p50:.0f}x longer than completions: cache prefixes",
                 targets=({"model": m["model"], "lever": "prefix_cache"},),
-                evidence={**evidence_base, "prompt_p50": pp, "completion_p50": p50, "prefix_cache_hit_pct": None},
+                evidence={**evidence_base, "prompt_p50": pp, "completion_p50": p50,
+                          "prefix_cache_hit_pct": (m.get("engine") or {}).get("prefix_cache_hit_pct")},
                 monthly_savings_usd=0.0, confidence="low",
-                action="Enable prefix caching (on by default in vLLM V1; SGLang RadixAttention: up to 5x on shared prefixes) and "
-                       "shorten system prompts. No dollar figure without the engine's prefix-cache hit rate (collect --scrape).",
+                action=("Enable prefix caching (on by default in vLLM V1; SGLang RadixAttention: up to 5x on shared prefixes) and "
+                        "shorten system prompts. " + (f"The engine reports a {(m.get('engine') or {}).get('prefix_cache_hit_pct'):.0f}% "
+                        "prefix-cache hit rate now." if (m.get("engine") or {}).get("prefix_cache_hit_pct") is not None else
+                        "No dollar figure without the engine's prefix-cache hit rate (collect --scrape).")),
                 settings={"long_prompt_ratio": s.long_prompt_ratio},
             ))
     # A costly model serving short requests that a cheaper model could take.
