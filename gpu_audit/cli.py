@@ -36,6 +36,94 @@ app = typer.Typer(
 )
 import_app = typer.Typer(help="Import telemetry you already have into a store.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+schedule_app = typer.Typer(help="Cron lines or systemd units for unattended collect, report and prune.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+def _schedule_files(cron: bool, systemd: bool, store: str, report_to: str, interval: str, keep: str, fail_on: float,
+                    pricing: Optional[str], user: str) -> dict:
+    from gpu_audit.schedule import ScheduleSettings, cron as cron_files, systemd as systemd_files
+
+    if cron == systemd:
+        raise GpuAuditError("give exactly one of --cron and --systemd")
+    _seconds(interval, "--interval")
+    _seconds(keep, "--keep")
+    s = ScheduleSettings(store=store, report_to=report_to, interval=interval, keep=keep, fail_on=fail_on, pricing=pricing, user=user)
+    return cron_files(s) if cron else systemd_files(s)
+
+
+_SCHED_OPTS = dict(
+    cron=typer.Option(False, "--cron", help="Cron lines (/etc/cron.d/gpu-audit)."),
+    systemd=typer.Option(False, "--systemd", help="systemd units (collector service; report and prune timers)."),
+    store=typer.Option("/var/lib/gpu-audit/store", "--store", help="The store the jobs use."),
+    report_to=typer.Option("/var/lib/gpu-audit/reports", "--report-to", help="Folder for the daily findings and HTML report."),
+    interval=typer.Option("5s", "--interval", help="The collector's interval."),
+    keep=typer.Option("90d", "--keep", help="The prune job keeps this much data."),
+    fail_on=typer.Option(1000.0, "--fail-on", help="The daily report exits 1 above this monthly saving (USD)."),
+    pricing=typer.Option(None, "--pricing", help="Pricing file for the daily report."),
+    user=typer.Option("root", "--user", help="The user the jobs run as."),
+)
+
+
+@schedule_app.command("print")
+def schedule_print(
+    cron: bool = _SCHED_OPTS["cron"], systemd: bool = _SCHED_OPTS["systemd"], store: str = _SCHED_OPTS["store"],
+    report_to: str = _SCHED_OPTS["report_to"], interval: str = _SCHED_OPTS["interval"], keep: str = _SCHED_OPTS["keep"],
+    fail_on: float = _SCHED_OPTS["fail_on"], pricing: Optional[str] = _SCHED_OPTS["pricing"], user: str = _SCHED_OPTS["user"],
+) -> None:
+    """Print the cron lines or systemd units a host needs."""
+    for path, text in _schedule_files(cron, systemd, store, report_to, interval, keep, fail_on, pricing, user).items():
+        sys.stdout.write(f"# ---- /{path}\n{text}\n")
+
+
+@schedule_app.command("install")
+def schedule_install(
+    cron: bool = _SCHED_OPTS["cron"], systemd: bool = _SCHED_OPTS["systemd"], store: str = _SCHED_OPTS["store"],
+    report_to: str = _SCHED_OPTS["report_to"], interval: str = _SCHED_OPTS["interval"], keep: str = _SCHED_OPTS["keep"],
+    fail_on: float = _SCHED_OPTS["fail_on"], pricing: Optional[str] = _SCHED_OPTS["pricing"], user: str = _SCHED_OPTS["user"],
+    root: str = typer.Option("/", "--root", help="Install under this root (a chroot or image being built)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be written; write nothing."),
+) -> None:
+    """Write the cron file or systemd units in place (idempotent: unchanged files are left alone)."""
+    from gpu_audit.schedule import install
+
+    files = _schedule_files(cron, systemd, store, report_to, interval, keep, fail_on, pricing, user)
+    c = _console()
+    for path, what in install(files, root, dry_run):
+        c.print(f"{what}: {path}")
+    if systemd and not dry_run:
+        c.print("then: systemctl daemon-reload && systemctl enable --now gpu-audit-collect.service gpu-audit-report.timer gpu-audit-prune.timer")
+
+
+@app.command()
+def prune(
+    store: str = typer.Argument(..., help="The store folder."),
+    keep: str = typer.Option(..., "--keep", help="Keep this much: 90d, 12w."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed."),
+) -> None:
+    """Remove the store's date partitions older than --keep (every table)."""
+    from gpu_audit.store.retention import prune as run_prune
+
+    removed = run_prune(store, _seconds(keep, "--keep"), dry_run=dry_run)
+    c = _console()
+    for p in removed:
+        c.print(("would remove " if dry_run else "removed ") + p, soft_wrap=True)
+    c.print(f"{len(removed)} partition(s) {'to remove' if dry_run else 'removed'}")
+
+
+@app.command()
+def compact(
+    store: str = typer.Argument(..., help="The store folder."),
+) -> None:
+    """Merge each (table, host, day)'s small flush files into one file (safe while collectors run)."""
+    import os
+
+    from gpu_audit.store.compact import compact_store
+
+    if not os.path.isdir(store):
+        raise GpuAuditError(f"store not found: {store}")
+    done = compact_store(store)
+    _console().print(f"compacted {len(done)} partition(s)")
 
 
 def _console(stderr: bool = False):  # imported lazily: rich costs import time
@@ -83,12 +171,17 @@ def collect(
                             TimeRemainingColumn(), console=err, transient=True)
         task = progress.add_task("collect", total=duration_s / interval_s)
         progress.start()
+    from gpu_audit.store.lock import AlreadyRunning
+
     try:
         settings, stats = run_collect(
             store, host, interval_s, duration_s, flush_s, not no_processes, simulate, realtime,
             on_tick=(lambda st: progress.update(task, completed=st.ticks + st.skipped_ticks)) if progress else None,
             scrape=scrape or (),
         )
+    except AlreadyRunning as e:
+        _console().print(f"a collector already runs for this host and store ({e.holder}); nothing to do")
+        return
     finally:
         if progress:
             progress.stop()

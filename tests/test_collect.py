@@ -234,15 +234,39 @@ def test_kill_9_loses_at_most_one_flush_and_leaves_readable_files(tmp_path):
 def test_two_collectors_share_one_store(tmp_path):
     a = _start(tmp_path, "--interval", "100ms", "--duration", "2s", host="host-a")
     b = _start(tmp_path, "--interval", "100ms", "--duration", "2s", host="host-b")
-    c = _start(tmp_path, "--interval", "100ms", "--duration", "2s", host="host-a")  # a second run on one host
-    for p in (a, b, c):
+    outs = []
+    for p in (a, b):
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
+        outs.append(out)
+    # A second run on one host, after the first: file names never collide.
+    c = _start(tmp_path, "--interval", "100ms", "--duration", "1s", host="host-a")
+    c.communicate(timeout=60)
     s = read_table(tmp_path / "store", "samples")
     assert sorted(s["host"].unique().to_pylist()) == ["host-a", "host-b"]
-    assert s.num_rows == 3 * 4 * 20
+    assert s.num_rows == 2 * 4 * 20 + 4 * 10
     names = [os.path.basename(f) for f in glob.glob(str(tmp_path / "store" / "samples" / "*" / "*" / "*.parquet"))]
     assert len(names) == len(set(names)) == 3
+
+
+def test_a_second_collector_for_the_same_host_exits_politely(tmp_path):
+    a = _start(tmp_path, "--interval", "100ms", "--duration", "3s", host="host-a")
+    time.sleep(1.5)
+    b = _start(tmp_path, "--interval", "100ms", "--duration", "3s", host="host-a")
+    out_b, err_b = b.communicate(timeout=60)
+    a.communicate(timeout=60)
+    assert b.returncode == 0 and a.returncode == 0
+    assert out_b.startswith("a collector already runs for this host and store (pid ") and err_b == ""
+
+
+def test_a_lock_left_by_kill_9_is_taken_over(tmp_path):
+    a = _start(tmp_path, "--interval", "100ms", host="host-a")
+    time.sleep(1.5)
+    a.kill()
+    a.wait(timeout=10)
+    b = _start(tmp_path, "--interval", "100ms", "--duration", "1s", host="host-a")
+    out, err = b.communicate(timeout=60)
+    assert b.returncode == 0 and "stopped by duration" in out, err
 
 
 # -- bad input: one line, exit 2 -----------------------------------------------------------------

@@ -78,6 +78,10 @@ def collect(
         processes=processes, source="virtual" if scenario else "nvml", read_proc=scenario is None,
         scrape=tuple(scrape),
     )
+    from gpu_audit.store.lock import CollectorLock
+
+    lock = CollectorLock(out, settings.host)
+    lock.acquire()  # AlreadyRunning: the CLI says so and exits 0
     nvml = Nvml()
     try:
         nvml.init()
@@ -92,6 +96,7 @@ def collect(
             stats.virtual_nvml_s = driver.callback_s
     finally:
         nvml.shutdown()
+        lock.release()
         if scenario is not None:
             from gpu_audit.collect.virtual.driver import uninstall
 
