@@ -112,6 +112,23 @@ def prune(
 
 
 @app.command()
+def rollup(
+    store: str = typer.Argument(..., help="The store folder."),
+    older_than: str = typer.Option("7d", "--older-than", help="Roll up whole days that ended longer ago than this."),
+    resolution: str = typer.Option("1m", "--resolution", help="One rollup row per device and this much time."),
+    idle_below: float = typer.Option(5.0, "--idle-below", help="The idle threshold the rollups record (report's default)."),
+) -> None:
+    """Rewrite old raw samples as per-device, per-minute rollups (then remove the raw files)."""
+    from gpu_audit.store.rollup import rollup as run_rollup
+
+    done = run_rollup(store, _seconds(older_than, "--older-than"), _seconds(resolution, "--resolution"), idle_below)
+    c = _console()
+    for host, date, raw, rows in done:
+        c.print(f"{host} {date}: {raw:,} samples -> {rows:,} rollup rows")
+    c.print(f"rolled up {len(done)} day(s)")
+
+
+@app.command()
 def compact(
     store: str = typer.Argument(..., help="The store folder."),
 ) -> None:

@@ -8,6 +8,7 @@ sees those small frames. No Python loop runs per sample.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -99,7 +100,36 @@ def _samples_sql(src: str, s: AnalyzeSettings) -> str:
     """
 
 
-def device_hours(con: duckdb.DuckDBPyConnection, src: str, s: AnalyzeSettings) -> pd.DataFrame:
+def _rollup_where(s: AnalyzeSettings) -> str:
+    where = []
+    if s.since:
+        where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
+    if s.until:
+        where.append(f"ts < TIMESTAMPTZ '{s.until.isoformat()}'")
+    return ("WHERE " + " AND ".join(where)) if where else ""
+
+
+def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], s: AnalyzeSettings) -> pd.DataFrame:
+    """The same per-(device, hour) sums as device_hours, from rollup rows."""
+    src = f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
+    return con.execute(f"""
+    SELECT host, uuid, epoch_us(ts) // 3600000000 AS hour,
+           any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
+           bool_or(mig_mode) AS mig_mode,
+           max(CASE WHEN parent_uuid IS NOT NULL
+                    THEN coalesce(TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE), 0) / (CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END)
+                    WHEN mig_mode THEN 0.0 ELSE 1.0 END) AS share,
+           sum(n) AS n, sum(dt_s) AS dt_s, sum(ev_dt_s) AS ev_dt, sum(u_dt) AS u_dt, sum(idle_dt_s) AS idle_dt,
+           sum(sm_dt_s) AS sm_dt, sum(sm_u_dt) AS smu_dt, sum(error_dt_s) AS error_dt,
+           sum(util_gpu_dt_s) AS m_util_dt, sum(gr_engine_dt_s) AS m_gr_dt, sum(sm_active_dt_s) AS m_sm_dt,
+           max(mem_max_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
+           min(epoch_us(first_ts)) AS first_us, max(epoch_us(end_ts)) AS last_us, sum(free_dt_s) AS roll_free_dt,
+           any_value(idle_below_pct) AS roll_idle_below
+    FROM {src} {_rollup_where(s)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
+    """).df()
+
+
+def device_hours(con: duckdb.DuckDBPyConnection, src: str | None, s: AnalyzeSettings, rollups: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs.
 
     One pass with a plain GROUP BY (no join, no window function); the unallocated slices of GPUs in
@@ -128,7 +158,18 @@ def device_hours(con: duckdb.DuckDBPyConnection, src: str, s: AnalyzeSettings) -
            min(ts_us) AS first_us, max(ts_us + dt * 1e6) AS last_us
     FROM ({_samples_sql(src, s)}) GROUP BY host, uuid, hour
     """
-    dh = con.execute(q).df()
+    dh = con.execute(q).df() if src else pd.DataFrame()
+    if rollups is not None and not rollups.empty:
+        agg = {c: "sum" for c in ("n", "dt_s", "ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_util_dt", "m_gr_dt",
+                                  "m_sm_dt", "roll_free_dt")}
+        agg.update(parent_uuid="first", name="first", mig_profile="first", mig_mode="max", share="max", mem_max="max",
+                   mem_total="max", first_us="min", last_us="max")
+        both = pd.concat([dh.assign(roll_free_dt=0.0), rollups.drop(columns=["roll_idle_below"])], ignore_index=True)
+        for c in ("ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_util_dt", "m_gr_dt", "m_sm_dt", "roll_free_dt"):
+            both[c] = both[c].astype(float).fillna(0.0)
+        dh = both.groupby(["host", "uuid", "hour"], as_index=False, dropna=False).agg(agg)
+    else:
+        dh["roll_free_dt"] = 0.0
     for col in ("ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_util_dt", "m_gr_dt", "m_sm_dt"):
         dh[col] = dh[col].astype(float).fillna(0.0)
     sh = dh["share"].astype(float)
@@ -138,6 +179,9 @@ def device_hours(con: duckdb.DuckDBPyConnection, src: str, s: AnalyzeSettings) -
     dh["idle_share_dt"] = sh * dh["idle_dt"]
     dh["sm_share_dt"] = sh * dh["sm_dt"]
     dh["sm_waste_share_dt"] = sh * (dh["sm_dt"] - dh["smu_dt"] / 100)
+    if not src:
+        dh["free_dt"] = dh["roll_free_dt"].astype(float)
+        return dh
     free = con.execute(f"""
     WITH m AS (SELECT * FROM ({_samples_sql(src, s)}) WHERE mig_mode OR parent_uuid IS NOT NULL),
     alloc AS (SELECT host, parent_uuid, ts_us, sum(slices) AS used FROM m WHERE parent_uuid IS NOT NULL GROUP BY ALL)
@@ -147,20 +191,28 @@ def device_hours(con: duckdb.DuckDBPyConnection, src: str, s: AnalyzeSettings) -
     WHERE p.mig_mode AND p.parent_uuid IS NULL
     GROUP BY p.host, p.uuid, p.hour
     """).df()
-    if free.empty:
-        dh["free_dt"] = 0.0
-        return dh
-    return dh.merge(free, on=["host", "uuid", "hour"], how="left")
+    dh = dh.merge(free, on=["host", "uuid", "hour"], how="left") if not free.empty else dh.assign(free_dt=0.0)
+    dh["free_dt"] = dh["free_dt"].astype(float).fillna(0.0) + dh["roll_free_dt"].astype(float).fillna(0.0)
+    return dh
 
 
-def device_distributions(con: duckdb.DuckDBPyConnection, src: str, s: AnalyzeSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+def device_distributions(con: duckdb.DuckDBPyConnection, src: str | None, s: AnalyzeSettings,
+                         rollup_files: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per device, in one scan: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of
-    the device's total), from which the 95th percentiles are read."""
+    the device's total), from which the 95th percentiles are read. Rolled-up minutes count as their
+    mean utilization and peak memory."""
+    parts = []
+    if src:
+        parts.append(f"SELECT host, uuid, u, mem_used_bytes, mem_total_bytes, dt FROM ({_samples_sql(src, s)})")
+    if rollup_files:
+        parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
+                         mem_total_bytes, dt_s AS dt
+                         FROM read_parquet({_sql_list(rollup_files)}, union_by_name = true, hive_partitioning = false) {_rollup_where(s)}""")
     h = con.execute(f"""
         SELECT host, uuid, CAST(round(u) AS INTEGER) AS ubin,
                CAST(round(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin,
                sum(dt) AS w, grouping(ubin) AS is_mem
-        FROM ({_samples_sql(src, s)})
+        FROM ({" UNION ALL ".join(parts)})
         GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
     """).df()
     util = h[(h["is_mem"] == 0) & h["ubin"].notna()].rename(columns={"ubin": "bin"})[["host", "uuid", "bin", "w"]]
@@ -358,15 +410,21 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame, hosts_with_samples: set[str]
 
 def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: AnalyzeSettings) -> dict[str, Any]:
     """The findings (schema_version 1) for the stores at ``roots``."""
-    files = table_files(roots, "samples", s.since, s.until)
-    if not files:
+    rfiles = table_files(roots, "rollups", s.since, s.until)
+    rolled = {os.path.dirname(f).split(os.sep + "rollups" + os.sep)[-1] for f in rfiles}
+    # A day that has both (a rollup interrupted before the raw folder was removed) is read from the rollup.
+    files = [f for f in table_files(roots, "samples", s.since, s.until)
+             if os.path.dirname(f).split(os.sep + "samples" + os.sep)[-1] not in rolled]
+    if not files and not rfiles:
         raise EmptyStore(f"no samples in {', '.join(roots)}" + (" in the window" if s.since or s.until else ""))
     con = connect(s)
-    src = samples_source(con, files)
-    dh = device_hours(con, src, s)
+    src = samples_source(con, files) if files else None
+    ru = rollup_hours(con, rfiles, s) if rfiles else None
+    rollup_idle = sorted({float(x) for x in ru["roll_idle_below"].dropna()}) if ru is not None else []
+    dh = device_hours(con, src, s, ru)
     if dh.empty:
         raise EmptyStore(f"no samples in {', '.join(roots)} between --since and --until")
-    hist, mem = device_distributions(con, src, s)
+    hist, mem = device_distributions(con, src, s, rfiles)
     start, end = window_of(dh, s)
     window_h = (end - start) / 3600
 
@@ -518,6 +576,7 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
             "rejected_token_records": ({"count": tokens.bad, "examples": tokens.bad_examples} if tokens is not None else {"count": 0, "examples": []}),
             "token_records_outside_window": att["records_outside_window"],
             "token_records_unknown_host": att["records_unknown_host"],
+            "rollup_idle_below_pct": [x for x in rollup_idle if x != s.idle_below],
         },
         "inputs": {"stores": roots, "pricing": pricing.path, "token_logs": tokens.files if tokens else []},
     }

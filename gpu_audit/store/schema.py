@@ -115,11 +115,45 @@ DEVICES = pa.schema(
     ]
 )
 
+# Raw samples older than a cut-off, per device and minute: the dt-weighted sums every finding needs
+# (gpu_audit.store.rollup). ts is the start of the minute; the sums are over the samples in it.
+ROLLUPS = pa.schema(
+    [
+        ("ts", TS),
+        ("host", pa.string()),
+        ("uuid", pa.string()),
+        ("parent_uuid", pa.string()),
+        ("index", pa.int32()),
+        ("name", pa.string()),
+        ("mig_profile", pa.string()),
+        ("mig_mode", pa.bool_()),
+        ("resolution_s", pa.float32()),
+        ("idle_below_pct", pa.float32()),
+        ("n", pa.int64()),
+        ("dt_s", pa.float64()),
+        ("ev_dt_s", pa.float64()),
+        ("u_dt", pa.float64()),
+        ("idle_dt_s", pa.float64()),
+        ("sm_dt_s", pa.float64()),
+        ("sm_u_dt", pa.float64()),
+        ("error_dt_s", pa.float64()),
+        ("util_gpu_dt_s", pa.float64()),
+        ("gr_engine_dt_s", pa.float64()),
+        ("sm_active_dt_s", pa.float64()),
+        ("free_dt_s", pa.float64()),
+        ("mem_max_bytes", pa.int64()),
+        ("mem_total_bytes", pa.int64()),
+        ("first_ts", TS),
+        ("end_ts", TS),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "processes": PROCESSES,
     "engine": ENGINE,
     "devices": DEVICES,
+    "rollups": ROLLUPS,
 }
 
 

@@ -1,0 +1,98 @@
+"""Rollups: raw samples of old days rewritten per device and minute, then the raw files removed.
+
+Each rollup row holds, for one device and one minute (``--resolution``), the sums the analysis
+takes over raw samples: Σdt, Σdt with evidence, Σu·dt, Σdt idle (at the threshold given here,
+recorded in ``idle_below_pct``), Σdt and Σu·dt of SM activity, Σdt with an error, Σdt per
+utilization metric, the unallocated MIG time of a GPU in MIG mode, peak and total memory, and the
+first and end time. A report therefore gives the same spend, waste, idle cost, means, coverage and
+attribution from rollups as from the raw samples; what needs sub-minute detail (the p95s, the
+utilization histogram) is computed from minute means instead.
+
+A day is rolled up only when it ended before the cut-off. The rollup file is written completely
+(atomic rename) before the raw day's folder is removed, so a crash leaves the raw day, the rollup, or
+both; a day that has both is read from the rollup only (the leftover raw folder is removed by the
+next run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timedelta, timezone
+
+import duckdb
+
+from gpu_audit.errors import GpuAuditError
+from gpu_audit.store.layout import is_data_file
+from gpu_audit.store.schema import ROLLUPS, with_version
+from gpu_audit.store.writer import write_parquet_atomic
+
+
+def _rollup_sql(files: list[str], resolution_s: float, idle_below: float) -> str:
+    from gpu_audit.analyze.engine import _samples_sql, AnalyzeSettings, _sql_list
+
+    src = f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
+    res_us = int(resolution_s * 1e6)
+    return f"""
+    WITH s AS ({_samples_sql(src, AnalyzeSettings())}),
+    alloc AS (SELECT host, parent_uuid, ts_us, sum(slices) AS used FROM s WHERE parent_uuid IS NOT NULL GROUP BY ALL),
+    f AS (
+      SELECT s.*, CASE WHEN s.mig_mode AND s.parent_uuid IS NULL
+                       THEN greatest(0.0, 1.0 - coalesce(a.used, 0) / s.total_slices) * s.dt ELSE 0.0 END AS free_dt
+      FROM s LEFT JOIN alloc a ON a.host = s.host AND a.parent_uuid = s.uuid AND a.ts_us = s.ts_us
+    )
+    SELECT make_timestamptz((ts_us // {res_us}) * {res_us}) AS ts, host, uuid,
+           any_value(parent_uuid) AS parent_uuid, CAST(NULL AS INTEGER) AS "index", any_value(name) AS name,
+           any_value(mig_profile) AS mig_profile, bool_or(mig_mode) AS mig_mode,
+           {resolution_s} AS resolution_s, {idle_below} AS idle_below_pct,
+           count(*) AS n, sum(dt) AS dt_s,
+           coalesce(sum(CASE WHEN u IS NOT NULL THEN dt END), 0) AS ev_dt_s, coalesce(sum(u * dt), 0) AS u_dt,
+           coalesce(sum(CASE WHEN u < {idle_below} THEN dt END), 0) AS idle_dt_s,
+           coalesce(sum(CASE WHEN sm IS NOT NULL THEN dt END), 0) AS sm_dt_s, coalesce(sum(sm * dt), 0) AS sm_u_dt,
+           coalesce(sum(CASE WHEN has_error THEN dt END), 0) AS error_dt_s,
+           coalesce(sum(CASE WHEN metric = 1 THEN dt END), 0) AS util_gpu_dt_s,
+           coalesce(sum(CASE WHEN metric = 2 THEN dt END), 0) AS gr_engine_dt_s,
+           coalesce(sum(CASE WHEN metric = 3 THEN dt END), 0) AS sm_active_dt_s,
+           sum(free_dt) AS free_dt_s, max(mem_used_bytes) AS mem_max_bytes, max(mem_total_bytes) AS mem_total_bytes,
+           make_timestamptz(min(ts_us)) AS first_ts, make_timestamptz(CAST(max(ts_us + dt * 1e6) AS BIGINT)) AS end_ts
+    FROM f GROUP BY host, uuid, ts_us // {res_us}
+    ORDER BY host, uuid, ts
+    """
+
+
+def rollup(root: str, older_than_s: float, resolution_s: float = 60.0, idle_below: float = 5.0,
+           now: datetime | None = None) -> list[tuple[str, str, int, int]]:
+    """Roll up every whole day that ended more than ``older_than_s`` ago. Returns, per day rolled,
+    (host folder, date, raw rows, rollup rows)."""
+    if not os.path.isdir(root):
+        raise GpuAuditError(f"store not found: {root}")
+    if resolution_s <= 0 or 86400 % resolution_s:
+        raise GpuAuditError(f"--resolution must divide a day, got {resolution_s:g} s")
+    cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=older_than_s)
+    base = os.path.join(root, "samples")
+    done = []
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.execute("SET memory_limit='1GB'")
+    for host in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        for date in sorted(os.listdir(os.path.join(base, host))):
+            day = datetime.strptime(date[5:], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            if day + timedelta(days=1) > cutoff:
+                continue
+            raw_dir = os.path.join(base, host, date)
+            out_dir = os.path.join(root, "rollups", host, date)
+            if os.path.isdir(out_dir) and any(is_data_file(n) for n in os.listdir(out_dir)):
+                shutil.rmtree(raw_dir)  # a crash after the rollup was written: finish the removal
+                continue
+            files = [os.path.join(raw_dir, n) for n in sorted(os.listdir(raw_dir)) if is_data_file(n)]
+            if not files:
+                continue
+            table = con.sql(_rollup_sql(files, resolution_s, idle_below)).to_arrow_table()
+            table = table.cast(with_version(ROLLUPS))
+            import pyarrow.compute as pc
+
+            raw_rows = int(pc.sum(table["n"]).as_py() or 0)
+            write_parquet_atomic(table, os.path.join(out_dir, f"rollup-{int(resolution_s)}s.parquet"))
+            shutil.rmtree(raw_dir)
+            done.append((host, date[5:], raw_rows, table.num_rows))
+    return done
