@@ -154,6 +154,32 @@ def _console(stderr: bool = False):  # imported lazily: rich costs import time
     return c
 
 
+def _size(value: str, what: str) -> int:
+    from gpu_audit.units import parse_size
+
+    return parse_size(value, what)
+
+
+def _store_target(out: Optional[str]) -> tuple[str, Optional[str]]:
+    """(local folder to write, remote URI or None): imports into an object store go via its spool."""
+    from gpu_audit.collect.run import default_store
+
+    store = out or default_store()
+    if "://" in store and not store.startswith("file://"):
+        from gpu_audit.store.remote import spool_dir
+
+        return spool_dir(store), store
+    return store, None
+
+
+def _finish_upload(uri: Optional[str], s3_endpoint: Optional[str]) -> None:
+    if uri:
+        from gpu_audit.store.remote import upload_spool
+
+        up = upload_spool(uri, s3_endpoint)
+        _console().print(f"uploaded {up.uploaded} file(s) to {uri}")
+
+
 def _seconds(value: Optional[str], what: str) -> Optional[float]:
     from gpu_audit.units import parse_duration
 
@@ -171,6 +197,8 @@ def collect(
     simulate: Optional[str] = typer.Option(None, help="Run against a virtual NVML described by this scenario TOML."),
     realtime: bool = typer.Option(False, help="With --simulate: run on the wall clock instead of a virtual one."),
     scrape: Optional[List[str]] = typer.Option(None, "--scrape", help="An inference engine's /metrics URL (vLLM, SGLang, TGI, TensorRT-LLM, NIM) to scrape every tick. Repeatable."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for --out s3://... (default $GPU_AUDIT_S3_ENDPOINT, else AWS)."),
+    spool_max: str = typer.Option("1GiB", "--spool-max", help="With an object store: the most the local spool holds while the store is unreachable."),
 ) -> None:
     """Sample NVML (utilization, memory, power, clocks, MIG, GPM, processes) into a Parquet store."""
     from gpu_audit.collect.run import collect as run_collect, default_store
@@ -194,7 +222,7 @@ def collect(
         settings, stats = run_collect(
             store, host, interval_s, duration_s, flush_s, not no_processes, simulate, realtime,
             on_tick=(lambda st: progress.update(task, completed=st.ticks + st.skipped_ticks)) if progress else None,
-            scrape=scrape or (),
+            scrape=scrape or (), s3_endpoint=s3_endpoint, spool_max_bytes=_size(spool_max, "--spool-max"),
         )
     except AlreadyRunning as e:
         _console().print(f"a collector already runs for this host and store ({e.holder}); nothing to do")
@@ -209,6 +237,8 @@ def collect(
     c.print(f"  {stats.devices} devices, {stats.ticks} ticks over {fmt_duration(stats.ended - stats.started)} "
             f"({stats.skipped_ticks} skipped), {stats.device_samples} device samples, "
             f"{stats.error_samples} with errors, {stats.process_rows} process rows, {stats.flushes} flushes")
+    if stats.uploaded_files:
+        c.print(f"  uploaded {stats.uploaded_files} file(s) to {settings.out}")
     if scrape:
         c.print(f"  {stats.engine_rows} engine rows from {len(scrape)} endpoint(s), {stats.scrape_errors} failed scrapes")
     c.print(f"  our CPU: {stats.cpu_s:.2f} s ({1e6 * stats.cpu_s / max(1, stats.device_samples):.0f} us per device-sample); "
@@ -259,12 +289,13 @@ def report(
     html: Optional[str] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
     pdf: Optional[str] = typer.Option(None, "--pdf", help="Also print the HTML report to this PDF (needs Chromium)."),
     browser: Optional[str] = typer.Option(None, "--browser", help="Chromium or Chrome to print the PDF with (default: found on PATH)."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for s3:// inputs."),
 ) -> int:
     """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
     from gpu_audit.analyze.findings import build, write_json
     from gpu_audit.report.terminal import render
 
-    findings = build(stores, pricing, tokens or [], since, until, idle_below, strict)
+    findings = build(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint)
     if json_out:
         write_json(findings, json_out)
     render(findings, _console())
@@ -305,10 +336,12 @@ def import_nvidia_smi(
     fields: Optional[str] = typer.Option(None, help="For --format=csv,noheader logs: the --query-gpu field list, comma-separated."),
     interval: Optional[str] = typer.Option(None, help="The -l interval; default: each series' median gap."),
     strict: bool = typer.Option(False, help="A bad line is an error and nothing is written."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for --out s3://..."),
 ) -> None:
     """Import nvidia-smi CSV logs into a store (source = nvidia-smi)."""
-    from gpu_audit.collect.run import default_store
     from gpu_audit.sources.nvidia_smi import import_nvidia_smi as run_import
+
+    local, uri = _store_target(out)
 
     err = _console(stderr=True)
     progress = None
@@ -319,7 +352,7 @@ def import_nvidia_smi(
         task = progress.add_task("import", total=1)
         progress.start()
     try:
-        res = run_import(files, out or default_store(), host, tz, fields, _seconds(interval, "--interval"), strict,
+        res = run_import(files, local, host, tz, fields, _seconds(interval, "--interval"), strict,
                          progress=(lambda path, done, total: progress.update(task, completed=done, total=total)) if progress else None)
     finally:
         if progress:
@@ -330,6 +363,7 @@ def import_nvidia_smi(
         c.print(f"[yellow]{res.bad} bad line(s) skipped[/]: " + "; ".join(res.bad_lines), soft_wrap=True)
     if res.single_sample_series:
         c.print(f"[yellow]{res.single_sample_series} series had a single sample and count for no time: give --interval[/]")
+    _finish_upload(uri, s3_endpoint)
 
 
 @import_app.command("prometheus")
@@ -340,11 +374,11 @@ def import_prometheus(
     until: Optional[str] = typer.Option(None, help="End; default: now."),
     step: str = typer.Option("60s", help="Resolution of the imported samples (query_range step)."),
     match: Optional[str] = typer.Option(None, "--match", help='Extra label matchers, e.g. \'Hostname=~"gpu-.*"\'.'),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for --out s3://..."),
 ) -> None:
     """Import dcgm-exporter (and inference-engine) series from Prometheus (source = dcgm)."""
     from datetime import datetime, timedelta, timezone
 
-    from gpu_audit.collect.run import default_store
     from gpu_audit.sources.prometheus import import_prometheus as run_import
     from gpu_audit.units import parse_time
 
@@ -359,13 +393,15 @@ def import_prometheus(
         task = progress.add_task("q", total=1)
         progress.start()
     try:
-        res = run_import(url, out or default_store(), s, u, _seconds(step, "--step"), match,
+        local, uri = _store_target(out)
+        res = run_import(url, local, s, u, _seconds(step, "--step"), match,
                          progress=(lambda d, t: progress.update(task, completed=d, total=t)) if progress else None)
     finally:
         if progress:
             progress.stop()
     _console().print(f"imported {res.rows:,} samples of {res.devices} devices on {len(res.hosts)} host(s) and {res.engine_rows:,} "
                      f"engine rows in {res.queries} queries; DCGM fields found: {', '.join(res.metrics_found)}", soft_wrap=True)
+    _finish_upload(uri, s3_endpoint)
 
 
 @import_app.command("prometheus-text")
@@ -374,15 +410,17 @@ def import_prometheus_text(
     out: Optional[str] = typer.Option(None, "--out", help="Store folder (default as for collect)."),
     at: Optional[str] = typer.Option(None, help="Time of samples without a timestamp (default: each file's modification time)."),
     interval: Optional[str] = typer.Option(None, help="Seconds each sample stands for; default: each series' median gap."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for --out s3://..."),
 ) -> None:
     """Import saved exporter scrapes (one point in time per file, or OpenMetrics with timestamps)."""
-    from gpu_audit.collect.run import default_store
     from gpu_audit.sources.prometheus import import_prometheus_text as run_import
     from gpu_audit.units import parse_time
 
-    res = run_import(files, out or default_store(), parse_time(at, "--at") if at else None, _seconds(interval, "--interval"))
+    local, uri = _store_target(out)
+    res = run_import(files, local, parse_time(at, "--at") if at else None, _seconds(interval, "--interval"))
     _console().print(f"imported {res.rows:,} samples of {res.devices} devices on {len(res.hosts)} host(s) and {res.engine_rows:,} engine rows",
                      soft_wrap=True)
+    _finish_upload(uri, s3_endpoint)
 
 
 def _write_report_files(findings: dict, html: Optional[str], pdf: Optional[str], browser: Optional[str]) -> None:

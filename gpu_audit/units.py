@@ -55,3 +55,15 @@ def parse_time(text: str, what: str = "time") -> datetime:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.astimezone(timezone.utc)
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Bytes in ``text``: ``512MB``, ``1GiB``, ``2G``, a bare number of bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", text.lower())
+    if not m:
+        raise GpuAuditError(f"{what}: cannot read {text!r} as a size", hint="e.g. 512MB or 2GiB")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)]
+    value = int(float(m.group(1)) * mult)
+    if value <= 0:
+        raise GpuAuditError(f"{what} must be positive, got {text!r}")
+    return value

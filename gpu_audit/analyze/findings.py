@@ -41,7 +41,7 @@ def write_json(findings: dict[str, Any], path: str) -> None:
 
 
 def build(stores: list[str], pricing_path: str | None, token_paths: list[str], since: str | None, until: str | None,
-          idle_below: float = 5.0, strict: bool = False) -> dict[str, Any]:
+          idle_below: float = 5.0, strict: bool = False, s3_endpoint: str | None = None) -> dict[str, Any]:
     """Everything `report` needs, from the user's inputs: the one library call behind the command."""
     from gpu_audit.analyze.engine import AnalyzeSettings, analyze
     from gpu_audit.analyze.pricing import load_pricing
@@ -56,7 +56,16 @@ def build(stores: list[str], pricing_path: str | None, token_paths: list[str], s
         raise GpuAuditError("--since must be before --until")
     pricing = load_pricing(pricing_path)
     tokens = load_tokens(token_paths, strict=strict) if token_paths else None
-    findings = _clean(analyze(list(stores), pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u)))
+    roots = []
+    for store in stores:  # object-store URIs: the window's partitions mirrored into a local cache
+        if "://" in store and not store.startswith("file://"):
+            from gpu_audit.store.remote import mirror
+
+            roots.append(mirror(store, ("samples", "processes", "engine", "rollups"), s, u, s3_endpoint))
+        else:
+            roots.append(store)
+    findings = _clean(analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u)))
+    findings["inputs"]["stores"] = list(stores)
     return add_recommendations(findings, pricing)
 
 

@@ -57,6 +57,8 @@ def collect(
     on_tick: Callable[[CollectStats], None] | None = None,
     handle_signals: bool = True,
     scrape: tuple[str, ...] | list[str] = (),
+    s3_endpoint: str | None = None,
+    spool_max_bytes: int = 1 << 30,
 ) -> tuple[CollectSettings, CollectStats]:
     """Sample every device into the store at ``out`` until ``duration_s`` passes or a signal stops it."""
     if interval_s <= 0 or (duration_s is not None and duration_s <= 0):
@@ -64,7 +66,17 @@ def collect(
     for url in scrape:
         if not url.startswith(("http://", "https://")):
             raise GpuAuditError(f"--scrape: {url!r} is not an http(s) URL", hint="e.g. --scrape http://127.0.0.1:8000/metrics")
-    check_writable(out)
+    uploader = None
+    local = out
+    if "://" in out:  # an object store: complete files go through a local spool
+        from gpu_audit.store.remote import Uploader, filesystem, spool_dir
+
+        fs, base = filesystem(out, s3_endpoint)
+        local = spool_dir(out)
+        check_writable(local)
+        uploader = Uploader(local, fs, base, spool_max_bytes)
+    else:
+        check_writable(out)
     keep_pandas_out()
     clock: Any = WallClock()
     scenario = driver = None
@@ -80,7 +92,7 @@ def collect(
     )
     from gpu_audit.store.lock import CollectorLock
 
-    lock = CollectorLock(out, settings.host)
+    lock = CollectorLock(local, settings.host)
     lock.acquire()  # AlreadyRunning: the CLI says so and exits 0
     nvml = Nvml()
     try:
@@ -90,8 +102,21 @@ def collect(
             install_signal_handlers(sampler, clock)
         from datetime import datetime, timezone
 
-        writer = StoreWriter(out, settings.host, datetime.fromtimestamp(clock.now(), tz=timezone.utc))
+        writer: Any = StoreWriter(local, settings.host, datetime.fromtimestamp(clock.now(), tz=timezone.utc))
+        if uploader is not None:
+            from gpu_audit.store.remote import SpoolingWriter
+
+            uploader.upload()  # what earlier runs left in the spool
+            writer = SpoolingWriter(writer, uploader)
         stats = sampler.run(writer, on_tick)
+        if uploader is not None:
+            stats.uploaded_files = uploader.uploaded
+            stats.warnings.extend(uploader.warnings)
+            left = len(uploader.pending())
+            if uploader.dropped:
+                stats.warnings.append(f"{uploader.dropped} spooled file(s) dropped (over --spool-max)")
+            if left:
+                stats.warnings.append(f"{left} file(s) remain spooled in {local} ({uploader.last_error}); the next run uploads them")
         if driver is not None:
             stats.virtual_nvml_s = driver.callback_s
     finally:

@@ -44,6 +44,7 @@ class CollectStats:
     flushes: int = 0
     devices: int = 0
     cpu_s: float = 0.0
+    uploaded_files: int = 0
     virtual_nvml_s: float = 0.0  # of cpu_s, the time inside the virtual NVML's simulated C functions
     started: float = 0.0
     ended: float = 0.0
