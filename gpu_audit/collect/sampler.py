@@ -42,6 +42,7 @@ class CollectStats:
     engine_rows: int = 0
     scrape_errors: int = 0
     flushes: int = 0
+    failed_flushes: int = 0
     devices: int = 0
     cpu_s: float = 0.0
     uploaded_files: int = 0
@@ -63,6 +64,7 @@ class Sampler:
         self.clock = clock
         self.stats = CollectStats()
         self.stop_reason: str | None = None
+        self.flush_requested = False
         self._last: dict[str, float] = {}  # uuid -> ts of its previous sample in this run
         self._first_seen: dict[str, float] = {}
         self._names: dict[int, str | None] = {}
@@ -74,6 +76,9 @@ class Sampler:
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason
+
+    def request_flush(self) -> None:
+        self.flush_requested = True
 
     def _dt(self, uuid: str, t: float) -> float:
         prev = self._last.get(uuid)
@@ -159,24 +164,45 @@ class Sampler:
             if self.scraper is not None:
                 self.scraper.stop()
 
+    def _flush(self, writer: StoreWriter, final: bool = False) -> None:
+        """Write the buffers. A failed periodic flush (disk full, store gone) keeps the rows buffered
+        and is retried at the next flush, with one warning line; a failed final flush is an error."""
+        from gpu_audit.store.writer import StoreError
+
+        try:
+            writer.flush()
+            self.stats.flushes += 1
+        except StoreError as e:
+            self.stats.failed_flushes += 1
+            if final:
+                raise StoreError(f"{e.message}; {writer.pending()} buffered rows could not be written") from None
+            if self.stats.failed_flushes == 1:
+                import sys
+
+                sys.stderr.write(f"warning: {e.message}; rows stay buffered and the write is retried\n")
+                sys.stderr.flush()
+
     def _run(self, writer: StoreWriter, on_tick: Callable[[CollectStats], None] | None) -> CollectStats:
+        # Ticks are scheduled on the monotonic clock, so a wall-clock jump (NTP, a manual change)
+        # neither stalls the loop nor bursts it; timestamps are the wall clock's.
         clock, s = self.clock, self.s
         cpu0 = time.process_time()
         start = clock.now()
+        start_m = clock.monotonic()
         self.stats.started = start
-        end = start + s.duration_s if s.duration_s else math.inf
+        end_m = start_m + s.duration_s if s.duration_s else math.inf
         self.devices = self.nvml.discover()
         self.stats.devices = len(self.devices)
         self._device_rows(start)
-        last_flush = start
+        last_flush = start_m
         k = 0
         while self.stop_reason is None:
-            target = start + k * s.interval_s
-            if target >= end:
+            target = start_m + k * s.interval_s
+            if target >= end_m:
                 break
-            now = clock.now()
-            if now < target:
-                clock.sleep(target - now)
+            now_m = clock.monotonic()
+            if now_m < target:
+                clock.sleep(target - now_m)
                 if self.stop_reason is not None:
                     break
             self.tick(clock.now())
@@ -185,29 +211,31 @@ class Sampler:
             self.stats.ticks += 1
             if on_tick:
                 on_tick(self.stats)
-            now = clock.now()
+            now_m = clock.monotonic()
             # The next tick is the first scheduled time not yet passed; the ones in between are skipped.
-            nxt = max(k + 1, math.ceil((now - start) / s.interval_s - 1e-9))
+            nxt = max(k + 1, math.ceil((now_m - start_m) / s.interval_s - 1e-9))
             self.stats.skipped_ticks += nxt - k - 1
             k = nxt
-            if now - last_flush >= s.flush_every_s:
-                writer.flush()
-                self.stats.flushes += 1
-                last_flush = now
+            if now_m - last_flush >= s.flush_every_s or self.flush_requested:
+                self.flush_requested = False
+                self._flush(writer)
+                last_flush = now_m
         if self.scraper is not None and not clock.virtual:
             self._engine_rows(clock.now())  # what finished since the last tick
         self.stats.stopped_by = self.stop_reason or "duration"
         self.stats.ended = clock.now()
         self._write_inventory(self.stats.ended)
-        writer.flush()
-        self.stats.flushes += 1
+        self._flush(writer, final=True)
         self.stats.cpu_s = time.process_time() - cpu0
         self.stats.warnings.extend(f"this driver lacks {name}; its fields are null" for name in sorted(self.nvml.missing))
+        if self.stats.failed_flushes:
+            self.stats.warnings.append(f"{self.stats.failed_flushes} flush(es) failed and were retried")
         return self.stats
 
 
 def install_signal_handlers(sampler: Sampler, clock: Any) -> None:
-    """SIGTERM and SIGINT end the loop cleanly: the buffered rows are flushed, exit code 0.
+    """SIGTERM and SIGINT end the loop cleanly: the buffered rows are flushed, exit code 0. SIGHUP
+    flushes now and goes on.
 
     On the wall clock the loop sleeps in ``time.sleep``, which a signal interrupts only for the
     handler to run; sleeping in short slices keeps the exit prompt.
@@ -218,6 +246,8 @@ def install_signal_handlers(sampler: Sampler, clock: Any) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
+    # SIGHUP (log rotation, a reload): write what is buffered now and keep running.
+    signal.signal(signal.SIGHUP, lambda signum, frame: sampler.request_flush())
     if not clock.virtual:
         orig = clock.sleep
 
