@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 H0 = int(datetime(2026, 11, 28, tzinfo=timezone.utc).timestamp() // 3600)
-COLS = ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s"]
+COLS = ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s"]
 GIB = 2**30
 
 
@@ -15,7 +15,7 @@ def device(host: str, uuid: str, name: str, price: float, utils: list[float], me
     """A device with one hourly row per entry of ``utils`` (each hour fully covered)."""
     mems = mem_gib if isinstance(mem_gib, list) else [mem_gib] * len(utils)
     rows = [[host, uuid, datetime.fromtimestamp((H0 + k) * 3600, tz=timezone.utc).isoformat().replace("+00:00", "Z"),
-             u, m * GIB, price, 3600.0, 3600.0 if u < idle_below else 0.0] for k, (u, m) in enumerate(zip(utils, mems))]
+             u, m * GIB, price, 3600.0, 3600.0 if u < idle_below else 0.0, 3600.0] for k, (u, m) in enumerate(zip(utils, mems))]
     n = len(utils)
     srt = sorted(utils)
     d = {"host": host, "uuid": uuid, "name": name, "parent_uuid": None, "mig_profile": None, "mig_mode": False,

@@ -192,3 +192,33 @@ def test_host_names_that_look_like_values_stay_strings(tmp_path, host):
     write_samples(store, series(host, "GPU-a", H100, 0, 600, [50] * 6))
     f = build([store], PRICING, [], None, None)
     assert [d["host"] for d in f["devices"]] == [host]
+
+
+def test_large_fleets_write_hourly_series_per_host(tmp_path, monkeypatch):
+    from gpu_audit.analyze import findings as fmod
+
+    monkeypatch.setattr(fmod, "AGGREGATE_ABOVE", 1)
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-a", H100, 0, 600, [20] * 6) + series("h", "GPU-b", H100, 0, 600, [60] * 3 + [None] * 3))
+    f = build([store], PRICING, [], None, None)
+    assert f["series"]["device_hourly_level"] == "host"
+    (row,) = f["series"]["device_hourly"]["rows"]
+    cols = f["series"]["device_hourly"]["columns"]
+    r = dict(zip(cols, row))
+    # a: 20 % over 3600 s; b: 60 % over 1800 s of evidence -> (20*3600 + 60*1800) / 5400 = 33.33 %
+    assert r["uuid"] == "*" and r["mean_util_pct"] == pytest.approx((20 * 3600 + 60 * 1800) / 5400)
+    assert r["spend_usd"] == pytest.approx(6.0) and r["covered_s"] == 7200
+
+
+def test_hourly_series_has_no_nan_for_the_rules(tmp_path):
+    import math
+
+    from gpu_audit.analyze.engine import AnalyzeSettings, analyze
+    from gpu_audit.analyze.pricing import load_pricing
+
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-x", "NVIDIA GeForce RTX 4090", 0, 600, [None] * 6))  # unpriced, no evidence
+    f = analyze([store], load_pricing(PRICING), None, AnalyzeSettings())
+    (row,) = f["series"]["device_hourly"]["rows"]
+    assert not any(isinstance(v, float) and math.isnan(v) for v in row)
+    assert row[3] is None and row[5] is None

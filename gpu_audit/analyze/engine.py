@@ -159,12 +159,15 @@ def device_hours(con: duckdb.DuckDBPyConnection, src: str | None, s: AnalyzeSett
     FROM ({_samples_sql(src, s)}) GROUP BY host, uuid, hour
     """
     dh = con.execute(q).df() if src else pd.DataFrame()
-    if rollups is not None and not rollups.empty:
+    if rollups is not None and not rollups.empty and dh.empty:
+        dh = rollups.drop(columns=["roll_idle_below"])  # already one row per (device, hour)
+    elif rollups is not None and not rollups.empty:
         agg = {c: "sum" for c in ("n", "dt_s", "ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_util_dt", "m_gr_dt",
                                   "m_sm_dt", "roll_free_dt")}
         agg.update(parent_uuid="first", name="first", mig_profile="first", mig_mode="max", share="max", mem_max="max",
                    mem_total="max", first_us="min", last_us="max")
         both = pd.concat([dh.assign(roll_free_dt=0.0), rollups.drop(columns=["roll_idle_below"])], ignore_index=True)
+        both["mig_mode"] = both["mig_mode"].fillna(False).astype(bool)  # object dtype would make pandas loop in Python
         for c in ("ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_util_dt", "m_gr_dt", "m_sm_dt", "roll_free_dt"):
             both[c] = both[c].astype(float).fillna(0.0)
         dh = both.groupby(["host", "uuid", "hour"], as_index=False, dropna=False).agg(agg)
@@ -546,11 +549,8 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
     dh_sorted = dh.sort_values(["host", "uuid", "hour"])
     series = {
         "device_hourly": {
-            "columns": ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s"],
-            "rows": [[r.host, r.uuid, _iso(r.hour * 3600), (r.u_dt / r.ev_dt) if r.ev_dt > 0 else None,
-                      _f(r.mem_max), r.spend_usd if not math.isnan(r.price) else None, float(r.dt_s),
-                      float(r.idle_dt) if r.ev_dt > 0 else None]
-                     for r in dh_sorted.itertuples(index=False)],
+            "columns": ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s"],
+            "rows": _hourly_rows(dh_sorted),
         },
         "model_hourly": {"columns": ["model", "hour", "cost_usd", "prompt_tokens", "completion_tokens"],
                          "rows": att["model_hourly"]},
@@ -580,6 +580,22 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
         },
         "inputs": {"stores": roots, "pricing": pricing.path, "token_logs": tokens.files if tokens else []},
     }
+
+
+def _hourly_rows(dh: pd.DataFrame) -> list[list[Any]]:
+    """The device-hourly series rows, built column-wise (a fleet has millions of device-hours)."""
+    iso = {h: _iso(h * 3600) for h in dh["hour"].unique().tolist()}
+    ev = dh["ev_dt"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ev > 0, dh["u_dt"].to_numpy(dtype=float) / np.where(ev > 0, ev, 1), np.nan)
+    idle = np.where(ev > 0, dh["idle_dt"].to_numpy(dtype=float), np.nan)
+    spend = np.where(dh["price"].isna().to_numpy(), np.nan, dh["spend_usd"].to_numpy(dtype=float))
+    def nullable(a: Any) -> list[float | None]:  # the rules read these rows: NaN must already be None
+        return [None if v != v else v for v in np.asarray(a, dtype=float).tolist()]
+
+    cols = [dh["host"].tolist(), dh["uuid"].tolist(), [iso[h] for h in dh["hour"].tolist()], nullable(mean),
+            nullable(dh["mem_max"]), nullable(spend), dh["dt_s"].astype(float).tolist(), nullable(idle), ev.tolist()]
+    return [list(r) for r in zip(*cols)]
 
 
 def _fleet_metric(devices: list[dict[str, Any]]) -> str:

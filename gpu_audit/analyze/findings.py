@@ -12,6 +12,8 @@ from gpu_audit.errors import GpuAuditError
 
 def _clean(o: Any) -> Any:
     """JSON has no NaN: a missing number is null."""
+    if type(o) is list and o and type(o[0]) is list:  # series rows: the bulk of a large fleet's findings
+        return [[None if type(v) is float and v != v else v for v in row] for row in o]
     if isinstance(o, float):
         return None if math.isnan(o) or math.isinf(o) else o
     if isinstance(o, dict):
@@ -64,9 +66,40 @@ def build(stores: list[str], pricing_path: str | None, token_paths: list[str], s
             roots.append(mirror(store, ("samples", "processes", "engine", "rollups"), s, u, s3_endpoint))
         else:
             roots.append(store)
-    findings = _clean(analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u)))
+    findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u))
     findings["inputs"]["stores"] = list(stores)
-    return add_recommendations(findings, pricing)
+    return _clean(aggregate_series(add_recommendations(findings, pricing)))
+
+
+AGGREGATE_ABOVE = 300  # devices: above this the written hourly series is per host, not per device
+
+
+def aggregate_series(findings: dict[str, Any]) -> dict[str, Any]:
+    """Above AGGREGATE_ABOVE devices, replace the per-device hourly series by one per host and hour
+    (dt-weighted mean utilization, peak memory, summed spend), so that the JSON and the HTML of a
+    fleet stay small. The rules have already run on the per-device hours."""
+    series = findings["series"]["device_hourly"]
+    findings["series"]["device_hourly_level"] = "device"
+    if len(findings["devices"]) <= AGGREGATE_ABOVE:
+        return findings
+    import pandas as pd
+
+    df = pd.DataFrame(series["rows"], columns=series["columns"])
+    df["w"] = df["evidence_s"].where(df["mean_util_pct"].notna(), 0.0)
+    df["uw"] = df["mean_util_pct"].fillna(0.0) * df["w"]
+    g = df.groupby(["host", "hour"], as_index=False).agg(uw=("uw", "sum"), w=("w", "sum"), mem=("mem_max_bytes", "max"),
+                                                          spend=("spend_usd", "sum"), covered=("covered_s", "sum"),
+                                                          idle=("idle_s", "sum"))
+    rows = [[r.host, "*", r.hour, (r.uw / r.w) if r.w > 0 else None, _num(r.mem), _num(r.spend), float(r.covered), _num(r.idle),
+             float(r.w)]
+            for r in g.itertuples(index=False)]
+    findings["series"]["device_hourly"] = {"columns": series["columns"], "rows": rows}
+    findings["series"]["device_hourly_level"] = "host"
+    return findings
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or v != v else float(v)
 
 
 def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = None) -> dict[str, Any]:
@@ -95,4 +128,4 @@ def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = 
                 "unpriced" if d.get("spend_usd") is None else f"coverage {d.get('coverage_pct') or 0:.0f}% < {rs.min_coverage_pct:.0f}%"}
         for d in findings["devices"]
         if not (d.get("mig_mode") and not d.get("parent_uuid")) and not eligible(d, rs)]
-    return _clean(findings)
+    return findings

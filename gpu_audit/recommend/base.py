@@ -88,12 +88,23 @@ def busy(d: dict[str, Any], s: RecommendSettings) -> bool:
     return (d.get("mean_util_pct") or 0) >= s.busy_mean_util_pct
 
 
+_HOURLY_CACHE: list[Any] = [None, None]  # (the rows list it was built from, the result): rules share one parse
+
+
 def hourly(findings: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The device-hourly series as rows per device, each with a parsed hour."""
+    """The device-hourly series as rows per device, each with a parsed hour (cached per findings)."""
+    rows = findings["series"]["device_hourly"]["rows"]
+    if _HOURLY_CACHE[0] is rows:
+        return _HOURLY_CACHE[1]
     cols = findings["series"]["device_hourly"]["columns"]
+    hours: dict[str, int] = {}  # a window has few distinct hours: parse each once
     out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in findings["series"]["device_hourly"]["rows"]:
+    for row in rows:
         r = dict(zip(cols, row))
-        r["h"] = int(datetime.fromisoformat(r["hour"].replace("Z", "+00:00")).timestamp() // 3600)
+        h = hours.get(r["hour"])
+        if h is None:
+            h = hours[r["hour"]] = int(datetime.fromisoformat(r["hour"].replace("Z", "+00:00")).timestamp() // 3600)
+        r["h"] = h
         out[(r["host"], r["uuid"])].append(r)
+    _HOURLY_CACHE[0], _HOURLY_CACHE[1] = rows, out
     return out

@@ -173,25 +173,33 @@ def consolidation(findings: dict[str, Any], s: RecommendSettings) -> list[Recomm
                 m[idx[r["h"]]] = 100 * (r["mem_max_bytes"] or 0) / d["memory_total_bytes"]
             demand.append((d, u, m))
         demand.sort(key=lambda x: -max(x[1]))
-        bins: list[tuple[list[float], list[float], list[dict[str, Any]]]] = []
+        # First-fit decreasing, the fit checked for every open GPU at once (numpy: bins x hours).
+        import numpy as np
+
+        cap_u, cap_m = s.consolidation_compute_pct, s.consolidation_memory_pct
+        bu = np.zeros((0, len(hours)))
+        bm = np.zeros((0, len(hours)))
+        members: list[list[dict[str, Any]]] = []
         for d, u, m in demand:
-            for bu, bm, members in bins:
-                if all(a + b <= s.consolidation_compute_pct for a, b in zip(bu, u)) and \
-                   all(a + b <= s.consolidation_memory_pct for a, b in zip(bm, m)):
-                    for i in range(len(hours)):
-                        bu[i] += u[i]
-                        bm[i] += m[i]
-                    members.append(d)
-                    break
+            ua, ma = np.asarray(u), np.asarray(m)
+            fits = np.flatnonzero(np.all(bu + ua <= cap_u + 1e-9, axis=1) & np.all(bm + ma <= cap_m + 1e-9, axis=1)) if len(members) else []
+            if len(fits):
+                i = int(fits[0])
+                bu[i] += ua
+                bm[i] += ma
+                members[i].append(d)
             else:
-                bins.append((list(u), list(m), [d]))
+                bu = np.vstack([bu, ua])
+                bm = np.vstack([bm, ma])
+                members.append([d])
+        bins = [(bu[i], bm[i], members[i]) for i in range(len(members))]
         freed = len(devs) - len(bins)
         if freed < 1:
             continue
         spend = sum(d["spend_usd"] for d in devs)
-        plan = [{"workloads": [f"{x['host']}/{x['uuid'][-6:]}" for x in members],
-                 "peak_hourly_util_pct": max(bu) if bu else 0.0, "peak_hourly_memory_pct": max(bm) if bm else 0.0}
-                for bu, bm, members in bins]
+        plan = [{"workloads": [f"{x['host']}/{x['uuid'][-6:]}" for x in group],
+                 "peak_hourly_util_pct": float(u.max()) if len(u) else 0.0, "peak_hourly_memory_pct": float(m.max()) if len(m) else 0.0}
+                for u, m, group in bins]
         out.append(Recommendation(
             kind="consolidation", title=f"Consolidate {len(devs)} under-used {name} onto {len(bins)}, freeing {freed}",
             targets=tuple(target(d) for d in devs),

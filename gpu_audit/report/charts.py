@@ -39,11 +39,11 @@ def heatmap(f: dict[str, Any]) -> str | None:
     if not rows:
         return None
     names = {(d["host"], d["uuid"]): d for d in f["devices"]}
-    aggregate = len(names) > AGGREGATE_ABOVE
+    aggregate = len(names) > AGGREGATE_ABOVE or f["series"].get("device_hourly_level") == "host"
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
         d = names.get((r["host"], r["uuid"]))
-        if r["mean_util_pct"] is None or d is None:
+        if r["mean_util_pct"] is None or (d is None and not aggregate):
             continue
         key = r["host"] if aggregate else f"{r['host']} · {(d['name'] or '').replace('NVIDIA ', '')} {d['mig_profile'] or ''} …{r['uuid'][-6:]}"
         cells[(key, r["hour"])].append(r["mean_util_pct"])
