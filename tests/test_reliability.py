@@ -94,6 +94,14 @@ def fill(path):
     return filler
 
 
+def wait_for_first_file(store, p, timeout=30):
+    """Fill the disk only once the collector runs (it has flushed a first file)."""
+    deadline = time.time() + timeout
+    while not data_files(store):
+        assert p.poll() is None and time.time() < deadline, "the collector did not start"
+        time.sleep(0.05)
+
+
 def readable_and_clean(store):
     for f in glob.glob(f"{store}/**/*", recursive=True):
         assert not f.endswith(".tmp"), f"temp file left: {f}"
@@ -106,7 +114,7 @@ def test_disk_full_then_freed_keeps_every_row(tmp_path):
     mount_tmpfs(mnt)
     try:
         p = start(mnt / "s", "--interval", "100ms", "--flush-every", "200ms", "--duration", "4s", "--no-processes")
-        time.sleep(0.8)
+        wait_for_first_file(mnt / "s", p)
         filler = fill(mnt)
         time.sleep(1.5)
         filler.unlink()
@@ -124,8 +132,8 @@ def test_disk_full_to_the_end_is_one_error_line(tmp_path):
     mnt = tmp_path / "mnt"
     mount_tmpfs(mnt)
     try:
-        p = start(mnt / "s", "--interval", "100ms", "--flush-every", "200ms", "--duration", "2s", "--no-processes")
-        time.sleep(0.8)
+        p = start(mnt / "s", "--interval", "100ms", "--flush-every", "200ms", "--duration", "3s", "--no-processes")
+        wait_for_first_file(mnt / "s", p)
         fill(mnt)
         out, err = p.communicate(timeout=30)
         assert p.returncode == 2

@@ -71,12 +71,7 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
 
 
 def _samples_sql(src: str, s: AnalyzeSettings) -> str:
-    where = []
-    if s.since:
-        where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
-    if s.until:
-        where.append(f"ts < TIMESTAMPTZ '{s.until.isoformat()}'")
-    cond = ("WHERE " + " AND ".join(where)) if where else ""
+    cond = _window_where(s)
     # share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30);
     # 0 for a GPU in MIG mode, which is not billed itself (its unallocated slices are, below).
     # share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30);
@@ -100,8 +95,9 @@ def _samples_sql(src: str, s: AnalyzeSettings) -> str:
     """
 
 
-def _rollup_where(s: AnalyzeSettings) -> str:
-    where = []
+def _window_where(s: AnalyzeSettings, *extra: str) -> str:
+    """The WHERE clause selecting ts in [since, until), with any extra conditions."""
+    where = list(extra)
     if s.since:
         where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
     if s.until:
@@ -125,7 +121,7 @@ def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], s: AnalyzeSet
            max(mem_max_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
            min(epoch_us(first_ts)) AS first_us, max(epoch_us(end_ts)) AS last_us, sum(free_dt_s) AS roll_free_dt,
            any_value(idle_below_pct) AS roll_idle_below
-    FROM {src} {_rollup_where(s)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
+    FROM {src} {_window_where(s)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
     """).df()
 
 
@@ -210,7 +206,7 @@ def device_distributions(con: duckdb.DuckDBPyConnection, src: str | None, s: Ana
     if rollup_files:
         parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
                          mem_total_bytes, dt_s AS dt
-                         FROM read_parquet({_sql_list(rollup_files)}, union_by_name = true, hive_partitioning = false) {_rollup_where(s)}""")
+                         FROM read_parquet({_sql_list(rollup_files)}, union_by_name = true, hive_partitioning = false) {_window_where(s)}""")
     h = con.execute(f"""
         SELECT host, uuid, CAST(round(u) AS INTEGER) AS ubin,
                CAST(round(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin,
@@ -254,12 +250,8 @@ def engine_data(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSett
     files = table_files(roots, "engine", s.since, s.until)
     if not files:
         return pd.DataFrame(), {}
-    where = ["error IS NULL", "model IS NOT NULL"]
-    if s.since:
-        where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
-    if s.until:
-        where.append(f"ts < TIMESTAMPTZ '{s.until.isoformat()}'")
-    src = f"(SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false) WHERE {' AND '.join(where)})"
+    src = (f"(SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false) "
+           f"{_window_where(s, 'error IS NULL', 'model IS NOT NULL')})")
 
     def delta(col: str) -> str:
         prev = f"lag({col}) OVER w"
@@ -298,12 +290,7 @@ def top_processes(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSe
     files = table_files(roots, "processes", s.since, s.until)
     if not files:
         return {}
-    where = []
-    if s.since:
-        where.append(f"ts >= TIMESTAMPTZ '{s.since.isoformat()}'")
-    if s.until:
-        where.append(f"ts < TIMESTAMPTZ '{s.until.isoformat()}'")
-    cond = ("WHERE " + " AND ".join(where)) if where else ""
+    cond = _window_where(s)
     rows = con.execute(f"""
         SELECT host, uuid, arg_max(name, used_mem_bytes) AS name, arg_max(pid, used_mem_bytes) AS pid,
                max(used_mem_bytes) AS used_mem_bytes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
 from gpu_audit.errors import GpuAuditError
@@ -26,20 +25,9 @@ def _clean(o: Any) -> Any:
 
 
 def write_json(findings: dict[str, Any], path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_clean(findings), f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise GpuAuditError(f"cannot write {path}: {e.strerror or e}") from None
+    from gpu_audit.store.writer import write_text_atomic
+
+    write_text_atomic(json.dumps(_clean(findings), indent=1, allow_nan=False), path)
 
 
 def build(stores: list[str], pricing_path: str | None, token_paths: list[str], since: str | None, until: str | None,

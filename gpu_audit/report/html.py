@@ -6,14 +6,12 @@ inlined once, so the file works offline; figures are fragments (see charts.py).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
 
 from gpu_audit import __version__
-from gpu_audit.errors import GpuAuditError
 from gpu_audit.fmt import NA, fmt_bytes, fmt_num, fmt_pct, fmt_usd
 from gpu_audit.report.blocks import build_sections
 from gpu_audit.report.charts import CHARTS
@@ -61,16 +59,6 @@ def render_html(findings: dict[str, Any], progress: Callable[[str], None] | None
 
 
 def write_html(findings: dict[str, Any], path: str, progress: Callable[[str], None] | None = None) -> None:
-    text = render_html(findings, progress)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise GpuAuditError(f"cannot write {path}: {e.strerror or e}") from None
+    from gpu_audit.store.writer import write_text_atomic
+
+    write_text_atomic(render_html(findings, progress), path)

@@ -68,6 +68,25 @@ def check_writable(root: str) -> None:
         raise StoreError(f"cannot write to store {root!r}: {e.strerror or e}") from None
 
 
+def write_text_atomic(text: str, path: str) -> None:
+    """Write a text file (findings JSON, an HTML report) so that ``path`` is replaced only by a
+    complete file: a failure leaves the previous one, and no temp file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def write_parquet_atomic(table: pa.Table, path: str) -> None:
     """Write ``table`` to ``path`` so that ``path`` exists only when complete and durable."""
     folder, name = os.path.split(path)
