@@ -156,3 +156,20 @@ def test_import_into_a_bucket_and_unreachable_report(moto, tmp_path, run_cli):
     moto.stop()
     code, _, err = run_cli("report", uri)
     assert code == 2 and err.startswith(f"Error: cannot list {uri}")
+
+
+def test_a_live_lease_on_the_bucket_stops_a_collector_on_another_machine(moto, tmp_path, run_cli):
+    import json as _json
+
+    uri = f"s3://{BUCKET}/leased"
+    lease = f"{BUCKET}/leased/.locks/mixed-01.lease"
+    with s3().open_output_stream(lease) as f:
+        f.write(_json.dumps({"holder": "gpu-host-7 pid 4242", "expires": time.time() + 600}).encode())
+    code, out, _ = run_cli("collect", "--simulate", str(SCENARIOS / "mixed-idle.toml"), "--duration", "10m", "--out", uri)
+    assert code == 0 and out.startswith("a collector already runs for this host and store (lease held by gpu-host-7 pid 4242")
+    assert not objects("leased/samples")
+    with s3().open_output_stream(lease) as f:  # an expired lease is taken over
+        f.write(_json.dumps({"holder": "gpu-host-7 pid 4242", "expires": time.time() - 1}).encode())
+    code, out, _ = run_cli("collect", "--simulate", str(SCENARIOS / "mixed-idle.toml"), "--duration", "10m", "--out", uri)
+    assert code == 0 and "uploaded" in out and objects("leased/samples")
+    assert not [i for i in objects("leased/.locks")]  # released at the end

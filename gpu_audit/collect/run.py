@@ -94,6 +94,16 @@ def collect(
 
     lock = CollectorLock(local, settings.host)
     lock.acquire()  # AlreadyRunning: the CLI says so and exits 0
+    lease = None
+    if uploader is not None:
+        from gpu_audit.store.lock import RemoteLease
+
+        lease = RemoteLease(uploader.fs, uploader.base, settings.host, ttl_s=max(300.0, 3 * settings.flush_every_s))
+        try:
+            lease.acquire()
+        except Exception:
+            lock.release()
+            raise
     nvml = Nvml()
     try:
         nvml.init()
@@ -107,7 +117,7 @@ def collect(
             from gpu_audit.store.remote import SpoolingWriter
 
             uploader.upload()  # what earlier runs left in the spool
-            writer = SpoolingWriter(writer, uploader)
+            writer = SpoolingWriter(writer, uploader, lease)
         stats = sampler.run(writer, on_tick)
         if uploader is not None:
             stats.uploaded_files = uploader.uploaded
@@ -121,6 +131,8 @@ def collect(
             stats.virtual_nvml_s = driver.callback_s
     finally:
         nvml.shutdown()
+        if lease is not None:
+            lease.release()
         lock.release()
         if scenario is not None:
             from gpu_audit.collect.virtual.driver import uninstall

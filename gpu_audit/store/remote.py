@@ -100,16 +100,18 @@ class Uploader:
 class SpoolingWriter:
     """A StoreWriter into the spool whose every flush is followed by an upload attempt."""
 
-    def __init__(self, writer: Any, uploader: Uploader) -> None:
+    def __init__(self, writer: Any, uploader: Uploader, lease: Any = None) -> None:
         self._w = writer
         self.uploader = uploader
+        self.lease = lease
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._w, name)
 
     def flush(self) -> list[str]:
         written = self._w.flush()
-        self.uploader.upload()
+        if self.uploader.upload() and self.lease is not None:
+            self.lease.renew()
         return written
 
 
