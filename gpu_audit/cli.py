@@ -11,12 +11,19 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-import click
 import typer
 
-# typer >= 0.2x vendors its own copy of click (typer._click); usage errors come from whichever is used.
-_CLICK_ERRORS: tuple[type[BaseException], ...] = (click.ClickException,)
-_ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, KeyboardInterrupt)
+# Newer typer vendors its own click (typer._click) and no longer depends on click; older typer uses
+# click itself. Usage errors come from whichever is in use.
+_CLICK_ERRORS: tuple[type[BaseException], ...] = ()
+_ABORTS: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+try:
+    import click
+
+    _CLICK_ERRORS += (click.ClickException,)
+    _ABORTS += (click.exceptions.Abort,)
+except ImportError:
+    pass
 try:
     from typer._click import exceptions as _tc
 

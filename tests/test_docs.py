@@ -54,3 +54,19 @@ def test_every_findings_field_is_documented(tmp_path):
     keys = set(f) | set(f["fleet"]) | set(f["devices"][0]) | set(f["models"][0]) | set(f["data_quality"]) | set(f["series"])
     missing = sorted(k for k in keys if f"`{k}`" not in text)
     assert not missing, f"findings fields missing from docs/findings.md: {missing}"
+
+
+def test_cli_works_without_the_click_package():
+    """Newer typer vendors click and does not install it: the CLI must not need it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import builtins\nreal = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name == 'click' or name.startswith('click.'):\n        raise ImportError('no click')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\nfrom gpu_audit.cli import run\nimport sys\nsys.exit(run(['nosuch']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
+    assert r.returncode == 2 and "No such command" in r.stderr and "Traceback" not in r.stderr
