@@ -74,11 +74,22 @@ def test_wall_clock_jumps_neither_stall_nor_burst(tmp_path):
     assert sum(r["interval_s"] for r in rows) == 300
 
 
-def mount_tmpfs(path, size="400k"):
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 400 KiB tmpfs; unmounted even when a test fails (its collector is killed first)."""
+    path = tmp_path / "mnt"
     path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(path)], capture_output=True)
     if r.returncode:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    procs: list[subprocess.Popen] = []
+    yield path, procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def fill(path):
@@ -109,37 +120,31 @@ def readable_and_clean(store):
             pq.read_table(f)
 
 
-def test_disk_full_then_freed_keeps_every_row(tmp_path):
-    mnt = tmp_path / "mnt"
-    mount_tmpfs(mnt)
-    try:
-        p = start(mnt / "s", "--interval", "100ms", "--flush-every", "200ms", "--duration", "4s", "--no-processes")
-        wait_for_first_file(mnt / "s", p)
-        filler = fill(mnt)
-        time.sleep(1.5)
-        filler.unlink()
-        out, err = p.communicate(timeout=30)
-        assert p.returncode == 0, err
-        assert err.count("warning: cannot write") == 1 and "the disk is full; rows stay buffered" in err
-        readable_and_clean(mnt / "s")
-        ticks = int(out.split(" ticks")[0].split()[-1])
-        assert read_table(mnt / "s", "samples").num_rows == 4 * ticks  # nothing lost
-    finally:
-        subprocess.run(["umount", str(mnt)])
+def test_disk_full_then_freed_keeps_every_row(tmpfs):
+    mnt, procs = tmpfs
+    p = start(mnt / "s", "--interval", "100ms", "--flush-every", "200ms", "--duration", "4s", "--no-processes")
+    procs.append(p)
+    wait_for_first_file(mnt / "s", p)
+    filler = fill(mnt)
+    time.sleep(1.5)
+    filler.unlink()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert err.count("warning: cannot write") == 1 and "the disk is full; rows stay buffered" in err
+    readable_and_clean(mnt / "s")
+    ticks = int(out.split(" ticks")[0].split()[-1])
+    assert read_table(mnt / "s", "samples").num_rows == 4 * ticks  # nothing lost
 
 
-def test_disk_full_to_the_end_is_one_error_line(tmp_path):
-    mnt = tmp_path / "mnt"
-    mount_tmpfs(mnt)
-    try:
-        p = start(mnt / "s", "--interval", "100ms", "--flush-every", "200ms", "--duration", "3s", "--no-processes")
-        wait_for_first_file(mnt / "s", p)
-        fill(mnt)
-        out, err = p.communicate(timeout=30)
-        assert p.returncode == 2
-        errors = [line for line in err.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1 and "the disk is full" in errors[0] and "buffered rows could not be written" in errors[0]
-        assert "Traceback" not in err
-        readable_and_clean(mnt / "s")
-    finally:
-        subprocess.run(["umount", str(mnt)])
+def test_disk_full_to_the_end_is_one_error_line(tmpfs):
+    mnt, procs = tmpfs
+    p = start(mnt / "s", "--interval", "100ms", "--flush-every", "200ms", "--duration", "3s", "--no-processes")
+    procs.append(p)
+    wait_for_first_file(mnt / "s", p)
+    fill(mnt)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 2
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "the disk is full" in errors[0] and "buffered rows could not be written" in errors[0]
+    assert "Traceback" not in err
+    readable_and_clean(mnt / "s")
