@@ -90,6 +90,11 @@ def main() -> None:
     print(f"  findings JSON:     {os.path.getsize(out) / 2**20:.1f} MiB (hourly series per {f['series']['device_hourly_level']})")
     print(f"  fleet: spend ${f['fleet']['spend_usd']:,.0f}, mean util {f['fleet']['mean_util_pct']:.1f}%, "
           f"{len(f['recommendations'])} recommendations")
+    from gpu_audit.report.html import write_html
+
+    t0 = time.perf_counter()
+    write_html(f, f"{root}.html")
+    print(f"  HTML report:       {os.path.getsize(f'{root}.html') / 2**20:.1f} MiB, rendered in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -11,25 +11,6 @@ S = RecommendSettings(gpu_prices=CATALOG)
 H100, A100, L40S = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "NVIDIA L40S"
 
 
-def test_right_size_to_the_cheapest_gpu_that_fits():
-    # p95 20 % of an H100 (989 TFLOPS) = 197.8 TFLOPS; peak 10 GiB x 1.2 = 12 GiB.
-    # L4 (121 x 0.8 = 96.8), A10G, T4, V100 (100) are too slow; L40S (362 x 0.8 = 289.6, 45 GiB) fits at $1.86.
-    d = device("h", "GPU-1", H100, 12.29, [20] * 24, 10)
-    (r,) = right_size(findings([d], 24), S)
-    assert r.evidence["proposed"] == "L40S"
-    assert r.monthly_savings_usd == pytest.approx((12.29 - 1.86) * 24 * 730 / 24)
-
-
-@pytest.mark.parametrize("utils,mem,extra", [
-    ([90] * 24, 10, {}),             # p95 90 %: not under-used
-    ([20] * 24, 75, {}),             # 75 GiB x 1.2 fits no cheaper GPU
-    ([0] * 24, 0, {}),               # idle: the idle rule's, not sizing
-    ([20] * 24, 10, {"price_provider": "file"}),  # priced by a file that names no other GPU
-])
-def test_right_size_silent(utils, mem, extra):
-    assert right_size(findings([device("h", "GPU-1", H100, 12.29, utils, mem, **extra)], 24), S) == []
-
-
 def test_mig_packs_small_workloads_onto_fewer_gpus():
     # Four A100 80GB at p95 10 %, 8 GiB peak: each needs 7 x 0.10 / 0.8 = 0.875 slice and 9.6 GiB -> 1g.10gb.
     devs = [device("h", f"GPU-{i}", A100, 5.12, [10] * 24, 8) for i in range(4)]
@@ -61,23 +42,3 @@ def test_mig_mode_unused_slice_and_unallocated():
     assert {t["uuid"] for t in r.targets} == {"GPU-p", "MIG-b"}
 
 
-def test_consolidation_uses_hour_by_hour_demand():
-    # A peaks in the first half of the day, B in the second: 60 + 5 <= 80 in every hour; memory 20 + 20 <= 90.
-    a = device("h1", "GPU-a", L40S, 1.86, [55] * 12 + [5] * 12, 9.6, total_gib=48)
-    b = device("h2", "GPU-b", L40S, 1.86, [5] * 12 + [55] * 12, 9.6, total_gib=48)
-    (r,) = consolidation(findings([a, b], 24), S)
-    assert r.evidence["before"] == 2 and r.evidence["after"] == 1
-    assert r.evidence["plan"][0]["peak_hourly_util_pct"] == pytest.approx(60)
-    assert r.monthly_savings_usd == pytest.approx(2 * 1.86 * 24 / 2 * 730 / 24)
-
-
-def test_consolidation_silent_when_peaks_coincide():
-    a = device("h1", "GPU-a", L40S, 1.86, [55] * 12 + [5] * 12, 9.6, total_gib=48)
-    b = device("h2", "GPU-b", L40S, 1.86, [55] * 12 + [5] * 12, 9.6, total_gib=48)
-    assert consolidation(findings([a, b], 24), S) == []
-
-
-def test_consolidation_silent_when_memory_does_not_fit():
-    a = device("h1", "GPU-a", L40S, 1.86, [20] * 24, 30, total_gib=48)
-    b = device("h2", "GPU-b", L40S, 1.86, [20] * 24, 30, total_gib=48)
-    assert consolidation(findings([a, b], 24), S) == []
