@@ -5,18 +5,31 @@
 #
 #   bash scripts/device-check.sh OUTDIR
 #
-# Writes OUTDIR/doctor.txt, OUTDIR/store/ (60 s of collect at 1 s under load), OUTDIR/summary.txt:
+# A dry run on a machine without a GPU (to check the script itself, not NVML):
+#   DEVICE_CHECK_SIMULATE=examples/scenarios/h200-mig.toml bash scripts/device-check.sh OUTDIR
+#
+# Writes OUTDIR/doctor.txt, OUTDIR/summary.txt and a few logs (at most 8 files, none in sub-folders,
+# so that the device tool brings them all back); the store itself goes to $DEVICE_CHECK_STORE
+# (default /tmp/gpu-audit-device-check-store), 60 s of collect at 1 s under load. The summary says:
 # which fields real NVML returned as null, GPM values under load, and the collector's CPU time
 # against `nvidia-smi --query-gpu=... -l 1` over the same minute.
 set -u
 out=${1:?usage: device-check.sh OUTDIR}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+store=${DEVICE_CHECK_STORE:-/tmp/gpu-audit-device-check-store}
+rm -rf "$store"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
+sim=()
+if [ -n "${DEVICE_CHECK_SIMULATE:-}" ]; then
+  sim=(--simulate "$DEVICE_CHECK_SIMULATE")
+  echo "dry run against the virtual NVML ($DEVICE_CHECK_SIMULATE)"
+fi
 
 echo "== doctor" | tee "$out/doctor.txt"
-$py -m gpu_audit doctor 2>&1 | tee -a "$out/doctor.txt"
+$py -m gpu_audit doctor "${sim[@]}" 2>&1 | tee -a "$out/doctor.txt"
 
 echo "== load"
 $py - <<'PY' > "$out/load.txt" 2>&1 &
@@ -44,7 +57,18 @@ if command -v nvidia-smi >/dev/null; then
   ( exec nvidia-smi --query-gpu=$fields --format=csv -l 1 > "$out/nvidia-smi.csv" ) &
   smi=$!
 fi
-/usr/bin/time -v $py -m gpu_audit collect --interval 1s --duration 60s --out "$out/store" > "$out/collect.txt" 2> "$out/collect.time" || true
+rt=()
+[ ${#sim[@]} -gt 0 ] && rt=(--realtime)
+# The collector's CPU time, measured by its parent (GNU time may not be installed there).
+$py - "$out" "$store" "${DEVICE_CHECK_SECONDS:-60}" "${sim[@]}" "${rt[@]}" <<'PY' || true
+import resource, subprocess, sys
+out, store, secs, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+with open(f"{out}/collect.txt", "w") as o, open(f"{out}/collect.err", "w") as e:
+    subprocess.run([sys.executable, "-m", "gpu_audit", "collect", "--interval", "1s", "--duration", f"{secs}s",
+                    "--out", store, *extra], stdout=o, stderr=e)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(f"{out}/collect.time", "w").write(f"User time (seconds): {u.ru_utime:.2f}\nSystem time (seconds): {u.ru_stime:.2f}\n")
+PY
 if [ -n "${smi:-}" ]; then
   smi_ticks=$(awk '{print $14+$15}' /proc/$smi/stat 2>/dev/null)
   kill $smi 2>/dev/null
@@ -52,11 +76,11 @@ fi
 wait $load 2>/dev/null
 cat "$out/collect.txt"
 
-$py - "$out" "${smi_ticks:-}" <<'PY' | tee "$out/summary.txt"
+$py - "$out" "$store" "${smi_ticks:-}" <<'PY' | tee "$out/summary.txt"
 import glob, os, re, sys
 import pyarrow as pa, pyarrow.parquet as pq
-out, smi_ticks = sys.argv[1], sys.argv[2]
-files = [f for f in glob.glob(f"{out}/store/samples/*/*/*.parquet")]
+out, store, smi_ticks = sys.argv[1], sys.argv[2], sys.argv[3]
+files = [f for f in glob.glob(f"{store}/samples/*/*/*.parquet")]
 t = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
 if t is None:
     print("no samples written"); sys.exit(1)
