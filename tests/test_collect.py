@@ -364,3 +364,13 @@ def test_real_gpu_collect(tmp_path):
     assert stats.device_samples > 0
     s = read_table(out, "samples").to_pylist()
     assert any(r["util_gpu_pct"] is not None or r["mig_profile"] for r in s)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("init_no_permission", "Error: NVML refused access: no permission to the NVIDIA device files"),
+    ("init_driver_not_loaded", "Error: NVML is installed but the NVIDIA kernel driver is not loaded"),
+])
+def test_nvml_refusing_to_start_is_one_line(run_cli, tmp_path, scenario_file, kind, message):
+    path = scenario_file(f"[[gpus]]\nmodel='L4'\n[[faults]]\nkind='{kind}'\n")
+    code, _, err = run_cli("collect", "--simulate", path, "--duration", "1m", "--out", str(tmp_path / "s"))
+    assert code == 2 and err.splitlines()[0] == message and "Traceback" not in err

@@ -49,9 +49,14 @@ def device_savings(findings: dict[str, Any], recs: list[Recommendation]) -> dict
 
 def recommend(findings: dict[str, Any], settings: RecommendSettings) -> dict[str, Any]:
     """Run every rule; return the recommendations (most valuable first) and trustworthy totals."""
+    from gpu_audit.recommend.base import _HOURLY_CACHE
+
     recs: list[Recommendation] = []
-    for rule in RULES.values():
-        recs.extend(rule(findings, settings))
+    try:
+        for rule in RULES.values():
+            recs.extend(rule(findings, settings))
+    finally:
+        _HOURLY_CACHE[:] = [None, None]  # let a large fleet's per-device hours go once the rules are done
     recs.sort(key=lambda r: (-r.monthly_savings_usd, r.kind, r.id))
     per_device = device_savings(findings, recs)
     return {

@@ -88,23 +88,46 @@ def busy(d: dict[str, Any], s: RecommendSettings) -> bool:
     return (d.get("mean_util_pct") or 0) >= s.busy_mean_util_pct
 
 
-_HOURLY_CACHE: list[Any] = [None, None]  # (the rows list it was built from, the result): rules share one parse
+class HourlyIndex:
+    """Per device, its hourly rows as dicts (with the hour parsed to ``h``), made on demand.
 
+    A fleet has millions of device-hours: only an index of row numbers per device is kept, and a
+    device's dicts are built when a rule asks for that device.
+    """
 
-def hourly(findings: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The device-hourly series as rows per device, each with a parsed hour (cached per findings)."""
-    rows = findings["series"]["device_hourly"]["rows"]
-    if _HOURLY_CACHE[0] is rows:
-        return _HOURLY_CACHE[1]
-    cols = findings["series"]["device_hourly"]["columns"]
-    hours: dict[str, int] = {}  # a window has few distinct hours: parse each once
-    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        r = dict(zip(cols, row))
-        h = hours.get(r["hour"])
+    def __init__(self, findings: dict[str, Any]) -> None:
+        self.rows = findings["series"]["device_hourly"]["rows"]
+        self.cols = findings["series"]["device_hourly"]["columns"]
+        host_i, uuid_i = self.cols.index("host"), self.cols.index("uuid")
+        self.index: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, row in enumerate(self.rows):
+            self.index[(row[host_i], row[uuid_i])].append(i)
+        self._hours: dict[str, int] = {}  # a window has few distinct hours: parse each once
+
+    def _h(self, text: str) -> int:
+        h = self._hours.get(text)
         if h is None:
-            h = hours[r["hour"]] = int(datetime.fromisoformat(r["hour"].replace("Z", "+00:00")).timestamp() // 3600)
-        r["h"] = h
-        out[(r["host"], r["uuid"])].append(r)
-    _HOURLY_CACHE[0], _HOURLY_CACHE[1] = rows, out
-    return out
+            h = self._hours[text] = int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() // 3600)
+        return h
+
+    def get(self, key: tuple[str, str], default: Any = None) -> list[dict[str, Any]]:
+        idx = self.index.get(key)
+        if idx is None:
+            return default if default is not None else []
+        out = []
+        for i in idx:
+            r = dict(zip(self.cols, self.rows[i]))
+            r["h"] = self._h(r["hour"])
+            out.append(r)
+        return out
+
+
+_HOURLY_CACHE: list[Any] = [None, None]  # (the rows list it was built from, its index): rules share one
+
+
+def hourly(findings: dict[str, Any]) -> HourlyIndex:
+    """The device-hourly series, indexed per device (cached per findings)."""
+    rows = findings["series"]["device_hourly"]["rows"]
+    if _HOURLY_CACHE[0] is not rows:
+        _HOURLY_CACHE[0], _HOURLY_CACHE[1] = rows, HourlyIndex(findings)
+    return _HOURLY_CACHE[1]

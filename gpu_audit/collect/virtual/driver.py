@@ -130,6 +130,11 @@ class VirtualNvml:
 
         @fn("nvmlInitWithFlags", c_int, c_uint)
         def init_flags(flags: int) -> int:
+            for f in self.sc.faults:  # NVML refusing to start at all
+                if f.kind == "init_no_permission":
+                    return NO_PERMISSION
+                if f.kind == "init_driver_not_loaded":
+                    return pynvml.NVML_ERROR_DRIVER_NOT_LOADED
             self.initialized += 1
             return OK
 

@@ -360,8 +360,9 @@ def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
     for fi, f in enumerate(raw.get("faults", [])):
         where = f"faults[{fi}]"
         kind = f.get("kind") if isinstance(f, dict) else None
-        if kind not in ("not_supported", "lost", "slow", "no_permission"):
-            raise _err(path, f"{where}.kind", f"unknown fault {kind!r} (known: not_supported, lost, slow, no_permission)")
+        if kind not in ("not_supported", "lost", "slow", "no_permission", "init_no_permission", "init_driver_not_loaded"):
+            raise _err(path, f"{where}.kind", f"unknown fault {kind!r} (known: not_supported, lost, slow, no_permission, "
+                                               "init_no_permission, init_driver_not_loaded)")
         gpus = f.get("gpus", [f["gpu"]] if "gpu" in f else list(range(len(whole))))
         if not all(isinstance(x, int) and 0 <= x < len(whole) for x in gpus):
             raise _err(path, f"{where}.gpus", f"expected GPU indices below {len(whole)}")
