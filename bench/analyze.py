@@ -13,7 +13,6 @@ Usage: python bench/analyze.py [SIZES...]   (default: 1M 10M 100M; stores are ca
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys

@@ -8,7 +8,6 @@ its GPUs' utilization), and `report` writes the findings and the HTML report.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path

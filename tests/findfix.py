@@ -33,3 +33,14 @@ def findings(devs: list[tuple[dict, list[list]]], hours: float, models: list[dic
     return {"window": {"hours": hours}, "idle_below_pct": 5.0, "devices": [d for d, _ in devs],
             "series": {"device_hourly": {"columns": COLS, "rows": [r for _, rows in devs for r in rows]}},
             "models": models or [], "api_prices": api or []}
+
+
+def served_model(name: str, hosts: list[str], cost: float = 100.0, prompt: int = 10_000_000, completion: int = 2_000_000,
+                 **kw: Any) -> dict[str, Any]:
+    """A findings model entry with request statistics (override any field with ``kw``)."""
+    m = {"model": name, "hosts": hosts, "cost_usd": cost, "prompt_tokens": prompt, "completion_tokens": completion,
+         "cost_per_1m_output_tokens": cost / completion * 1e6, "cost_per_1m_tokens": cost / (prompt + completion) * 1e6,
+         "completion_p50": 200.0, "completion_p95": 400.0, "completion_p99": 600.0, "prompt_p50": 800.0,
+         "completion_tokens_beyond_p95": 0.0, "short_request_share": 0.0}
+    m.update(kw)
+    return m

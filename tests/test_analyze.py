@@ -53,6 +53,10 @@ def test_two_devices_two_hours_one_model_per_host(tmp_path):
     assert fl["spend_usd"] == pytest.approx(8) and fl["waste_usd"] == pytest.approx(5.3)
     assert fl["idle_usd"] == pytest.approx(3) and fl["mean_util_pct"] == pytest.approx(42.5)
     assert fl["gpu_hours"] == pytest.approx(4) and fl["coverage_pct"] == pytest.approx(100)
+    # Spend split: productive = 8 - 5.3; idle 3; under-used = waste - idle = 2.3. Utilization of spend 33.75 %.
+    assert fl["spend_split"] == pytest.approx({"productive_usd": 2.7, "idle_usd": 3.0, "underused_usd": 2.3})
+    assert fl["utilization_pct_of_spend"] == pytest.approx(100 * (1 - 5.3 / 8))
+    assert fl["idle_hours"] == pytest.approx(1)
     assert f["window"]["hours"] == pytest.approx(2)
     # Host A's second hour has no tokens: it goes to the host's models by their window shares (all m-a).
     assert model(f, "m-a")["cost_usd"] == pytest.approx(6)
@@ -63,6 +67,7 @@ def test_two_devices_two_hours_one_model_per_host(tmp_path):
     assert model(f, "m-b")["cost_per_1m_tokens"] == pytest.approx(2 / 3500 * 1e6)
     assert fl["unattributed_usd"] == pytest.approx(0)
     assert f["token_source"] == "token logs"
+    assert fl["cost_per_1m_output_tokens"] == pytest.approx(8 / (1000 + 2500) * 1e6)
     assert f["utilization_metric"] == "util_gpu_pct"
 
 
@@ -118,6 +123,7 @@ def test_mig_devices_are_billed_by_their_share(tmp_path):
     assert fl["idle_usd"] == pytest.approx(2) and fl["unallocated_usd"] == pytest.approx(2) and fl["devices"] == 2
     assert [d["uuid"] for d in f["data_quality"]["devices_without_evidence"]] == ["MIG-2"]
     assert fl["waste_sm_active_usd"] == pytest.approx(1.8)
+    assert fl["waste_util_on_sm_devices_usd"] == pytest.approx(1.8)  # there u is the SM activity itself
 
 
 def test_unpriced_device_is_listed_never_free(tmp_path):

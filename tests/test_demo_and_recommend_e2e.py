@@ -25,7 +25,6 @@ def uuids(recs):
 
 def test_expected_kinds_for_expected_devices(demo):
     f = demo.findings
-    dev = {(d["host"], d["name"], d["mig_profile"], round(d["mean_util_pct"] or -1)): d["uuid"] for d in f["devices"]}
     devices = {d["uuid"]: d for d in f["devices"]}
     # idle: the empty L40S, the notebook L40S (memory held), and the idle H200 MIG slice.
     idle = by_kind(f, "idle")

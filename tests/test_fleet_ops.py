@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ASSETS, ROOT, read_table
-from gpu_audit.schedule import ScheduleSettings, cron, install, systemd
+from gpu_audit.schedule import ScheduleSettings, cron, systemd
 from storefix import series, write_samples
 
 

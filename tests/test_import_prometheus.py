@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ASSETS, read_table, shared_or_skip
+from conftest import read_table, shared_or_skip
 from gpu_audit.analyze.findings import build
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")

@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ASSETS, ROOT, SCENARIOS, read_table
+from conftest import ASSETS, ROOT, SCENARIOS
 from gpu_audit.analyze.findings import build
 from gpu_audit.collect.run import collect
 
@@ -54,7 +54,7 @@ def s3() -> pafs.S3FileSystem:
 @pytest.fixture
 def moto(tmp_path, monkeypatch):
     try:
-        import moto.server  # noqa: F401
+        import moto.server  # noqa: F401 - only whether moto's server mode is installed
     except ImportError:
         pytest.skip("moto[server] is not installed (pip install -e '.[test]')")
     port = free_port()

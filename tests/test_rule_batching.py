@@ -1,20 +1,13 @@
 import pytest
 
-from findfix import device, findings
+from findfix import device, findings, served_model as model
 from gpu_audit.recommend.base import RecommendSettings
-from gpu_audit.recommend.serving import batching, quantization, token_economics
+from gpu_audit.recommend.serving import batching
 
 S = RecommendSettings()
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
 
 
-def model(name, hosts, cost=100.0, prompt=10_000_000, completion=2_000_000, **kw):
-    m = {"model": name, "hosts": hosts, "cost_usd": cost, "prompt_tokens": prompt, "completion_tokens": completion,
-         "cost_per_1m_output_tokens": cost / completion * 1e6, "cost_per_1m_tokens": cost / (prompt + completion) * 1e6,
-         "completion_p50": 200.0, "completion_p95": 400.0, "completion_p99": 600.0, "prompt_p50": 800.0,
-         "completion_tokens_beyond_p95": 0.0, "short_request_share": 0.0}
-    m.update(kw)
-    return m
 
 
 def test_batching_fewer_replicas_carry_the_peak():

@@ -3,7 +3,7 @@ import pytest
 from findfix import device, findings
 from gpu_audit.catalog import MODELS
 from gpu_audit.recommend.base import RecommendSettings
-from gpu_audit.recommend.sizing import consolidation, mig, pack_mig, right_size
+from gpu_audit.recommend.sizing import mig, pack_mig
 from gpu_audit.catalog import model_by_key
 
 CATALOG = {m.key: (m.price_per_hour, m.provider) for m in MODELS if m.price_per_hour is not None}

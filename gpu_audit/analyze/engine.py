@@ -7,7 +7,6 @@ sees those small frames. No Python loop runs per sample.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,9 +21,6 @@ from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.reader import table_files
 from gpu_audit.analyze.tokens import TokenLog
 from gpu_audit.errors import GpuAuditError
-
-HOURS_PER_MONTH = 730
-
 
 class EmptyStore(GpuAuditError):
     pass

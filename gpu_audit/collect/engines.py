@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 RANK_LABELS = ("tp_rank", "pp_rank", "moe_ep_rank", "attn_tp_rank")
@@ -168,7 +168,6 @@ def aggregate(samples: list[tuple[str, dict[str, str], float]]) -> tuple[str | N
 class Endpoint:
     url: str
     timeout_s: float
-    latest: list[dict[str, Any]] = field(default_factory=list)
     errors: int = 0
     scrapes: int = 0
 

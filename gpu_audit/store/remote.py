@@ -46,9 +46,14 @@ def filesystem(uri: str, s3_endpoint: str | None = None) -> tuple[pafs.FileSyste
         raise RemoteError(f"cannot open store {uri}: {e}") from None
 
 
-def spool_dir(uri: str) -> str:
+def cache_dir(kind: str, uri: str) -> str:
+    """``$XDG_CACHE_HOME/gpu-audit/<kind>/<hash of the URI>``: the spool or the report mirror of a store."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "gpu-audit", "spool", hashlib.sha1(uri.encode()).hexdigest()[:16])
+    return os.path.join(base, "gpu-audit", kind, hashlib.sha1(uri.encode()).hexdigest()[:16])
+
+
+def spool_dir(uri: str) -> str:
+    return cache_dir("spool", uri)
 
 
 @dataclass
@@ -87,7 +92,7 @@ class Uploader:
             try:
                 with open(path, "rb") as src, self.fs.open_output_stream(f"{self.base}/{rel}") as dst:
                     dst.write(src.read())
-            except (OSError, Exception) as e:  # noqa: BLE001 - any transport error: keep the file, retry later
+            except Exception as e:  # noqa: BLE001 - any transport error: keep the file, retry later
                 self.failures += 1
                 self.last_error = str(e).splitlines()[0][:200]
                 self._bound()
@@ -121,7 +126,7 @@ def mirror(uri: str, tables: tuple[str, ...], since: Any = None, until: Any = No
     from datetime import timedelta
 
     fs, base = filesystem(uri, s3_endpoint)
-    local = os.path.join(os.path.dirname(spool_dir(uri)).replace("spool", "mirror"), hashlib.sha1(uri.encode()).hexdigest()[:16])
+    local = cache_dir("mirror", uri)
     lo = (since - timedelta(days=1)).strftime("%Y-%m-%d") if since else None
     hi = until.strftime("%Y-%m-%d") if until else None
     found = False

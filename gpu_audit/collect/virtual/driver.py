@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import time
-from ctypes import POINTER, c_char_p, c_double, c_int, c_uint, c_ulonglong, c_void_p
+from ctypes import POINTER, c_double, c_int, c_uint, c_ulonglong, c_void_p
 from typing import Any, Callable
 
 from gpu_audit.collect.nvml import pynvml
