@@ -328,10 +328,19 @@ def prices(
     from gpu_audit.analyze.pricing import load_pricing, price_table
     from gpu_audit.fmt import fmt_usd
 
+    import os
+
+    loaded = load_pricing(pricing)
+    c = _console()
+    if loaded.path:  # named once above the table, so a long path does not wrap every row
+        c.print(f"pricing file: {escape(str(loaded.path))}", soft_wrap=True)
     t = Table("model", "NVML name", "$ / GPU-hour", "as of", "source")
-    for r in price_table(load_pricing(pricing)):
-        t.add_row(escape(r["model"]), escape(r["nvml_name"] or ""), fmt_usd(r["price_per_hour"]), r["as_of"] or "", escape(r["source"]))
-    _console().print(t)
+    for r in price_table(loaded):
+        source = r["source"]
+        if loaded.path and source.startswith(str(loaded.path)):
+            source = os.path.basename(str(loaded.path)) + source[len(str(loaded.path)):]
+        t.add_row(escape(r["model"]), escape(r["nvml_name"] or ""), fmt_usd(r["price_per_hour"]), r["as_of"] or "", escape(source))
+    c.print(t)
 
 
 @import_app.command("nvidia-smi")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -115,10 +116,16 @@ def test_json_output_is_not_replaced_on_failure(run_cli, store, tmp_path):
     assert code == 2 and json.loads(out.read_text()) == {"previous": True}
 
 
-def test_prices(run_cli):
-    code, out, _ = run_cli("prices", "--pricing", PRICING)
+def test_prices(run_cli, tmp_path):
+    # A long path (as on CI's checkout) must not wrap the rows: it is named once above the table.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    pricing = deep / "pricing.toml"
+    pricing.write_text(Path(PRICING).read_text())
+    code, out, _ = run_cli("prices", "--pricing", str(pricing))
     assert code == 0
     lines = out.splitlines()
+    assert lines[0] == f"pricing file: {pricing}"
     h100 = next(line for line in lines if "│ H100 SXM" in line)
     assert "$3.00" in h100 and "[gpu]" in h100
     t4 = next(line for line in lines if "│ T4" in line)
