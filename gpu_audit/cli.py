@@ -97,7 +97,7 @@ def schedule_install(
     files = _schedule_files(cron, systemd, store, report_to, interval, keep, fail_on, pricing, user)
     c = _console()
     for path, what in install(files, root, dry_run):
-        c.print(f"{what}: {path}")
+        c.print(f"{what}: {_e(path)}", soft_wrap=True)
     if systemd and not dry_run:
         c.print("then: systemctl daemon-reload && systemctl enable --now gpu-audit-collect.service gpu-audit-report.timer gpu-audit-prune.timer")
 
@@ -131,7 +131,7 @@ def rollup(
     done = run_rollup(store, _seconds(older_than, "--older-than"), _seconds(resolution, "--resolution"), idle_below)
     c = _console()
     for host, date, raw, rows in done:
-        c.print(f"{host} {date}: {raw:,} samples -> {rows:,} rollup rows")
+        c.print(f"{_e(host)} {date}: {raw:,} samples -> {rows:,} rollup rows", soft_wrap=True)
     c.print(f"rolled up {len(done)} day(s)")
 
 
@@ -161,6 +161,13 @@ def _console(stderr: bool = False):  # imported lazily: rich costs import time
     return c
 
 
+def _e(value: object) -> str:
+    """A path, host or message for rich markup: `[` in it is text, never a style tag."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def _size(value: str, what: str) -> int:
     from gpu_audit.units import parse_size
 
@@ -184,7 +191,7 @@ def _finish_upload(uri: Optional[str], s3_endpoint: Optional[str]) -> None:
         from gpu_audit.store.remote import upload_spool
 
         up = upload_spool(uri, s3_endpoint)
-        _console().print(f"uploaded {up.uploaded} file(s) to {uri}")
+        _console().print(f"uploaded {up.uploaded} file(s) to {_e(uri)}", soft_wrap=True)
 
 
 def _seconds(value: Optional[str], what: str) -> Optional[float]:
@@ -240,18 +247,18 @@ def collect(
     from gpu_audit.fmt import fmt_duration
 
     c = _console()
-    c.print(f"[bold]gpu-audit collect[/] host [cyan]{settings.host}[/] -> {settings.out}")
+    c.print(f"[bold]gpu-audit collect[/] host [cyan]{_e(settings.host)}[/] -> {_e(settings.out)}", soft_wrap=True)
     c.print(f"  {stats.devices} devices, {stats.ticks} ticks over {fmt_duration(stats.ended - stats.started)} "
             f"({stats.skipped_ticks} skipped), {stats.device_samples} device samples, "
             f"{stats.error_samples} with errors, {stats.process_rows} process rows, {stats.flushes} flushes")
     if stats.uploaded_files:
-        c.print(f"  uploaded {stats.uploaded_files} file(s) to {settings.out}")
+        c.print(f"  uploaded {stats.uploaded_files} file(s) to {_e(settings.out)}", soft_wrap=True)
     if scrape:
         c.print(f"  {stats.engine_rows} engine rows from {len(scrape)} endpoint(s), {stats.scrape_errors} failed scrapes")
     c.print(f"  our CPU: {stats.cpu_s:.2f} s ({1e6 * stats.cpu_s / max(1, stats.device_samples):.0f} us per device-sample); "
             f"stopped by {stats.stopped_by}")
     for w in stats.warnings:
-        c.print(f"  [yellow]warning:[/] {w}")
+        c.print(f"  [yellow]warning:[/] {_e(w)}", soft_wrap=True)
 
 
 @app.command()
@@ -307,7 +314,7 @@ def report(
         write_json(findings, json_out)
     render(findings, _console())
     if json_out:
-        _console().print(f"findings: {json_out}")
+        _console().print(f"findings: {_e(json_out)}", soft_wrap=True)
     if html or pdf:
         _write_report_files(findings, html, pdf, browser)
     savings = findings["fleet"]["potential_monthly_savings_usd"]
@@ -376,7 +383,7 @@ def import_nvidia_smi(
     c = _console()
     c.print(f"imported {res.rows:,} rows ({res.series} GPU series) from {len(res.files)} file(s); times read as {res.zone}")
     if res.bad:
-        c.print(f"[yellow]{res.bad} bad line(s) skipped[/]: " + "; ".join(res.bad_lines), soft_wrap=True)
+        c.print(f"[yellow]{res.bad} bad line(s) skipped[/]: " + _e("; ".join(res.bad_lines)), soft_wrap=True)
     if res.single_sample_series:
         c.print(f"[yellow]{res.single_sample_series} series had a single sample and count for no time: give --interval[/]")
     _finish_upload(uri, s3_endpoint)
@@ -457,12 +464,12 @@ def _write_report_files(findings: dict, html: Optional[str], pdf: Optional[str],
     else:
         write_html(findings, html_path)
     if html:
-        _console().print(f"HTML report: {html}")
+        _console().print(f"HTML report: {_e(html)}", soft_wrap=True)
     if pdf:
         from gpu_audit.report.pdf import html_to_pdf
 
         html_to_pdf(html_path, pdf, browser)
-        _console().print(f"PDF report: {pdf}")
+        _console().print(f"PDF report: {_e(pdf)}", soft_wrap=True)
 
 
 @app.command()
@@ -479,9 +486,10 @@ def demo(
     res = run_demo(out, hours=hours, step=lambda msg: err.print(f"[dim]{msg}[/]"))
     render(res.findings, _console())
     c = _console()
-    c.print(f"\nstore: {res.store}\ntoken log: {res.tokens} ({res.requests:,} requests)\npricing: {res.pricing}\n"
-            f"findings: {res.json}\n[bold]HTML report: {res.html}[/]")
-    c.print(f"rerun by hand: gpu-audit report {res.store} --pricing {res.pricing} --tokens {res.tokens} --html report.html")
+    c.print(f"\nstore: {_e(res.store)}\ntoken log: {_e(res.tokens)} ({res.requests:,} requests)\npricing: {_e(res.pricing)}\n"
+            f"findings: {_e(res.json)}\n[bold]HTML report: {_e(res.html)}[/]", soft_wrap=True)
+    c.print(f"rerun by hand: gpu-audit report {_e(res.store)} --pricing {_e(res.pricing)} --tokens {_e(res.tokens)} --html report.html",
+            soft_wrap=True)
     if open_report and res.html:
         import webbrowser
 

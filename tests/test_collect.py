@@ -374,3 +374,12 @@ def test_nvml_refusing_to_start_is_one_line(run_cli, tmp_path, scenario_file, ki
     path = scenario_file(f"[[gpus]]\nmodel='L4'\n[[faults]]\nkind='{kind}'\n")
     code, _, err = run_cli("collect", "--simulate", path, "--duration", "1m", "--out", str(tmp_path / "s"))
     assert code == 2 and err.splitlines()[0] == message and "Traceback" not in err
+
+
+def test_summary_prints_host_and_long_paths_verbatim_on_one_line(run_cli, tmp_path):
+    # rich markup in a host name or a path is text; a path longer than the console does not wrap.
+    out = tmp_path / ("[bold]" + "x" * 150) / "store"
+    code, text, _ = run_cli("collect", "--simulate", str(SCENARIOS / "mixed-idle.toml"), "--duration", "1m",
+                            "--host", "[red]evil[/red]", "--out", str(out))
+    assert code == 0
+    assert text.splitlines()[0] == f"gpu-audit collect host [red]evil[/red] -> {out}"

@@ -48,11 +48,11 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
         console.print(f"unattributed GPU cost (hosts without tokens): {fmt_usd(fl['unattributed_usd'])}")
     q = f["data_quality"]
     for d in q["unpriced_devices"]:
-        console.print(f"[yellow]unpriced:[/] {escape(d['host'])} {escape(d['name'] or '?')} ({d['uuid']}): add it to a pricing file")
+        console.print(f"[yellow]unpriced:[/] {escape(d['host'])} {escape(d['name'] or '?')} ({escape(d['uuid'])}): add it to a pricing file")
     for d in q["devices_without_evidence"]:
         console.print(f"[yellow]no evidence:[/] {escape(d['host'])} {escape(d['name'] or '?')} {escape(d['mig_profile'] or '')}: {d['why']}")
     for g in q["gaps"][:top]:
-        console.print(f"[yellow]gap:[/] {escape(g['host'])} {g['uuid']}: {g['missing_hours']:.1f} h without samples ({fmt_pct(g['coverage_pct'])} coverage)")
+        console.print(f"[yellow]gap:[/] {escape(g['host'])} {escape(g['uuid'])}: {g['missing_hours']:.1f} h without samples ({fmt_pct(g['coverage_pct'])} coverage)")
     rj = q["rejected_token_records"]
     if rj["count"]:
         console.print(f"[yellow]rejected token records:[/] {rj['count']} (" + "; ".join(escape(e) for e in rj["examples"]) + ")")
