@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from gpu_audit.analyze.hourly import COLUMNS as HOURLY_COLUMNS, HourlyColumns
 from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.reader import table_files
 from gpu_audit.analyze.tokens import TokenLog
@@ -531,10 +532,7 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
         (fleet["spend_usd"] - fleet["unattributed_usd"]) / out_tokens * 1e6 if out_tokens else None)
     dh_sorted = dh.sort_values(["host", "uuid", "hour"])
     series = {
-        "device_hourly": {
-            "columns": ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s"],
-            "rows": _hourly_rows(dh_sorted),
-        },
+        "device_hourly": {"columns": list(HOURLY_COLUMNS), "rows": _hourly_columns(dh_sorted)},
         "model_hourly": {"columns": ["model", "hour", "cost_usd", "prompt_tokens", "completion_tokens"],
                          "rows": att["model_hourly"]},
         "utilization_histogram": _fleet_histogram(hist),
@@ -565,20 +563,16 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
     }
 
 
-def _hourly_rows(dh: pd.DataFrame) -> list[list[Any]]:
-    """The device-hourly series rows, built column-wise (a fleet has millions of device-hours)."""
-    iso = {h: _iso(h * 3600) for h in dh["hour"].unique().tolist()}
+def _hourly_columns(dh: pd.DataFrame) -> HourlyColumns:
+    """The device-hourly series, column-wise (a fleet has millions of device-hours)."""
     ev = dh["ev_dt"].to_numpy(dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(ev > 0, dh["u_dt"].to_numpy(dtype=float) / np.where(ev > 0, ev, 1), np.nan)
-    idle = np.where(ev > 0, dh["idle_dt"].to_numpy(dtype=float), np.nan)
-    spend = np.where(dh["price"].isna().to_numpy(), np.nan, dh["spend_usd"].to_numpy(dtype=float))
-    def nullable(a: Any) -> list[float | None]:  # the rules read these rows: NaN must already be None
-        return [None if v != v else v for v in np.asarray(a, dtype=float).tolist()]
-
-    cols = [dh["host"].tolist(), dh["uuid"].tolist(), [iso[h] for h in dh["hour"].tolist()], nullable(mean),
-            nullable(dh["mem_max"]), nullable(spend), dh["dt_s"].astype(float).tolist(), nullable(idle), ev.tolist()]
-    return [list(r) for r in zip(*cols)]
+    return HourlyColumns(dh["host"], dh["uuid"], dh["hour"], {
+        "mean_util_pct": mean, "mem_max_bytes": dh["mem_max"].to_numpy(dtype=float, na_value=np.nan),
+        "spend_usd": np.where(dh["price"].isna().to_numpy(), np.nan, dh["spend_usd"].to_numpy(dtype=float)),
+        "covered_s": dh["dt_s"].to_numpy(dtype=float), "idle_s": np.where(ev > 0, dh["idle_dt"].to_numpy(dtype=float), np.nan),
+        "evidence_s": ev})
 
 
 def _fleet_metric(devices: list[dict[str, Any]]) -> str:

@@ -6,11 +6,14 @@ import json
 import math
 from typing import Any
 
+from gpu_audit.analyze.hourly import AGGREGATE_ABOVE, HourlyColumns
 from gpu_audit.errors import GpuAuditError
 
 
 def _clean(o: Any) -> Any:
     """JSON has no NaN: a missing number is null."""
+    if isinstance(o, HourlyColumns):
+        return o.rows()
     if type(o) is list and o and type(o[0]) is list:  # series rows: the bulk of a large fleet's findings
         return [[None if type(v) is float and v != v else v for v in row] for row in o]
     if isinstance(o, float):
@@ -59,35 +62,22 @@ def build(stores: list[str], pricing_path: str | None, token_paths: list[str], s
     return _clean(aggregate_series(add_recommendations(findings, pricing)))
 
 
-AGGREGATE_ABOVE = 300  # devices: above this the written hourly series is per host, not per device
-
-
 def aggregate_series(findings: dict[str, Any]) -> dict[str, Any]:
-    """Above AGGREGATE_ABOVE devices, replace the per-device hourly series by one per host and hour
-    (dt-weighted mean utilization, peak memory, summed spend), so that the JSON and the HTML of a
-    fleet stay small. The rules have already run on the per-device hours."""
-    series = findings["series"]["device_hourly"]
-    findings["series"]["device_hourly_level"] = "device"
-    if len(findings["devices"]) <= AGGREGATE_ABOVE:
-        return findings
-    import pandas as pd
+    """Make the device-hourly series plain rows for writing: per device for a fleet of up to
+    AGGREGATE_ABOVE devices, else one row per host and hour (dt-weighted mean utilization, peak
+    memory, summed spend), so that the JSON and the HTML of a fleet stay small. The rules have
+    already run on the per-device hours."""
+    from gpu_audit.analyze.hourly import HourlyColumns, per_host
 
-    df = pd.DataFrame(series["rows"], columns=series["columns"])
-    df["w"] = df["evidence_s"].where(df["mean_util_pct"].notna(), 0.0)
-    df["uw"] = df["mean_util_pct"].fillna(0.0) * df["w"]
-    g = df.groupby(["host", "hour"], as_index=False).agg(uw=("uw", "sum"), w=("w", "sum"), mem=("mem_max_bytes", "max"),
-                                                          spend=("spend_usd", "sum"), covered=("covered_s", "sum"),
-                                                          idle=("idle_s", "sum"))
-    rows = [[r.host, "*", r.hour, (r.uw / r.w) if r.w > 0 else None, _num(r.mem), _num(r.spend), float(r.covered), _num(r.idle),
-             float(r.w)]
-            for r in g.itertuples(index=False)]
-    findings["series"]["device_hourly"] = {"columns": series["columns"], "rows": rows}
+    series = findings["series"]["device_hourly"]
+    if len(findings["devices"]) <= AGGREGATE_ABOVE:
+        if isinstance(series["rows"], HourlyColumns):
+            series["rows"] = series["rows"].rows()
+        findings["series"]["device_hourly_level"] = "device"
+        return findings
+    findings["series"]["device_hourly"] = {"columns": series["columns"], "rows": per_host(series)}
     findings["series"]["device_hourly_level"] = "host"
     return findings
-
-
-def _num(v: Any) -> float | None:
-    return None if v is None or v != v else float(v)
 
 
 def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = None) -> dict[str, Any]:

@@ -96,13 +96,19 @@ class HourlyIndex:
     """
 
     def __init__(self, findings: dict[str, Any]) -> None:
+        from gpu_audit.analyze.hourly import HourlyColumns
+
         self.rows = findings["series"]["device_hourly"]["rows"]
         self.cols = findings["series"]["device_hourly"]["columns"]
+        self._hours: dict[str, int] = {}  # a window has few distinct hours: parse each once
+        self.columnar = isinstance(self.rows, HourlyColumns)
+        if self.columnar:  # what `analyze` hands the rules: columns, indexed without a row per hour
+            self.index: dict[tuple[str, str], Any] = self.rows.groups()
+            return
         host_i, uuid_i = self.cols.index("host"), self.cols.index("uuid")
-        self.index: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.index = defaultdict(list)
         for i, row in enumerate(self.rows):
             self.index[(row[host_i], row[uuid_i])].append(i)
-        self._hours: dict[str, int] = {}  # a window has few distinct hours: parse each once
 
     def _h(self, text: str) -> int:
         h = self._hours.get(text)
@@ -114,6 +120,8 @@ class HourlyIndex:
         idx = self.index.get(key)
         if idx is None:
             return default if default is not None else []
+        if self.columnar:
+            return self.rows.device_rows(idx)
         out = []
         for i in idx:
             r = dict(zip(self.cols, self.rows[i]))

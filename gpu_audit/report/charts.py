@@ -14,7 +14,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-AGGREGATE_ABOVE = 300  # devices: above this, the heatmap shows hosts instead of devices
+from gpu_audit.analyze.hourly import AGGREGATE_ABOVE  # devices: above this, the heatmap shows hosts
+
 COLORS = {"productive": "#2f855a", "underused": "#d69e2e", "idle": "#c53030"}
 CONFIG = {"displayModeBar": False, "responsive": True}
 

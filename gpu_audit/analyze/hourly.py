@@ -1,0 +1,123 @@
+"""The device-hourly series: one row per (device, clock hour), held as columns until it is written.
+
+A fleet of 10,000 GPUs over 30 days has 7.2 million device-hours. As Python lists of rows they take
+about 1 KB each (a list, its floats, a host and a uuid string per row): 7 GB. `HourlyColumns` keeps
+them as numpy columns (host and uuid as codes into small tables of names), about 70 bytes a row, and
+makes a row only when one is asked for. The rules read it per device (`device_rows`); the findings
+that are written hold plain rows: per device for a small fleet, per host above `AGGREGATE_ABOVE`
+devices (`findings.aggregate_series`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+AGGREGATE_ABOVE = 300  # devices: above this the written hourly series is per host, not per device
+COLUMNS = ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s"]
+_VALUES = COLUMNS[3:]  # float columns; NaN stands for null
+
+
+def iso_hour(hour: int) -> str:
+    return datetime.fromtimestamp(int(hour) * 3600, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _nullable(a: np.ndarray) -> list[float | None]:
+    return [None if v != v else v for v in a.tolist()]
+
+
+class HourlyColumns(Sequence):
+    """Device-hourly rows as columns. Indexing gives the row as a list, in `COLUMNS` order, with
+    the hour as ISO text and null for a missing number, exactly as the written series has it."""
+
+    def __init__(self, host: Any, uuid: Any, hour: Any, values: dict[str, Any]) -> None:
+        hc, self.hosts = pd.factorize(pd.Series(host), sort=True)
+        uc, self.uuids = pd.factorize(pd.Series(uuid), sort=True)
+        self.host_code, self.uuid_code = hc.astype(np.int64), uc.astype(np.int64)
+        self.hour = np.asarray(hour, dtype=np.int64)
+        self.values = {c: np.asarray(values[c], dtype=float) for c in _VALUES}
+        self._iso: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.hour)
+
+    def _hour_text(self, h: int) -> str:
+        t = self._iso.get(h)
+        if t is None:
+            t = self._iso[h] = iso_hour(h)
+        return t
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        v = [self.values[c][i] for c in _VALUES]
+        return [self.hosts[self.host_code[i]], self.uuids[self.uuid_code[i]], self._hour_text(int(self.hour[i]))] + [
+            None if x != x else float(x) for x in v]
+
+    def groups(self) -> dict[tuple[str, str], np.ndarray]:
+        """Row numbers of each device, in row order."""
+        if not len(self):
+            return {}
+        key = self.host_code * len(self.uuids) + self.uuid_code
+        order = np.argsort(key, kind="stable")
+        k = key[order]
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+        parts = np.split(order, starts[1:])
+        return {(self.hosts[self.host_code[p[0]]], self.uuids[self.uuid_code[p[0]]]): p for p in parts}
+
+    def device_rows(self, idx: np.ndarray) -> list[dict[str, Any]]:
+        """The rows at ``idx`` (one device's, from `groups`) as dicts, with the hour also as an
+        integer ``h`` (hours since 1970)."""
+        if not len(idx):
+            return []
+        hours = self.hour[idx].tolist()
+        host, uuid = self.hosts[self.host_code[idx[0]]], self.uuids[self.uuid_code[idx[0]]]  # one device
+        cols = [_nullable(self.values[c][idx]) for c in _VALUES]
+        out = []
+        for j, h in enumerate(hours):
+            r = {"host": host, "uuid": uuid, "hour": self._hour_text(h)}
+            for c, col in zip(_VALUES, cols):
+                r[c] = col[j]
+            r["h"] = h
+            out.append(r)
+        return out
+
+    def frame(self) -> pd.DataFrame:
+        """The columns as a frame: host as a categorical, hour as an integer."""
+        return pd.DataFrame({"host": pd.Categorical.from_codes(self.host_code, categories=pd.Index(self.hosts)),
+                             "hour": self.hour, **self.values})
+
+    def rows(self) -> list[list[Any]]:
+        """Every row as a plain list (what the JSON holds for a small fleet)."""
+        hours = [self._hour_text(h) for h in self.hour.tolist()]
+        cols = [np.asarray(self.hosts, dtype=object)[self.host_code].tolist(),
+                np.asarray(self.uuids, dtype=object)[self.uuid_code].tolist(), hours] + [
+            _nullable(self.values[c]) for c in _VALUES]
+        return [list(r) for r in zip(*cols)]
+
+
+def per_host(series: dict[str, Any]) -> list[list[Any]]:
+    """The hourly series summed per host and hour: dt-weighted mean utilization, peak memory,
+    summed spend, covered, idle and evidence seconds. ``uuid`` is "*"."""
+    rows = series["rows"]
+    if isinstance(rows, HourlyColumns):
+        df = rows.frame()
+    else:
+        df = pd.DataFrame(rows, columns=series["columns"])
+    df["w"] = df["evidence_s"].where(df["mean_util_pct"].notna(), 0.0)
+    df["uw"] = df["mean_util_pct"].fillna(0.0) * df["w"]
+    g = df.groupby(["host", "hour"], as_index=False, observed=True, sort=True).agg(
+        uw=("uw", "sum"), w=("w", "sum"), mem=("mem_max_bytes", "max"), spend=("spend_usd", "sum"),
+        covered=("covered_s", "sum"), idle=("idle_s", "sum"))
+    iso = (lambda h: iso_hour(h)) if isinstance(rows, HourlyColumns) else (lambda h: h)
+    return [[str(r.host), "*", iso(r.hour), (r.uw / r.w) if r.w > 0 else None, _num(r.mem), _num(r.spend), float(r.covered),
+             _num(r.idle), float(r.w)]
+            for r in g.itertuples(index=False)]
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or v != v else float(v)
