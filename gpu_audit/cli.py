@@ -304,12 +304,13 @@ def report(
     pdf: Optional[str] = typer.Option(None, "--pdf", help="Also print the HTML report to this PDF (needs Chromium)."),
     browser: Optional[str] = typer.Option(None, "--browser", help="Chromium or Chrome to print the PDF with (default: found on PATH)."),
     s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for s3:// inputs."),
+    memory_limit: str = typer.Option("1GB", "--memory-limit", help="DuckDB's memory limit; beyond it, work spills to a temporary folder."),
 ) -> int:
     """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
     from gpu_audit.analyze.findings import build, write_json
     from gpu_audit.report.terminal import render
 
-    findings = build(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint)
+    findings = build(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit)
     if json_out:
         write_json(findings, json_out)
     render(findings, _console())

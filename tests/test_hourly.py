@@ -27,10 +27,13 @@ def small() -> HourlyColumns:
         "covered_s": [3600.0, 1800.0, 3600.0, 3600.0], "idle_s": [0.0, nan, 0.0, 0.0], "evidence_s": [3600.0, 0.0, 3600.0, 1800.0]})
 
 
-def test_rows_are_lists_with_iso_hours_and_nulls():
+def test_rows_are_sorted_lists_with_iso_hours_and_nulls():
     h = small()
     assert len(h) == 4
-    assert h[1] == ["a", "GPU-1", "2026-11-28T00:00:00Z", None, 2.0, 3.0, 1800.0, None, 0.0]
+    assert [r[:3] for r in h] == [["a", "GPU-1", "2026-11-28T00:00:00Z"], ["a", "GPU-1", "2026-11-28T01:00:00Z"],
+                                  ["b", "GPU-2", "2026-11-28T00:00:00Z"], ["b", "GPU-3", "2026-11-28T01:00:00Z"]]
+    assert h[0] == ["a", "GPU-1", "2026-11-28T00:00:00Z", None, 2.0, 3.0, 1800.0, None, 0.0]
+    assert h[3] == ["b", "GPU-3", "2026-11-28T01:00:00Z", 50.0, 4.0, None, 3600.0, 0.0, 1800.0]
     assert h.rows() == [h[i] for i in range(4)] == list(h)
     assert h[1:3] == [h[1], h[2]]
 
@@ -38,10 +41,10 @@ def test_rows_are_lists_with_iso_hours_and_nulls():
 def test_groups_and_device_rows():
     h = small()
     g = h.groups()
-    assert {k: v.tolist() for k, v in g.items()} == {("b", "GPU-2"): [0], ("a", "GPU-1"): [1, 2], ("b", "GPU-3"): [3]}
+    assert {k: v.tolist() for k, v in g.items()} == {("a", "GPU-1"): [0, 1], ("b", "GPU-2"): [2], ("b", "GPU-3"): [3]}
     rows = h.device_rows(g[("a", "GPU-1")])
     assert [r["h"] for r in rows] == [H0, H0 + 1]
-    assert rows[1] == {**dict(zip(COLUMNS, h[2])), "h": H0 + 1}
+    assert rows[1] == {**dict(zip(COLUMNS, h[1])), "h": H0 + 1}
 
 
 def test_per_host_is_the_same_from_columns_and_from_lists():

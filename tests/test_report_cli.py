@@ -143,3 +143,34 @@ def test_fail_on(run_cli, tmp_path):
     assert code == 1 and "exceed --fail-on $100.00" in err
     code, _, _ = run_cli("report", s, "--pricing", PRICING, "--fail-on", "1000000")
     assert code == 0
+
+
+def test_a_damaged_store_file_names_the_file(run_cli, store, tmp_path):
+    (victim,) = [p for p in Path(store).rglob("*.parquet")]
+    victim.write_bytes(b"PAR1 not really parquet")
+    out = tmp_path / "f.json"
+    out.write_text('{"previous": true}')
+    code, _, err = run_cli("report", store, "--json", str(out))
+    assert code == 2 and err.splitlines()[0].startswith(f"Error: cannot read {victim}: ")
+    assert "Traceback" not in err and json.loads(out.read_text()) == {"previous": True}
+
+
+def test_memory_limit(run_cli, store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("report", store, "--memory-limit", "lots")
+    assert code == 2 and err.startswith("Error: --memory-limit: cannot read 'lots' as a size")
+    code, _, err = run_cli("report", store, "--memory-limit", "100KB")
+    assert code == 2 and err.startswith("Error: the analysis needs more memory than its limit (100KB)")
+    assert "Hint: raise --memory-limit" in err
+    code, _, _ = run_cli("report", store, "--memory-limit", "256MB")
+    assert code == 0
+    assert not (tmp_path / ".tmp").exists()  # DuckDB's default spill folder is never the working directory
+
+
+def test_duckdb_spills_to_a_private_folder_that_goes_away():
+    from gpu_audit.duck import session
+
+    with session("64MB") as con:
+        (folder,) = con.execute("SELECT current_setting('temp_directory')").fetchone()
+        assert os.path.basename(folder).startswith("gpu-audit-duckdb-") and os.path.isdir(folder)
+    assert not os.path.exists(folder)

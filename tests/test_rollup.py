@@ -71,3 +71,15 @@ def test_rollup_errors(run_cli, tmp_path):
     (tmp_path / "s").mkdir()
     code, _, err = run_cli("rollup", str(tmp_path / "s"), "--resolution", "7m")
     assert code == 2 and err.startswith("Error: --resolution must divide a day")
+
+
+def test_a_damaged_file_is_one_line_and_the_day_stays_raw(run_cli, tmp_path):
+    out = str(tmp_path / "store")
+    p = tmp_path / "m.toml"
+    p.write_text((SCENARIOS / "mixed-idle.toml").read_text().replace("[host]\n", '[host]\nstart = "2026-11-27T00:00:00Z"\n', 1))
+    collect(out, interval_s=60, duration_s=3600, simulate=str(p), handle_signals=False)
+    (victim,) = Path(out).glob("samples/*/date=2026-11-27/*.parquet")
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated, as by a half-finished copy
+    code, _, err = run_cli("rollup", out, "--older-than", "1m")
+    assert code == 2 and err.splitlines()[0].startswith(f"Error: cannot read {victim}: ")
+    assert victim.exists() and not list(Path(out).glob("rollups/*/*/*.parquet"))

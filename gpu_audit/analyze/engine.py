@@ -21,6 +21,7 @@ from gpu_audit.analyze.hourly import COLUMNS as HOURLY_COLUMNS, HourlyColumns
 from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.reader import table_files
 from gpu_audit.analyze.tokens import TokenLog
+from gpu_audit.duck import session
 from gpu_audit.errors import GpuAuditError
 
 class EmptyStore(GpuAuditError):
@@ -38,17 +39,6 @@ class AnalyzeSettings:
 
 def _sql_list(files: list[str]) -> str:
     return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-
-
-def connect(settings: AnalyzeSettings) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET TimeZone='UTC'")
-    con.execute(f"SET memory_limit='{settings.memory_limit}'")
-    con.execute("SET preserve_insertion_order=false")
-    con.execute("SET enable_progress_bar=false")  # our own progress display, not DuckDB's
-    if settings.threads:
-        con.execute(f"SET threads={int(settings.threads)}")
-    return con
 
 
 _DUCK_TYPES = {"timestamp[us, tz=UTC]": "TIMESTAMPTZ", "string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT",
@@ -397,6 +387,12 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame, hosts_with_samples: set[str]
 
 def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: AnalyzeSettings) -> dict[str, Any]:
     """The findings (schema_version 1) for the stores at ``roots``."""
+    with session(s.memory_limit, s.threads) as con:
+        return _analyze(con, roots, pricing, tokens, s)
+
+
+def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing, tokens: TokenLog | None,
+             s: AnalyzeSettings) -> dict[str, Any]:
     rfiles = table_files(roots, "rollups", s.since, s.until)
     rolled = {os.path.dirname(f).split(os.sep + "rollups" + os.sep)[-1] for f in rfiles}
     # A day that has both (a rollup interrupted before the raw folder was removed) is read from the rollup.
@@ -404,7 +400,6 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
              if os.path.dirname(f).split(os.sep + "samples" + os.sep)[-1] not in rolled]
     if not files and not rfiles:
         raise EmptyStore(f"no samples in {', '.join(roots)}" + (" in the window" if s.since or s.until else ""))
-    con = connect(s)
     src = samples_source(con, files) if files else None
     ru = rollup_hours(con, rfiles, s) if rfiles else None
     rollup_idle = sorted({float(x) for x in ru["roll_idle_below"].dropna()}) if ru is not None else []
@@ -530,9 +525,8 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
     out_tokens = sum(m["completion_tokens"] for m in att["models"])
     fleet["cost_per_1m_output_tokens"] = (
         (fleet["spend_usd"] - fleet["unattributed_usd"]) / out_tokens * 1e6 if out_tokens else None)
-    dh_sorted = dh.sort_values(["host", "uuid", "hour"])
     series = {
-        "device_hourly": {"columns": list(HOURLY_COLUMNS), "rows": _hourly_columns(dh_sorted)},
+        "device_hourly": {"columns": list(HOURLY_COLUMNS), "rows": _hourly_columns(dh)},
         "model_hourly": {"columns": ["model", "hour", "cost_usd", "prompt_tokens", "completion_tokens"],
                          "rows": att["model_hourly"]},
         "utilization_histogram": _fleet_histogram(hist),

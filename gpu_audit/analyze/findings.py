@@ -34,7 +34,8 @@ def write_json(findings: dict[str, Any], path: str) -> None:
 
 
 def build(stores: list[str], pricing_path: str | None, token_paths: list[str], since: str | None, until: str | None,
-          idle_below: float = 5.0, strict: bool = False, s3_endpoint: str | None = None) -> dict[str, Any]:
+          idle_below: float = 5.0, strict: bool = False, s3_endpoint: str | None = None,
+          memory_limit: str = "1GB") -> dict[str, Any]:
     """Everything `report` needs, from the user's inputs: the one library call behind the command."""
     from gpu_audit.analyze.engine import AnalyzeSettings, analyze
     from gpu_audit.analyze.pricing import load_pricing
@@ -57,7 +58,7 @@ def build(stores: list[str], pricing_path: str | None, token_paths: list[str], s
             roots.append(mirror(store, ("samples", "processes", "engine", "rollups"), s, u, s3_endpoint))
         else:
             roots.append(store)
-    findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u))
+    findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u, memory_limit=memory_limit))
     findings["inputs"]["stores"] = list(stores)
     return _clean(aggregate_series(add_recommendations(findings, pricing)))
 

@@ -31,15 +31,19 @@ def _nullable(a: np.ndarray) -> list[float | None]:
 
 
 class HourlyColumns(Sequence):
-    """Device-hourly rows as columns. Indexing gives the row as a list, in `COLUMNS` order, with
-    the hour as ISO text and null for a missing number, exactly as the written series has it."""
+    """Device-hourly rows as columns, sorted by host, uuid and hour. Indexing gives the row as a
+    list, in `COLUMNS` order, with the hour as ISO text and null for a missing number, exactly as
+    the written series has it."""
 
     def __init__(self, host: Any, uuid: Any, hour: Any, values: dict[str, Any]) -> None:
         hc, self.hosts = pd.factorize(pd.Series(host), sort=True)
         uc, self.uuids = pd.factorize(pd.Series(uuid), sort=True)
-        self.host_code, self.uuid_code = hc.astype(np.int64), uc.astype(np.int64)
-        self.hour = np.asarray(hour, dtype=np.int64)
-        self.values = {c: np.asarray(values[c], dtype=float) for c in _VALUES}
+        hour = np.asarray(hour, dtype=np.int64)
+        # Rows in (host, uuid, hour) order; the codes follow the names' order, so no string is compared.
+        order = np.lexsort((hour, uc, hc))
+        self.host_code, self.uuid_code = hc[order].astype(np.int64), uc[order].astype(np.int64)
+        self.hour = hour[order]
+        self.values = {c: np.asarray(values[c], dtype=float)[order] for c in _VALUES}
         self._iso: dict[int, str] = {}
 
     def __len__(self) -> int:

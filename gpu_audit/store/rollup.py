@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 import duckdb
 
+from gpu_audit.duck import session
 from gpu_audit.errors import GpuAuditError
 from gpu_audit.store.layout import is_data_file
 from gpu_audit.store.schema import ROLLUPS, with_version
@@ -71,9 +72,13 @@ def rollup(root: str, older_than_s: float, resolution_s: float = 60.0, idle_belo
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=older_than_s)
     base = os.path.join(root, "samples")
     done = []
-    con = duckdb.connect()
-    con.execute("SET TimeZone='UTC'")
-    con.execute("SET memory_limit='1GB'")
+    with session() as con:
+        _rollup_days(con, root, base, cutoff, resolution_s, idle_below, done)
+    return done
+
+
+def _rollup_days(con: duckdb.DuckDBPyConnection, root: str, base: str, cutoff: datetime, resolution_s: float,
+                 idle_below: float, done: list[tuple[str, str, int, int]]) -> None:
     for host in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         for date in sorted(os.listdir(os.path.join(base, host))):
             day = datetime.strptime(date[5:], "%Y-%m-%d").replace(tzinfo=timezone.utc)
@@ -95,4 +100,3 @@ def rollup(root: str, older_than_s: float, resolution_s: float = 60.0, idle_belo
             write_parquet_atomic(table, os.path.join(out_dir, f"rollup-{int(resolution_s)}s.parquet"))
             shutil.rmtree(raw_dir)
             done.append((host, date[5:], raw_rows, table.num_rows))
-    return done
