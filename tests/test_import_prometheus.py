@@ -175,3 +175,13 @@ def test_saved_scrape_with_nothing_known(run_cli, tmp_path):
     p.write_text("# TYPE foo gauge\nfoo 1\n")
     code, _, err = run_cli("import", "prometheus-text", str(p), "--out", str(tmp_path / "s"))
     assert code == 2 and err.startswith(f"Error: no DCGM or inference-engine series in {p}")
+
+
+def test_saved_scrape_that_is_not_text(run_cli, tmp_path):
+    p = tmp_path / "x.prom"
+    p.write_bytes(b"# TYPE foo gauge\nfoo 1\n\x7fELF\x02\x01\x01\x00\x00\x00 garbage \x1b[31m" + b"x" * 300 + b"\n")
+    code, _, err = run_cli("import", "prometheus-text", str(p), "--out", str(tmp_path / "s"))
+    (line, *_) = err.splitlines()
+    assert code == 2 and line.startswith(f"Error: {p}:3: not Prometheus text or OpenMetrics: ")
+    assert "\x1b" not in err and "\x00" not in err and len(line) < len(str(p)) + 140
+    assert not (tmp_path / "s" / "samples").exists()

@@ -236,7 +236,7 @@ def import_prometheus_text(paths: list[str], out: str, at: datetime | None = Non
         try:
             fams = list(om(text)) if text.rstrip().endswith("# EOF") else list(prom(text))
         except (ValueError, TypeError, IndexError) as e:
-            raise PrometheusError(f"{path}: not Prometheus text or OpenMetrics: {e}") from None
+            raise PrometheusError(f"{_where(path, text, str(e))}: not Prometheus text or OpenMetrics: {_printable(str(e))}") from None
         for f in fams:
             for s in f.samples:
                 ts = s.timestamp
@@ -245,3 +245,18 @@ def import_prometheus_text(paths: list[str], out: str, at: datetime | None = Non
     if not asm.dev and not asm.engine_points:
         raise PrometheusError(f"no DCGM or inference-engine series in {', '.join(paths)}")
     return asm.write(out, interval_s)
+
+
+def _where(path: str, text: str, message: str) -> str:
+    """path:line of the line the parser quoted in its message, where it can be found."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip() and line.strip() in message:
+            return f"{path}:{n}"
+    return path
+
+
+def _printable(message: str, limit: int = 80) -> str:
+    """A parser message fit for one terminal line: no control bytes, at most ``limit`` characters."""
+    text = "".join(c if c.isprintable() else "?" for c in message)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
