@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from gpu_audit.collect.clock import WallClock
 from gpu_audit.collect.run import collect
 from gpu_audit.collect.virtual.scenario import Scenario, load_scenario
+from gpu_audit.errors import GpuAuditError
 
 PKG = Path(__file__).resolve().parent
 SCENARIOS = ("h100-inference.toml", "mixed-idle.toml", "a100-mig.toml", "h200-mig.toml")
@@ -84,11 +85,19 @@ def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool
     from gpu_audit.analyze.findings import build, write_json
 
     say = step or (lambda _msg: None)
+    if not hours > 0 or not interval_s > 0:  # checked before anything in the folder is touched
+        raise GpuAuditError(f"--hours must be positive, got {hours:g}" if not hours > 0 else
+                            f"the interval must be positive, got {interval_s:g}")
     outp = Path(out)
+    if outp.exists() and not outp.is_dir():
+        raise GpuAuditError(f"--out {out}: exists and is not a folder")
+    try:
+        outp.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GpuAuditError(f"cannot create {out}: {e.strerror}") from None
     store = outp / "store"
     if store.exists():
         shutil.rmtree(store)  # a demo rerun starts clean; nothing else in the folder is touched
-    outp.mkdir(parents=True, exist_ok=True)
     duration = hours * 3600
     start = math.floor((WallClock().now() - duration) / 3600) * 3600  # whole hours, ending about now
     runs = []

@@ -78,3 +78,23 @@ def test_demo_outputs_rerun_by_hand(demo, run_cli, tmp_path):
     again = json.loads(out.read_text())
     assert again["fleet"]["spend_usd"] == pytest.approx(demo.findings["fleet"]["spend_usd"])
     assert len(again["models"]) == 5 and demo.requests > 100_000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--hours", "-1"], "Error: --hours must be positive, got -1"),
+    (["--hours", "0"], "Error: --hours must be positive, got 0"),
+])
+def test_demo_bad_options_touch_nothing(run_cli, tmp_path, args, message):
+    kept = tmp_path / "store" / "keep.txt"
+    kept.parent.mkdir()
+    kept.write_text("a previous demo")
+    code, _, err = run_cli("demo", "--out", str(tmp_path), *args)
+    assert code == 2 and err.splitlines()[0] == message
+    assert kept.read_text() == "a previous demo" and sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_demo_out_that_is_a_file(run_cli, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    code, _, err = run_cli("demo", "--out", str(f))
+    assert code == 2 and err.startswith(f"Error: --out {f}: exists and is not a folder") and f.read_text() == "x"
