@@ -292,7 +292,7 @@ def doctor(
 @app.command()
 def report(
     stores: List[str] = typer.Argument(..., help="One or more store folders (each may hold many hosts)."),
-    pricing: Optional[str] = typer.Option(None, help="Pricing TOML ($ per GPU-hour by [gpu] and [host]; [api] reference prices)."),
+    pricing: Optional[str] = typer.Option(None, help="Pricing TOML ($ per GPU-hour by \\[gpu] and \\[host]; \\[api] reference prices)."),
     tokens: Optional[List[str]] = typer.Option(None, "--tokens", help="Token log(s): JSONL, CSV or Parquet. Repeatable."),
     since: Optional[str] = typer.Option(None, help="Window start (inclusive), ISO 8601 or epoch seconds."),
     until: Optional[str] = typer.Option(None, help="Window end (exclusive)."),
@@ -327,7 +327,7 @@ def report(
 
 @app.command()
 def prices(
-    pricing: Optional[str] = typer.Option(None, help="Pricing TOML whose [gpu] and [host] prices override the catalog."),
+    pricing: Optional[str] = typer.Option(None, help="Pricing TOML whose \\[gpu] and \\[host] prices override the catalog."),
 ) -> None:
     """The price that applies to each GPU model, and where it came from."""
     from rich.markup import escape
@@ -353,7 +353,7 @@ def prices(
 
 @import_app.command("nvidia-smi")
 def import_nvidia_smi(
-    files: List[str] = typer.Argument(..., help="Logs written by nvidia-smi --query-gpu=... --format=csv [-l N]."),
+    files: List[str] = typer.Argument(..., help="Logs written by nvidia-smi --query-gpu=... --format=csv \\[-l N]."),
     host: str = typer.Option(..., help="The host the logs came from (written into every row)."),
     out: Optional[str] = typer.Option(None, "--out", help="Store folder (default as for collect)."),
     tz: Optional[str] = typer.Option(None, help="Time zone of the logs' timestamps (IANA name; default: this machine's)."),

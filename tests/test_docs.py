@@ -70,3 +70,15 @@ def test_cli_works_without_the_click_package():
             "builtins.__import__ = imp\nfrom gpu_audit.cli import run\nimport sys\nsys.exit(run(['nosuch']))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT))
     assert r.returncode == 2 and "No such command" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_texts_render_whole(run_cli, monkeypatch):
+    """Rich markup must not eat words from a help text: `[gpu]` in a help string is text, not a style tag."""
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option: the text is compared unwrapped
+    for name, cmd in _commands(app):
+        code, out, _ = run_cli(*name.split(), "--help")
+        assert code == 0, name
+        flat = " ".join(out.split())
+        for p in cmd.params:
+            text = " ".join((getattr(p, "help", None) or "").replace("\\[", "[").split())
+            assert text in flat, f"gpu-audit {name}: the help of {p.name} is not shown whole: {text!r}"
