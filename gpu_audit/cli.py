@@ -297,20 +297,21 @@ def report(
     since: Optional[str] = typer.Option(None, help="Window start (inclusive), ISO 8601 or epoch seconds."),
     until: Optional[str] = typer.Option(None, help="Window end (exclusive)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the findings JSON here."),
-    idle_below: float = typer.Option(5.0, "--idle-below", help="A sample is idle when utilization is below this %."),
+    idle_below: Optional[float] = typer.Option(None, "--idle-below", help="A sample is idle when utilization is below this % (default 5, or the settings file's)."),
     strict: bool = typer.Option(False, help="A bad token record is an error, not a counted warning."),
     fail_on: Optional[float] = typer.Option(None, "--fail-on", help="Exit 1 when potential monthly savings exceed this many USD."),
     html: Optional[str] = typer.Option(None, "--html", help="Write the self-contained HTML report here."),
     pdf: Optional[str] = typer.Option(None, "--pdf", help="Also print the HTML report to this PDF (needs Chromium)."),
     browser: Optional[str] = typer.Option(None, "--browser", help="Chromium or Chrome to print the PDF with (default: found on PATH)."),
     s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for s3:// inputs."),
-    memory_limit: str = typer.Option("1GB", "--memory-limit", help="DuckDB's memory limit; beyond it, work spills to a temporary folder."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="DuckDB's memory limit (default 1GB); beyond it, work spills to a temporary folder."),
+    settings: Optional[str] = typer.Option(None, "--settings", help="Settings TOML: \\[report] and the rules' \\[recommend] thresholds (default $GPU_AUDIT_SETTINGS)."),
 ) -> int:
     """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
     from gpu_audit.analyze.findings import build, write_json
     from gpu_audit.report.terminal import render
 
-    findings = build(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit)
+    findings = build(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings)
     if json_out:
         write_json(findings, json_out)
     render(findings, _console())

@@ -34,14 +34,21 @@ def write_json(findings: dict[str, Any], path: str) -> None:
 
 
 def build(stores: list[str], pricing_path: str | None, token_paths: list[str], since: str | None, until: str | None,
-          idle_below: float = 5.0, strict: bool = False, s3_endpoint: str | None = None,
-          memory_limit: str = "1GB") -> dict[str, Any]:
-    """Everything `report` needs, from the user's inputs: the one library call behind the command."""
+          idle_below: float | None = None, strict: bool = False, s3_endpoint: str | None = None,
+          memory_limit: str | None = None, settings_path: str | None = None) -> dict[str, Any]:
+    """Everything `report` needs, from the user's inputs: the one library call behind the command.
+
+    ``idle_below`` and ``memory_limit`` given here (flags) win over the settings file, which wins
+    over the defaults."""
     from gpu_audit.analyze.engine import AnalyzeSettings, analyze
     from gpu_audit.analyze.pricing import load_pricing
     from gpu_audit.analyze.tokens import load_tokens
+    from gpu_audit.settings import load_settings
     from gpu_audit.units import parse_time
 
+    settings = load_settings(settings_path)
+    idle_below = settings.idle_below if idle_below is None else idle_below
+    memory_limit = settings.memory_limit if memory_limit is None else memory_limit
     if not 0 <= idle_below <= 100:
         raise GpuAuditError(f"--idle-below must be between 0 and 100, got {idle_below}")
     s = parse_time(since, "--since") if since else None
@@ -60,7 +67,8 @@ def build(stores: list[str], pricing_path: str | None, token_paths: list[str], s
             roots.append(store)
     findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u, memory_limit=memory_limit))
     findings["inputs"]["stores"] = list(stores)
-    return _clean(aggregate_series(add_recommendations(findings, pricing)))
+    findings["inputs"]["settings"] = settings.path
+    return _clean(aggregate_series(add_recommendations(findings, pricing, settings.recommend)))
 
 
 def aggregate_series(findings: dict[str, Any]) -> dict[str, Any]:
