@@ -27,3 +27,57 @@ def test_quantization_silent_with_memory_to_spare():
 def test_quantization_silent_on_a_busy_compute_bound_gpu():
     d = device("inf", "GPU-t", H100, 3.0, [97] * 24, 78)
     assert quantization(findings([d], 24, [model("m", ["inf"])]), S) == []
+
+
+H200 = "NVIDIA H200"
+
+
+def _fleet(n, util, mem_gib=71, name=H100, total_gib=80, price=3.0):
+    return [device("inf", f"GPU-{k}", name, price, [util] * 24, mem_gib, total_gib) for k in range(n)]
+
+
+def test_a_bf16_model_sharded_over_more_gpus_than_fp8_needs():
+    # 70e9 params: BF16 140e9 B x 1.2 headroom = 168e9 > 2 x (80 GiB x 0.9 = 77.3e9): 4 GPUs per replica;
+    # FP8 84e9 B: 2 per replica. 8 GPUs at 20 %: memory needs 8 x 2/4 = 4, compute ceil(160 / (80 x 1.6)) = 2.
+    (r,) = quantization(findings(_fleet(8, 20), 24, [model("llama-3.1-70b", ["inf"])]), S)
+    assert r.evidence["gpus_per_replica_bf16"] == 4 and r.evidence["gpus_per_replica_fp8"] == 2
+    assert r.evidence["gpus_per_replica_int4"] == 1
+    assert (r.evidence["gpus_for_memory"], r.evidence["gpus_for_peak_compute"], r.evidence["gpus_after"]) == (4, 2, 4)
+    assert len(r.targets) == 8 and r.confidence == "low" and "FP8" in r.title
+    assert r.monthly_savings_usd == pytest.approx(8 * 3.0 * 24 * 4 / 8 * 730 / 24)  # $8,760
+
+
+def test_the_measured_peak_compute_limits_the_gpus_freed():
+    # 8 at 75 %: compute needs ceil(600 / 128) = 5 GPUs, rounded up to whole FP8 replicas of 2: 6.
+    (r,) = quantization(findings(_fleet(8, 75), 24, [model("llama-3.1-70b", ["inf"])]), S)
+    assert r.evidence["gpus_after"] == 6 and r.monthly_savings_usd == pytest.approx(8 * 3.0 * 24 * 2 / 8 * 730 / 24)
+    # at 99 % the compute needs ceil(792 / 128) = 7, rounded up to replicas of 2: all 8, nothing to claim
+    assert [x for x in quantization(findings(_fleet(8, 99), 24, [model("llama-3.1-70b", ["inf"])]), S)
+            if "sharded" in x.title] == []
+
+
+def test_h200_halves_and_ampere_gets_int8():
+    (r,) = quantization(findings(_fleet(2, 30, 120, H200, 141, 4.0), 24, [model("llama-3.1-70b", ["inf"])]), S)
+    assert (r.evidence["gpus_per_replica_bf16"], r.evidence["gpus_after"]) == (2, 1)
+    assert r.monthly_savings_usd == pytest.approx(2 * 4.0 * 24 / 2 * 730 / 24)
+    (a,) = quantization(findings(_fleet(8, 20, 71, A100), 24, [model("llama-3.1-70b", ["inf"])]), S)
+    assert "INT8 weight-only" in a.title and a.evidence["gpus_per_replica_int8"] == 2
+
+
+@pytest.mark.parametrize("name, n, mem", [
+    ("llama-3.1-70b-fp8", 8, 71),     # already quantized
+    ("Llama-3.3-70B-Instruct-AWQ", 8, 71),
+    ("mixtral-8x7b", 8, 71),          # MoE notation: the name does not give the size
+    ("llama-3.1-8b", 8, 71),          # fits one GPU in BF16: nothing sharded
+    ("my-model", 8, 71),              # no parameter count in the name
+    ("llama-3.1-70b", 2, 71),         # 2 GPUs cannot hold BF16 weights: it already runs quantized
+    ("llama-3.1-70b", 8, 10),         # 80 GiB held in all < 140 GB of BF16 weights: not BF16
+])
+def test_sharded_rule_silent_without_evidence(name, n, mem):
+    recs = quantization(findings(_fleet(n, 20, mem), 24, [model(name, ["inf"])]), S)
+    assert [r for r in recs if "sharded" in r.title] == []
+
+
+def test_memory_bound_devices_of_a_sharded_model_get_one_recommendation():
+    recs = quantization(findings(_fleet(8, 20, 76), 24, [model("llama-3.1-70b", ["inf"])]), S)  # 95 % memory too
+    assert len(recs) == 1 and "sharded" in recs[0].title

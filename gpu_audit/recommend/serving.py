@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -73,13 +74,98 @@ def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
     return out
 
 
-def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
-    """Memory-bound serving: a lower-precision format frees memory and raises throughput."""
+# A parameter count in a model name: "llama-3.1-70b", "Qwen2.5-0.5B-Instruct"; not "a3b" (active
+# parameters of an MoE) and not "8x7b" (MoE experts share layers: the name does not give the size).
+_PARAMS = re.compile(r"(?<![A-Za-z0-9.x])(\d+(?:\.\d+)?)\s*[bB](?![A-Za-z0-9])")
+_QUANTIZED = re.compile(r"fp8|fp4|int8|int4|awq|gptq|w4a16|w8a8|w8a16|[48]-?bit|nf4|gguf|exl2|bnb|q[2-8]_", re.IGNORECASE)
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+ENGINE_MEMORY_SHARE = 0.9  # vLLM's default gpu_memory_utilization: the memory an engine takes for weights and KV
+
+
+def params_from_name(model: str) -> float | None:
+    """Parameters in a model's name (70b -> 70e9), or None where the name does not say or says it is quantized."""
+    if _QUANTIZED.search(model) or re.search(r"\d\s*x\s*\d", model):
+        return None
+    m = _PARAMS.search(model)
+    return float(m.group(1)) * 1e9 if m else None
+
+
+def gpus_per_replica(weights_bytes: float, memory_bytes: float, headroom: float) -> int:
+    """The smallest tensor-parallel size (a power of two) whose engine memory holds the weights with headroom."""
+    n = 1
+    while n * memory_bytes * ENGINE_MEMORY_SHARE < weights_bytes * (1 + headroom) and n < 64:
+        n *= 2
+    return n
+
+
+def _sharded(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
+    """A BF16 model sharded over several GPUs that a quantized copy would fit on fewer, with the measured
+    peak compute still carried."""
     out = []
+    series = hourly(findings)
+    for model, devs in serving_devices(findings, s).items():
+        params = params_from_name(model)
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for d in devs:
+            if d.get("memory_total_bytes") and not d.get("parent_uuid"):
+                groups[d["name"] or ""].append(d)
+        for name, group in groups.items():
+            gpu = find_model(name)
+            if params is None or gpu is None:
+                continue
+            mem = group[0]["memory_total_bytes"]
+            fmt = "fp8" if gpu.fp8 else "int8"
+            n_now = gpus_per_replica(params * WEIGHT_BYTES["bf16"], mem, s.memory_headroom)
+            n_q = gpus_per_replica(params * WEIGHT_BYTES[fmt], mem, s.memory_headroom)
+            held = sum(d.get("peak_memory_bytes") or 0 for d in group)
+            # Evidence that the model runs in BF16 and sharded: enough GPUs and enough memory held for BF16 weights.
+            if n_q >= n_now or len(group) < n_now or held < params * WEIGHT_BYTES["bf16"]:
+                continue
+            per_hour: dict[int, float] = defaultdict(float)
+            for d in group:
+                for r in series.get((d["host"], d["uuid"]), []):
+                    per_hour[r["h"]] += r["mean_util_pct"] or 0.0
+            peak = max(per_hour.values()) if per_hour else 0.0
+            by_memory = math.ceil(len(group) * n_q / n_now)
+            by_compute = math.ceil(peak / (s.target_util_pct * s.fp8_throughput_gain))
+            after = n_q * math.ceil(max(by_memory, by_compute, 1) / n_q)
+            if after >= len(group):
+                continue
+            spend = sum(d["spend_usd"] for d in group)
+            label = "FP8 (W8A8)" if fmt == "fp8" else "INT8 weight-only (W8A16)"
+            out.append(Recommendation(
+                kind="quantization",
+                title=f"{model}: sharded over {n_now} x {name} per replica in BF16; {label} fits {n_q}: {after} GPUs instead of {len(group)}",
+                targets=tuple(target(d) for d in group),
+                evidence={"model": model, "params_from_name": params, "gpu": name, "gpus": len(group),
+                          "weights_bf16_bytes": params * WEIGHT_BYTES["bf16"], f"weights_{fmt}_bytes": params * WEIGHT_BYTES[fmt],
+                          "format": label, "gpus_per_replica_bf16": n_now, f"gpus_per_replica_{fmt}": n_q,
+                          "gpus_per_replica_quantized": n_q,
+                          "gpus_per_replica_int4": gpus_per_replica(params * WEIGHT_BYTES["int4"], mem, s.memory_headroom),
+                          "peak_memory_held_bytes": held, "peak_hourly_util_sum_pct": peak,
+                          "gpus_for_memory": by_memory, "gpus_for_peak_compute": by_compute, "gpus_after": after,
+                          "engine_memory_share": ENGINE_MEMORY_SHARE, "assumed_throughput_gain": s.fp8_throughput_gain,
+                          "published": ["FP8 W8A8: 2x less model memory, up to 1.6x throughput (vLLM FP8 docs)",
+                                        "weights = parameters x 2 bytes (BF16), 1 (FP8/INT8), 0.5 (INT4)"]},
+                monthly_savings_usd=monthly(findings, spend * (len(group) - after) / len(group)), confidence="low",
+                action=f"Serve {model} in {label} with tensor parallelism {n_q} instead of {n_now}: {after} GPUs carry the measured "
+                       f"peak ({peak:.0f}% summed utilization at {s.target_util_pct:.0f}% each with {s.fp8_throughput_gain}x throughput). "
+                       "The parameter count is read from the model name; validate accuracy on your evals first.",
+                settings={"memory_headroom": s.memory_headroom, "target_util_pct": s.target_util_pct,
+                          "throughput_gain": s.fp8_throughput_gain},
+            ))
+    return out
+
+
+def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
+    """Memory-bound serving, or a BF16 model sharded over more GPUs than a quantized copy needs."""
+    out = _sharded(findings, s)
+    covered = {(t["host"], t["uuid"]) for r in out for t in r.targets}
     served: dict[tuple[str, str], list[str]] = defaultdict(list)
     for model, devs in serving_devices(findings, s).items():
         for d in devs:
-            served[(d["host"], d["uuid"])].append(model)
+            if (d["host"], d["uuid"]) not in covered:  # the sharded-model recommendation already speaks for it
+                served[(d["host"], d["uuid"])].append(model)
     serving = {d["host"]: served[(d["host"], d["uuid"])] for d in findings["devices"] if (d["host"], d["uuid"]) in served}
     for d in findings["devices"]:
         if (d["host"], d["uuid"]) not in served or busy(d, s) or not d.get("memory_total_bytes") or d.get("peak_memory_bytes") is None:
