@@ -228,3 +228,27 @@ def test_hourly_series_has_no_nan_for_the_rules(tmp_path):
     (row,) = f["series"]["device_hourly"]["rows"]
     assert not any(isinstance(v, float) and math.isnan(v) for v in row)
     assert row[3] is None and row[5] is None
+
+
+def test_parquet_token_logs_with_different_dictionaries_and_a_bad_row(tmp_path):
+    """Two Parquet logs (each with its own dictionary of models; one with large_string columns and a bad
+    row) attribute as one log: one host, $3/h for one hour, output tokens m-a 300 and m-b 100."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-a", H100, 0, 600, [50] * 6))
+    pq.write_table(pa.table({"timestamp": pa.array([(T0 + 60) * 1e6, (T0 + 120) * 1e6]).cast(pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                             "model": ["m-a", "m-a"], "host": ["h", "h"], "prompt_tokens": [10, 20],
+                             "completion_tokens": [100, 200], "request_id": ["r1", "r2"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"created": [T0 + 180, T0 + 240], "model": pa.array(["m-b", "m-b"], pa.large_string()),
+                             "host": pa.array(["h", "h"], pa.large_string()), "prompt_tokens": [5, 7],
+                             "completion_tokens": [100, -1], "gpu_uuid": ["GPU-a", None]}), tmp_path / "b.parquet")
+    f = build([store], PRICING, [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")], None, None)
+    a, b = model(f, "m-a"), model(f, "m-b")
+    assert (a["prompt_tokens"], a["completion_tokens"], b["prompt_tokens"], b["completion_tokens"]) == (30, 300, 5, 100)
+    assert a["cost_usd"] == pytest.approx(3 * 300 / 400) and b["cost_usd"] == pytest.approx(3 * 100 / 400)
+    assert a["cost_per_1m_output_tokens"] == pytest.approx(2.25 / 300 * 1e6)
+    assert b["gpus"] == ["GPU-a"] and a["gpus"] == []
+    rej = f["data_quality"]["rejected_token_records"]
+    assert rej["count"] == 1 and rej["examples"] == [f"{tmp_path / 'b.parquet'}:2: a missing field or a negative token count"]

@@ -217,14 +217,36 @@ def weighted_p95(hist: pd.DataFrame) -> pd.DataFrame:
     return hit.groupby(["host", "uuid"], as_index=False)["bin"].first().rename(columns={"bin": "p95_util_pct"})
 
 
-def token_hours(con: duckdb.DuckDBPyConnection, tokens: pa.Table) -> pd.DataFrame:
+_KNOWN_HOST = "host IN (SELECT host FROM sample_hosts)"  # a token record's host has samples
+
+
+def _in_window(start: float, end: float) -> str:
+    return f"epoch_us(ts) >= {int(start * 1e6)} AND epoch_us(ts) < {int(end * 1e6)}"
+
+
+def _token_where(start: float, end: float) -> str:
+    """Token records that are attributed: in the window, from a host with samples."""
+    return f"{_in_window(start, end)} AND {_KNOWN_HOST}"
+
+
+def token_hours(con: duckdb.DuckDBPyConnection, tokens: pa.Table, hosts: set[str], start: float, end: float) -> pd.DataFrame:
+    """Token records summed per (host, model, clock hour) in DuckDB, flagged for the window and for
+    hosts with samples; the per-request table is registered as ``tokens_in`` and never becomes a
+    pandas frame (6.9M demo requests: 4.2 GB peak before, as Python strings per record)."""
     con.register("tokens_in", tokens)
-    df = con.execute("""
-        SELECT host, model, CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour, epoch_us(ts) AS _ts,
-               prompt_tokens, completion_tokens, gpu_uuid FROM tokens_in
+    con.register("sample_hosts", pa.table({"host": pa.array(sorted(hosts), pa.string())}))
+    return con.execute(f"""
+        SELECT host, model, CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour, min(epoch_us(ts)) AS _ts,
+               CAST(sum(prompt_tokens) AS BIGINT) AS prompt_tokens, CAST(sum(completion_tokens) AS BIGINT) AS completion_tokens,
+               count(*) AS records, ({_in_window(start, end)}) AS in_window, ({_KNOWN_HOST}) AS known_host
+        FROM tokens_in GROUP BY ALL
     """).df()
-    con.unregister("tokens_in")
-    return df
+
+
+def flag_rows(rows: pd.DataFrame, hosts: set[str], start: float, end: float) -> pd.DataFrame:
+    """Hourly token rows from engine counters, flagged as token_hours flags its rows (one record a row)."""
+    return rows.assign(records=1, in_window=(rows["_ts"] >= start * 1e6) & (rows["_ts"] < end * 1e6),
+                       known_host=rows["host"].isin(hosts))
 
 
 def engine_data(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSettings) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
@@ -286,14 +308,13 @@ def top_processes(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSe
     return {(h, u): {"name": n, "pid": int(p) if p is not None else None, "used_mem_bytes": _f(b)} for h, u, n, p, b in rows}
 
 
-def model_request_stats(con: duckdb.DuckDBPyConnection, toks: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per model, from the attributed token records: request count, completion-length quantiles,
-    tokens beyond the 95th-percentile length, the share of short requests, and the hosts."""
-    if toks is None or toks.empty:
-        return {}
-    con.register("toks_attr", toks)
-    rows = con.execute("""
-        WITH q AS (SELECT model, quantile_cont(completion_tokens, 0.95) AS p95 FROM toks_attr GROUP BY model)
+def model_request_stats(con: duckdb.DuckDBPyConnection, start: float, end: float) -> dict[str, dict[str, Any]]:
+    """Per model, from the attributed token records (``tokens_in``, registered by token_hours): request
+    count, completion-length quantiles, tokens beyond the 95th-percentile length, the share of short
+    requests, and the hosts."""
+    rows = con.execute(f"""
+        WITH t AS (SELECT * FROM tokens_in WHERE {_token_where(start, end)}),
+             q AS (SELECT model, quantile_cont(completion_tokens, 0.95) AS p95 FROM t GROUP BY model)
         SELECT t.model, count(*) AS requests,
                quantile_cont(completion_tokens, 0.5) AS p50, any_value(q.p95) AS p95,
                quantile_cont(completion_tokens, 0.99) AS p99, quantile_cont(prompt_tokens, 0.5) AS prompt_p50,
@@ -301,9 +322,8 @@ def model_request_stats(con: duckdb.DuckDBPyConnection, toks: pd.DataFrame) -> d
                avg(CASE WHEN completion_tokens <= 64 THEN 1.0 ELSE 0.0 END) AS short_share,
                list(DISTINCT host ORDER BY host) AS hosts,
                list(DISTINCT gpu_uuid ORDER BY gpu_uuid) FILTER (WHERE gpu_uuid IS NOT NULL) AS gpus
-        FROM toks_attr t JOIN q USING (model) GROUP BY t.model
+        FROM t JOIN q USING (model) GROUP BY t.model
     """).fetchall()
-    con.unregister("toks_attr")
     return {m: {"requests": int(n), "completion_p50": float(p50), "completion_p95": float(p95), "completion_p99": float(p99),
                 "prompt_p50": float(pp), "completion_tokens_beyond_p95": float(ex), "short_request_share": float(sh),
                 "hosts": list(hosts), "gpus": list(gpus or [])} for m, n, p50, p95, p99, pp, ex, sh, hosts, gpus in rows}
@@ -331,23 +351,22 @@ def _f(v: Any) -> float | None:
     return float(v)
 
 
-def attribute(dh: pd.DataFrame, toks: pd.DataFrame, hosts_with_samples: set[str], start: float, end: float) -> dict[str, Any]:
+def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     """Split each host's hourly GPU cost among the models that produced output tokens there.
 
-    Returns per-model totals, the unattributed cost, per-model hourly series and counts of token
-    records left out (host without samples, outside the window).
+    ``toks``: token counts per (host, model, hour) with ``records``, ``in_window`` and ``known_host``
+    (token_hours, flag_rows). Returns per-model totals, the unattributed cost, per-model hourly
+    series and counts of token records left out (host without samples, outside the window).
     """
     host_hour = dh.groupby(["host", "hour"], as_index=False)["spend_usd"].sum()
     out: dict[str, Any] = {"models": [], "unattributed_usd": float(host_hour["spend_usd"].sum()),
                            "records_outside_window": 0, "records_unknown_host": 0, "model_hourly": []}
     if toks is None or toks.empty:
         return out
-    in_win = (toks["_ts"] >= start * 1e6) & (toks["_ts"] < end * 1e6)
-    known = toks["host"].isin(hosts_with_samples)
-    out["records_outside_window"] = int((~in_win).sum())
-    out["records_unknown_host"] = int((in_win & ~known).sum())
+    in_win, known = toks["in_window"].astype(bool), toks["known_host"].astype(bool)
+    out["records_outside_window"] = int(toks.loc[~in_win, "records"].sum())
+    out["records_unknown_host"] = int(toks.loc[in_win & ~known, "records"].sum())
     t = toks[in_win & known]
-    out["attributed_records"] = t
     tok = t.groupby(["host", "hour", "model"], as_index=False)[["prompt_tokens", "completion_tokens"]].sum()
     # Shares per host-hour among models with output tokens in that hour.
     hour_tot = tok.groupby(["host", "hour"])["completion_tokens"].transform("sum")
@@ -506,17 +525,19 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
     for d in devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))
 
-    toks_df = token_hours(con, tokens.table) if tokens is not None and tokens.table.num_rows else None
+    sample_hosts = set(dh["host"])
+    toks_df = token_hours(con, tokens.table, sample_hosts, start, end) if tokens is not None and tokens.table.num_rows else None
     engine_hourly, engine_stats = engine_data(con, roots, s)
     token_source = "token logs" if toks_df is not None else None
     if toks_df is None and not engine_hourly.empty:
-        toks_df = engine_hourly  # no token logs: the engines' own counters are the token source
+        toks_df = flag_rows(engine_hourly, sample_hosts, start, end)  # no token logs: the engines' counters are the token source
         token_source = "engine counters"
-    dh_priced = dh[priced]
-    att = attribute(dh_priced, toks_df, set(dh["host"]), start, end)
+    att = attribute(dh[priced], toks_df)
     fleet["unattributed_usd"] = att["unattributed_usd"] if toks_df is not None else fleet["spend_usd"]
 
-    stats = model_request_stats(con, att.get("attributed_records")) if token_source == "token logs" else {}
+    stats = model_request_stats(con, start, end) if token_source == "token logs" else {}
+    if token_source == "token logs":
+        con.unregister("tokens_in")
     for m in att["models"]:
         m.update(stats.get(m["model"], {}))
         if token_source == "engine counters":

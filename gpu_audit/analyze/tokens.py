@@ -19,17 +19,21 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpu_audit.errors import GpuAuditError
 
+# Few models, hosts and GPUs across millions of requests: their strings are dictionary-encoded.
+LABEL = pa.dictionary(pa.int32(), pa.string())
 TOKENS = pa.schema([
     ("ts", pa.timestamp("us", tz="UTC")),
-    ("model", pa.string()),
-    ("host", pa.string()),
+    ("model", LABEL),
+    ("host", LABEL),
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
-    ("gpu_uuid", pa.string()),
+    ("gpu_uuid", LABEL),
 ])
+LABELS = ("model", "host", "gpu_uuid")
 
 
 class TokenLogError(GpuAuditError):
@@ -112,14 +116,15 @@ def _rows_csv(path: str) -> Iterable[tuple[int, Any]]:
 def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Table:
     """Parquet token logs, vectorised: millions of records load in seconds. Rows with a missing
     field or a negative count are rejected (row numbers from 1)."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    t = pq.read_table(path)
-    when = "timestamp" if "timestamp" in t.column_names else "created" if "created" in t.column_names else None
-    missing = [c for c in ("model", "host", "prompt_tokens", "completion_tokens") if c not in t.column_names]
+    names = pq.read_schema(path).names
+    when = "timestamp" if "timestamp" in names else "created" if "created" in names else None
+    missing = [c for c in ("model", "host", "prompt_tokens", "completion_tokens") if c not in names]
     if when is None or missing:
         raise TokenLogError(f"{path}: token log lacks column(s) {', '.join(missing + ['timestamp'] * (when is None))}")
+    wanted = [c for c in (when, "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid") if c in names]
+    t = pq.read_table(path, columns=wanted, read_dictionary=[c for c in LABELS if c in names])
     ts = t[when]
     if pa.types.is_timestamp(ts.type):
         ts = ts.cast(pa.timestamp("us", tz="UTC")) if ts.type.tz else pc.assume_timezone(ts, "UTC").cast(pa.timestamp("us", tz="UTC"))
@@ -130,21 +135,31 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
             ts = pa.chunked_array([pa.array([_ts(v) if v is not None else None for v in ts.to_pylist()], pa.timestamp("us", tz="UTC"))])
         except ValueError as e:
             raise TokenLogError(f"{path}: {when}: {e}") from None
-    out = pa.table({"ts": ts, "model": t["model"].cast(pa.string()), "host": t["host"].cast(pa.string()),
+    def label(name: str) -> pa.ChunkedArray:
+        if name not in t.column_names:
+            return pa.chunked_array([pa.nulls(t.num_rows, LABEL)])
+        col = t[name]
+        if col.type == LABEL:
+            return col
+        if pa.types.is_dictionary(col.type):  # a dictionary of another index or value type
+            col = col.cast(col.type.value_type)
+        return pc.dictionary_encode(col.cast(pa.string())).cast(LABEL)
+
+    out = pa.table({"ts": ts, "model": label("model"), "host": label("host"),
                     "prompt_tokens": t["prompt_tokens"].cast(pa.int64()), "completion_tokens": t["completion_tokens"].cast(pa.int64()),
-                    "gpu_uuid": t["gpu_uuid"].cast(pa.string()) if "gpu_uuid" in t.column_names else pa.nulls(t.num_rows, pa.string())},
-                   schema=TOKENS)
+                    "gpu_uuid": label("gpu_uuid")}, schema=TOKENS)
     ok = pc.and_(pc.and_(pc.is_valid(out["ts"]), pc.and_(pc.is_valid(out["model"]), pc.is_valid(out["host"]))),
                  pc.and_(pc.greater_equal(pc.fill_null(out["prompt_tokens"], -1), 0), pc.greater_equal(pc.fill_null(out["completion_tokens"], -1), 0)))
     bad = pc.invert(ok)
     nbad = pc.sum(bad).as_py() or 0
-    if nbad:
-        first = [i + 1 for i, b in enumerate(bad.to_pylist()) if b][:max_examples]
-        if strict:
-            raise TokenLogError(f"bad token record at {path}:{first[0]}: a missing field or a negative token count")
-        log.bad += nbad
-        for i in first[: max_examples - len(log.bad_examples)]:
-            log.bad_examples.append(f"{path}:{i}: a missing field or a negative token count")
+    if not nbad:
+        return out  # no copy of millions of good rows
+    first = [i + 1 for i in pc.indices_nonzero(bad.combine_chunks())[:max_examples].to_pylist()]
+    if strict:
+        raise TokenLogError(f"bad token record at {path}:{first[0]}: a missing field or a negative token count")
+    log.bad += nbad
+    for i in first[: max_examples - len(log.bad_examples)]:
+        log.bad_examples.append(f"{path}:{i}: a missing field or a negative token count")
     return out.filter(ok)
 
 
@@ -189,5 +204,7 @@ def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -
             raise TokenLogError(f"cannot read token log {path}: {e.strerror or e}") from None
         except pa.ArrowException as e:
             raise TokenLogError(f"{path}: not a readable Parquet file: {e}") from None
-    log.table = pa.concat_tables([pa.Table.from_pydict(cols, schema=TOKENS), *parquet])
+    rows = pa.table({n: pa.array(cols[n], pa.string() if n in LABELS else TOKENS.field(n).type) for n in TOKENS.names})
+    rows = pa.table({n: pc.dictionary_encode(rows[n]).cast(LABEL) if n in LABELS else rows[n] for n in TOKENS.names}, schema=TOKENS)
+    log.table = pa.concat_tables([rows, *parquet])
     return log
