@@ -50,7 +50,7 @@ def token_log(scenarios: list[tuple[Scenario, float]], duration_s: float, path: 
     served model produces (output tokens/s at that minute's utilization) x 60 tokens, split into
     requests of realistic lengths. Returns the number of requests."""
     rng = np.random.default_rng(seed)
-    cols: dict[str, list[Any]] = {k: [] for k in ("timestamp", "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid")}
+    parts = []
     for sc, start in scenarios:
         for dev in sc.devices:
             w = dev.workload
@@ -67,15 +67,18 @@ def token_log(scenarios: list[tuple[Scenario, float]], duration_s: float, path: 
             ts = start + np.repeat(minutes, n) + rng.uniform(0, 60, total)
             comp = np.maximum(1, rng.lognormal(math.log(c50), sigma, total)).astype(np.int64)
             prompt = np.maximum(1, rng.lognormal(math.log(p50), 0.4, total)).astype(np.int64)
-            cols["timestamp"].append(ts)
-            cols["model"].append(np.full(total, w.model, dtype=object))
-            cols["host"].append(np.full(total, sc.host, dtype=object))
-            cols["prompt_tokens"].append(prompt)
-            cols["completion_tokens"].append(comp)
-            cols["gpu_uuid"].append(np.full(total, dev.uuid, dtype=object))
-    data = {k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()}
-    data["timestamp"] = pa.array((data["timestamp"] * 1e6).astype(np.int64), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    table = pa.table(data)
+
+            def label(value: str) -> pa.DictionaryArray:  # one string for millions of records
+                return pa.DictionaryArray.from_arrays(np.zeros(total, dtype=np.int32), pa.array([value]))
+
+            parts.append(pa.table({
+                "timestamp": pa.array((ts * 1e6).astype(np.int64)).cast(pa.timestamp("us", tz="UTC")),
+                "model": label(w.model), "host": label(sc.host),
+                "prompt_tokens": prompt, "completion_tokens": comp,
+                "gpu_uuid": label(dev.uuid)}))
+    table = pa.concat_tables(parts).unify_dictionaries().combine_chunks() if parts else pa.table({
+        "timestamp": pa.array([], pa.timestamp("us", tz="UTC")), "model": pa.array([], pa.string()), "host": pa.array([], pa.string()),
+        "prompt_tokens": pa.array([], pa.int64()), "completion_tokens": pa.array([], pa.int64()), "gpu_uuid": pa.array([], pa.string())})
     pq.write_table(table.sort_by("timestamp"), path, compression="zstd")
     return table.num_rows
 
