@@ -165,3 +165,18 @@ def test_wheel_ships_the_templates_and_renders(tmp_path, demo):
                        env={**os.environ, "PYTHONPATH": str(site)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout) > 1_000_000
+
+
+def test_table_headers_never_cover_the_first_row(browser, demo):
+    """Sticky headers inside a scrolling table wrapper stick to the wrapper's top: the first row stays visible."""
+    page, problems, _ = load(browser, demo.html)
+    for table in ("#model-table", "#device-table"):
+        page.locator(f"{table} tbody tr").first.scroll_into_view_if_needed()
+        hit = page.evaluate(f"""() => {{
+            const row = document.querySelector('{table} tbody tr');
+            const r = row.getBoundingClientRect();
+            const el = document.elementFromPoint(r.left + 20, r.top + r.height / 2);
+            return row.contains(el);
+        }}""")
+        assert hit, f"the first row of {table} is covered"
+    assert problems == []
