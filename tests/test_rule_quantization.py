@@ -81,3 +81,13 @@ def test_sharded_rule_silent_without_evidence(name, n, mem):
 def test_memory_bound_devices_of_a_sharded_model_get_one_recommendation():
     recs = quantization(findings(_fleet(8, 20, 76), 24, [model("llama-3.1-70b", ["inf"])]), S)  # 95 % memory too
     assert len(recs) == 1 and "sharded" in recs[0].title
+
+
+def test_an_already_quantized_model_gets_the_kv_cache_lever_and_no_dollar_figure():
+    d = device("inf", "GPU-h", H200, 4.0, [62] * 24, 136, 141)  # 96 % of 141 GiB
+    (r,) = quantization(findings([d], 24, [model("llama-3.1-405b-fp8", ["inf"])]), S)
+    assert "already-quantized" in r.title and "KV cache" in r.title
+    assert r.evidence["already_quantized"] == ["llama-3.1-405b-fp8"] and r.monthly_savings_usd == 0
+    # beside a BF16 model on the same GPU: FP8 for the BF16 one, but no claim on the GPU's time
+    (r,) = quantization(findings([d], 24, [model("llama-3.1-405b-fp8", ["inf"]), model("m", ["inf"])]), S)
+    assert r.evidence["format"].startswith("FP8") and r.monthly_savings_usd == 0 and r.action.startswith("Serve m in FP8")

@@ -166,34 +166,56 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
         for d in devs:
             if (d["host"], d["uuid"]) not in covered:  # the sharded-model recommendation already speaks for it
                 served[(d["host"], d["uuid"])].append(model)
-    serving = {d["host"]: served[(d["host"], d["uuid"])] for d in findings["devices"] if (d["host"], d["uuid"]) in served}
     for d in findings["devices"]:
-        if (d["host"], d["uuid"]) not in served or busy(d, s) or not d.get("memory_total_bytes") or d.get("peak_memory_bytes") is None:
+        here = served.get((d["host"], d["uuid"]))
+        if not here or busy(d, s) or not d.get("memory_total_bytes") or d.get("peak_memory_bytes") is None:
             continue
-        serving[d["host"]] = served[(d["host"], d["uuid"])]
         mem_pct = 100 * d["peak_memory_bytes"] / d["memory_total_bytes"]
-        engs = [m.get("engine") or {} for m in findings["models"] if m["model"] in served[(d["host"], d["uuid"])]]
+        engs = [m.get("engine") or {} for m in findings["models"] if m["model"] in here]
         kv_full = any((e.get("p95_kv_cache_usage_pct") or 0) >= 95 or (e.get("preemptions") or 0) > 0 for e in engs)
         if mem_pct < s.quantization_memory_pct and not kv_full:
             continue
         model = find_model(d["name"] or "")
+        published = ["FP8 W8A8: 2x less model memory, up to 1.6x throughput (vLLM FP8 docs)",
+                     "INT4 AWQ: ~3x less memory and up to 3x faster than FP16 (Qwen AWQ docs)",
+                     "FP8 KV cache halves KV bytes per token (vLLM --kv-cache-dtype fp8)"]
+        already = [m for m in here if _QUANTIZED.search(m)]
+        if len(already) == len(here):
+            # Every model here is named as quantized already: the weights are not the lever that the
+            # published 1.6x is about. The KV cache (or INT4 weights) still are, with no dollar figure.
+            fmt = "an FP8 KV cache (--kv-cache-dtype fp8), or INT4 weight-only (W4A16 / AWQ) weights"
+            out.append(Recommendation(
+                kind="quantization", title=f"{d['host']}: memory-bound serving on {d['name']} ({mem_pct:.0f}% memory) of "
+                                           f"already-quantized {', '.join(here)}: quantize the KV cache",
+                targets=(target(d),),
+                evidence={"peak_memory_pct": mem_pct, "mean_util_pct": d["mean_util_pct"], "models": here,
+                          "already_quantized": already, "kv_cache_full_or_preempting": kv_full,
+                          "engine_metrics": [e for e in engs if e] or None, "format": fmt, "assumed_throughput_gain": None,
+                          "published": published},
+                monthly_savings_usd=0.0, confidence="low",
+                action=f"{', '.join(here)} already run{'s' if len(here) == 1 else ''} in a quantized format (by name): use {fmt} to "
+                       "fit more sequences per batch; validate accuracy first. No dollar figure: no published throughput "
+                       "gain over quantized weights.",
+                settings={"memory_pct": s.quantization_memory_pct},
+            ))
+            continue
         fmt = ("FP8 weights and activations (W8A8), and an FP8 KV cache" if model and model.fp8
                else "INT8 or INT4 weight-only (W8A16 / AWQ)")
         gain = s.fp8_throughput_gain
-        saving = d["spend_usd"] * (1 - 1 / gain)
+        # Only the GPU time of models not yet quantized gains; with several models here, all of it is claimed
+        # when none is quantized, else none (the split of a GPU's time among its models is not measured).
+        saving = d["spend_usd"] * (1 - 1 / gain) if not already else 0.0
         out.append(Recommendation(
             kind="quantization", title=f"{d['host']}: memory-bound serving on {d['name']} ({mem_pct:.0f}% memory): quantize to {fmt.split(' (')[0]}",
             targets=(target(d),),
-            evidence={"peak_memory_pct": mem_pct, "mean_util_pct": d["mean_util_pct"], "models": serving[d["host"]],
-                      "kv_cache_full_or_preempting": kv_full,
+            evidence={"peak_memory_pct": mem_pct, "mean_util_pct": d["mean_util_pct"], "models": here,
+                      "already_quantized": already, "kv_cache_full_or_preempting": kv_full,
                       "engine_metrics": [e for e in engs if e] or None,
-                      "format": fmt, "assumed_throughput_gain": gain,
-                      "published": ["FP8 W8A8: 2x less model memory, up to 1.6x throughput (vLLM FP8 docs)",
-                                    "INT4 AWQ: ~3x less memory and up to 3x faster than FP16 (Qwen AWQ docs)",
-                                    "FP8 KV cache halves KV bytes per token (vLLM --kv-cache-dtype fp8)"]},
+                      "format": fmt, "assumed_throughput_gain": gain, "published": published},
             monthly_savings_usd=monthly(findings, saving), confidence="low",
-            action=f"Serve {', '.join(serving[d['host']])} in {fmt}; validate accuracy on your evals first. The saving assumes "
-                   f"{gain}x throughput, so the same traffic needs 1/{gain} of the GPU time.",
+            action=f"Serve {', '.join(m for m in here if m not in already)} in {fmt}; validate accuracy on your evals first. "
+                   + (f"The saving assumes {gain}x throughput, so the same traffic needs 1/{gain} of the GPU time."
+                      if saving else "No dollar figure: this GPU also serves already-quantized models."),
             settings={"memory_pct": s.quantization_memory_pct, "throughput_gain": gain},
         ))
     return out
