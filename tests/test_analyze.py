@@ -252,3 +252,25 @@ def test_parquet_token_logs_with_different_dictionaries_and_a_bad_row(tmp_path):
     assert b["gpus"] == ["GPU-a"] and a["gpus"] == []
     rej = f["data_quality"]["rejected_token_records"]
     assert rej["count"] == 1 and rej["examples"] == [f"{tmp_path / 'b.parquet'}:2: a missing field or a negative token count"]
+
+
+def test_rows_with_a_read_error_are_billed_without_utilization_and_listed(tmp_path):
+    # $3/h H100, 10-minute samples: 4 read at 40 %, then 2 that could not be read (GPU lost).
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-a", H100, 0, 600, [40] * 4)
+                  + series("h", "GPU-a", H100, 2400, 600, [None] * 2, error="GPU is lost"))
+    f = build([store], PRICING, [], None, None)
+    d = dev(f, "GPU-a")
+    assert d["spend_usd"] == pytest.approx(3.0)                 # every row is billed
+    assert d["waste_usd"] == pytest.approx(3.0 * 4 / 6 * 0.6)   # only rows with evidence: 1.20
+    assert d["mean_util_pct"] == pytest.approx(40) and d["idle_usd"] == 0
+    assert d["error_hours"] == pytest.approx(1 / 3) and d["coverage_pct"] == pytest.approx(100)
+    assert f["data_quality"]["devices_with_read_errors"] == [
+        {"host": "h", "uuid": "GPU-a", "name": H100, "error_hours": pytest.approx(1 / 3)}]
+    from rich.console import Console
+
+    from gpu_audit.report.terminal import render
+
+    c = Console(width=200, record=True)
+    render(f, c)
+    assert f"read errors: h {H100} (GPU-a): 0.3 h of samples could not be read" in c.export_text()

@@ -456,7 +456,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
     dev = dev.sort_values(["host", "uuid"]).reset_index(drop=True)
     window_s = end - start
 
-    devices, unpriced, no_evidence, gaps = [], [], [], []
+    devices, unpriced, no_evidence, gaps, read_errors = [], [], [], [], []
     for r in dev.itertuples(index=False):
         pr = prices[(r.host, r.uuid)]
         parent_in_mig = bool(r.mig_mode) and (r.parent_uuid is None or pd.isna(r.parent_uuid))
@@ -491,6 +491,8 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
             no_evidence.append({"host": r.host, "uuid": r.uuid, "name": r.name, "mig_profile": d["mig_profile"],
                                 "why": "no utilization reading (MIG device without GPM or DCGM)" if d["parent_uuid"]
                                 else "no utilization reading"})
+        if d["error_hours"] > 0:  # billed, with no utilization reading: the device could not be read
+            read_errors.append({"host": r.host, "uuid": r.uuid, "name": r.name, "error_hours": d["error_hours"]})
         missing = window_s - r.dt_s
         if not parent_in_mig and window_s > 0 and missing > max(0.01 * window_s, 60):
             gaps.append({"host": r.host, "uuid": r.uuid, "missing_hours": missing / 3600,
@@ -569,6 +571,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
             "gaps": gaps,
             "unpriced_devices": unpriced,
             "devices_without_evidence": no_evidence,
+            "devices_with_read_errors": read_errors,
             "rejected_token_records": ({"count": tokens.bad, "examples": tokens.bad_examples} if tokens is not None else {"count": 0, "examples": []}),
             "token_records_outside_window": att["records_outside_window"],
             "token_records_unknown_host": att["records_unknown_host"],

@@ -51,6 +51,9 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
         console.print(f"[yellow]unpriced:[/] {escape(d['host'])} {escape(d['name'] or '?')} ({escape(d['uuid'])}): add it to a pricing file")
     for d in q["devices_without_evidence"]:
         console.print(f"[yellow]no evidence:[/] {escape(d['host'])} {escape(d['name'] or '?')} {escape(d['mig_profile'] or '')}: {d['why']}")
+    for d in q.get("devices_with_read_errors", [])[:top]:
+        console.print(f"[yellow]read errors:[/] {escape(d['host'])} {escape(d['name'] or '?')} ({escape(d['uuid'])}): "
+                      f"{d['error_hours']:.1f} h of samples could not be read (billed, no utilization)")
     for g in q["gaps"][:top]:
         console.print(f"[yellow]gap:[/] {escape(g['host'])} {escape(g['uuid'])}: {g['missing_hours']:.1f} h without samples ({fmt_pct(g['coverage_pct'])} coverage)")
     rj = q["rejected_token_records"]
