@@ -48,14 +48,15 @@ app.add_typer(schedule_app, name="schedule")
 
 
 def _schedule_files(cron: bool, systemd: bool, store: str, report_to: str, interval: str, keep: str, fail_on: float,
-                    pricing: Optional[str], user: str) -> dict:
+                    pricing: Optional[str], user: str, settings: Optional[str] = None) -> dict:
     from gpu_audit.schedule import ScheduleSettings, cron as cron_files, systemd as systemd_files
 
     if cron == systemd:
         raise GpuAuditError("give exactly one of --cron and --systemd")
     _seconds(interval, "--interval")
     _seconds(keep, "--keep")
-    s = ScheduleSettings(store=store, report_to=report_to, interval=interval, keep=keep, fail_on=fail_on, pricing=pricing, user=user)
+    s = ScheduleSettings(store=store, report_to=report_to, interval=interval, keep=keep, fail_on=fail_on, pricing=pricing, user=user,
+                         settings=settings)
     return cron_files(s) if cron else systemd_files(s)
 
 
@@ -68,6 +69,7 @@ _SCHED_OPTS = dict(
     keep=typer.Option("90d", "--keep", help="The prune job keeps this much data."),
     fail_on=typer.Option(1000.0, "--fail-on", help="The daily report exits 1 above this monthly saving (USD)."),
     pricing=typer.Option(None, "--pricing", help="Pricing file for the daily report."),
+    settings=typer.Option(None, "--settings", help="Settings file (thresholds) for the daily report."),
     user=typer.Option("root", "--user", help="The user the jobs run as."),
 )
 
@@ -77,9 +79,10 @@ def schedule_print(
     cron: bool = _SCHED_OPTS["cron"], systemd: bool = _SCHED_OPTS["systemd"], store: str = _SCHED_OPTS["store"],
     report_to: str = _SCHED_OPTS["report_to"], interval: str = _SCHED_OPTS["interval"], keep: str = _SCHED_OPTS["keep"],
     fail_on: float = _SCHED_OPTS["fail_on"], pricing: Optional[str] = _SCHED_OPTS["pricing"], user: str = _SCHED_OPTS["user"],
+    settings: Optional[str] = _SCHED_OPTS["settings"],
 ) -> None:
     """Print the cron lines or systemd units a host needs."""
-    for path, text in _schedule_files(cron, systemd, store, report_to, interval, keep, fail_on, pricing, user).items():
+    for path, text in _schedule_files(cron, systemd, store, report_to, interval, keep, fail_on, pricing, user, settings).items():
         sys.stdout.write(f"# ---- /{path}\n{text}\n")
 
 
@@ -88,13 +91,14 @@ def schedule_install(
     cron: bool = _SCHED_OPTS["cron"], systemd: bool = _SCHED_OPTS["systemd"], store: str = _SCHED_OPTS["store"],
     report_to: str = _SCHED_OPTS["report_to"], interval: str = _SCHED_OPTS["interval"], keep: str = _SCHED_OPTS["keep"],
     fail_on: float = _SCHED_OPTS["fail_on"], pricing: Optional[str] = _SCHED_OPTS["pricing"], user: str = _SCHED_OPTS["user"],
+    settings: Optional[str] = _SCHED_OPTS["settings"],
     root: str = typer.Option("/", "--root", help="Install under this root (a chroot or image being built)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be written; write nothing."),
 ) -> None:
     """Write the cron file or systemd units in place (idempotent: unchanged files are left alone)."""
     from gpu_audit.schedule import install
 
-    files = _schedule_files(cron, systemd, store, report_to, interval, keep, fail_on, pricing, user)
+    files = _schedule_files(cron, systemd, store, report_to, interval, keep, fail_on, pricing, user, settings)
     c = _console()
     for path, what in install(files, root, dry_run):
         c.print(f"{what}: {_e(path)}", soft_wrap=True)

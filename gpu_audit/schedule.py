@@ -23,6 +23,7 @@ class ScheduleSettings:
     keep: str = "90d"
     fail_on: float = 1000.0
     pricing: str | None = None
+    settings: str | None = None  # report --settings for the daily report
     user: str = "root"
     exe: str = ""  # the gpu-audit command; default: this Python with -m gpu_audit
 
@@ -34,6 +35,7 @@ def _exe(s: ScheduleSettings) -> str:
 def _report_args(s: ScheduleSettings, date_expr: str) -> str:
     q = shlex.quote
     pricing = f" --pricing {q(s.pricing)}" if s.pricing else ""
+    pricing += f" --settings {q(s.settings)}" if s.settings else ""
     return (f"report {q(s.store)}{pricing} --since \"$(date -u -d yesterday +%F)\" --until \"$(date -u +%F)\""
             f" --json {q(s.report_to)}/findings-{date_expr}.json --html {q(s.report_to)}/report-{date_expr}.html"
             f" --fail-on {s.fail_on:g}")

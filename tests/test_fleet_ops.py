@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -50,13 +52,16 @@ def test_the_cron_report_line_runs(tmp_path):
     from storefix import T0
 
     write_samples(str(store), series("h", "GPU-a", "NVIDIA L4", yesterday - T0, 600, [0] * 144))
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[report]\nidle_below = 2.5\n")
     s = ScheduleSettings(store=str(store), report_to=str(tmp_path / "reports"), fail_on=1e9, pricing=str(ASSETS / "pricing.toml"),
-                         exe=f"{sys.executable} -m gpu_audit")
+                         settings=str(settings), exe=f"{sys.executable} -m gpu_audit")
     line = next(x for x in cron(s)["etc/cron.d/gpu-audit"].splitlines() if x.startswith("30 6"))
     command = line.split(" ", 6)[6].replace("\\%", "%")
     r = subprocess.run(["sh", "-c", command], capture_output=True, text=True, cwd=str(ROOT))
     assert r.returncode == 0, r.stderr
-    assert len(list((tmp_path / "reports").glob("findings-*.json"))) == 1
+    (findings,) = list((tmp_path / "reports").glob("findings-*.json"))
+    assert json.loads(findings.read_text())["idle_below_pct"] == 2.5  # the settings file reached the daily report
     assert len(list((tmp_path / "reports").glob("report-*.html"))) == 1
 
 
