@@ -113,6 +113,40 @@ def _rows_csv(path: str) -> Iterable[tuple[int, Any]]:
             yield reader.line_num, row
 
 
+def _to_ts(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A timestamp column (naive = UTC), epoch seconds, or strings (ISO 8601 or epoch seconds) as UTC
+    microseconds. Raises ValueError for a string it cannot read."""
+    utc = pa.timestamp("us", tz="UTC")
+    if pa.types.is_timestamp(col.type):
+        return col.cast(utc) if col.type.tz else pc.assume_timezone(col, "UTC").cast(utc)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        # rounded to the microsecond as datetime.fromtimestamp rounds (a float's digits beyond it do not cast)
+        return pc.cast(pc.round(pc.multiply(pc.cast(col, pa.float64()), 1e6)), pa.int64()).cast(utc)
+    if pa.types.is_null(col.type):
+        return pa.chunked_array([pa.nulls(len(col), utc)])
+    return pa.chunked_array([pa.array([_ts(v) if v is not None else None for v in col.to_pylist()], utc)])
+
+
+def _label(col: pa.ChunkedArray | None, n: int) -> pa.ChunkedArray:
+    if col is None:
+        return pa.chunked_array([pa.nulls(n, LABEL)])
+    if col.type == LABEL:
+        return col
+    if pa.types.is_dictionary(col.type):  # a dictionary of another index or value type
+        col = col.cast(col.type.value_type)
+    return pc.dictionary_encode(col.cast(pa.string())).cast(LABEL)
+
+
+def _tokens_table(ts: pa.ChunkedArray, model: Any, host: Any, prompt: Any, completion: Any, gpu: Any) -> tuple[pa.Table, pa.ChunkedArray]:
+    """The token table and its mask of good rows (a time, a model, a host, counts >= 0)."""
+    n = len(ts)
+    out = pa.table({"ts": ts, "model": _label(model, n), "host": _label(host, n), "prompt_tokens": prompt.cast(pa.int64()),
+                    "completion_tokens": completion.cast(pa.int64()), "gpu_uuid": _label(gpu, n)}, schema=TOKENS)
+    ok = pc.and_(pc.and_(pc.is_valid(out["ts"]), pc.and_(pc.is_valid(out["model"]), pc.is_valid(out["host"]))),
+                 pc.and_(pc.greater_equal(pc.fill_null(out["prompt_tokens"], -1), 0), pc.greater_equal(pc.fill_null(out["completion_tokens"], -1), 0)))
+    return out, ok
+
+
 def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Table:
     """Parquet token logs, vectorised: millions of records load in seconds. Rows with a missing
     field or a negative count are rejected (row numbers from 1)."""
@@ -125,31 +159,12 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
         raise TokenLogError(f"{path}: token log lacks column(s) {', '.join(missing + ['timestamp'] * (when is None))}")
     wanted = [c for c in (when, "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid") if c in names]
     t = pq.read_table(path, columns=wanted, read_dictionary=[c for c in LABELS if c in names])
-    ts = t[when]
-    if pa.types.is_timestamp(ts.type):
-        ts = ts.cast(pa.timestamp("us", tz="UTC")) if ts.type.tz else pc.assume_timezone(ts, "UTC").cast(pa.timestamp("us", tz="UTC"))
-    elif pa.types.is_integer(ts.type) or pa.types.is_floating(ts.type):
-        ts = pc.cast(pc.multiply(pc.cast(ts, pa.float64()), 1e6), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    else:
-        try:
-            ts = pa.chunked_array([pa.array([_ts(v) if v is not None else None for v in ts.to_pylist()], pa.timestamp("us", tz="UTC"))])
-        except ValueError as e:
-            raise TokenLogError(f"{path}: {when}: {e}") from None
-    def label(name: str) -> pa.ChunkedArray:
-        if name not in t.column_names:
-            return pa.chunked_array([pa.nulls(t.num_rows, LABEL)])
-        col = t[name]
-        if col.type == LABEL:
-            return col
-        if pa.types.is_dictionary(col.type):  # a dictionary of another index or value type
-            col = col.cast(col.type.value_type)
-        return pc.dictionary_encode(col.cast(pa.string())).cast(LABEL)
-
-    out = pa.table({"ts": ts, "model": label("model"), "host": label("host"),
-                    "prompt_tokens": t["prompt_tokens"].cast(pa.int64()), "completion_tokens": t["completion_tokens"].cast(pa.int64()),
-                    "gpu_uuid": label("gpu_uuid")}, schema=TOKENS)
-    ok = pc.and_(pc.and_(pc.is_valid(out["ts"]), pc.and_(pc.is_valid(out["model"]), pc.is_valid(out["host"]))),
-                 pc.and_(pc.greater_equal(pc.fill_null(out["prompt_tokens"], -1), 0), pc.greater_equal(pc.fill_null(out["completion_tokens"], -1), 0)))
+    try:
+        ts = _to_ts(t[when])
+    except ValueError as e:
+        raise TokenLogError(f"{path}: {when}: {e}") from None
+    out, ok = _tokens_table(ts, t["model"], t["host"], t["prompt_tokens"], t["completion_tokens"],
+                            t["gpu_uuid"] if "gpu_uuid" in names else None)
     bad = pc.invert(ok)
     nbad = pc.sum(bad).as_py() or 0
     if not nbad:
@@ -163,13 +178,57 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
     return out.filter(ok)
 
 
+def _jsonl_fast(path: str) -> pa.Table | None:
+    """A clean JSONL log read by pyarrow's JSON reader, vectorised (flat records and OpenAI-style
+    ``usage`` bodies alike). None where the file needs the line-by-line reader: JSON that does not
+    parse, a field whose type varies or is not what a record needs, or any record the line reader
+    would reject (so that rejected records are named by their line)."""
+    import pyarrow.json as pj
+
+    try:
+        t = pj.read_json(path)
+    except (pa.ArrowException, OSError):
+        return None
+    names = set(t.column_names)
+    usage = t["usage"] if "usage" in names and pa.types.is_struct(t["usage"].type) else None
+
+    def count(name: str) -> pa.ChunkedArray | None:
+        top = t[name] if name in names else None
+        nested = None
+        if usage is not None and usage.type.get_field_index(name) >= 0:
+            nested = pa.chunked_array([pc.struct_field(c, [usage.type.get_field_index(name)]) for c in usage.chunks],
+                                      usage.type.field(name).type)
+        if top is not None and nested is not None:  # a record with a usage body takes its counts from it
+            if top.type != nested.type:
+                return None
+            return pc.if_else(pc.is_valid(usage), nested, top)
+        return nested if nested is not None else top
+
+    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    labels = [t[c] for c in ("model", "host") if c in names]
+    if (prompt is None or completion is None or len(labels) < 2
+            or not all(pa.types.is_integer(c.type) for c in (prompt, completion))
+            or not all(pa.types.is_string(c.type) for c in labels)
+            or ("gpu_uuid" in names and not (pa.types.is_string(t["gpu_uuid"].type) or pa.types.is_null(t["gpu_uuid"].type)))):
+        return None
+    try:
+        times = [_to_ts(t[c]) for c in ("timestamp", "created") if c in names]
+    except ValueError:
+        return None
+    if not times:
+        return None
+    ts = times[0] if len(times) == 1 else pc.coalesce(*times)
+    out, ok = _tokens_table(ts, t["model"], t["host"], prompt, completion, t["gpu_uuid"] if "gpu_uuid" in names else None)
+    return out if pc.all(ok).as_py() is not False else None
+
+
 READERS = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_jsonl, ".csv": _rows_csv, ".parquet": None}
 
 
 def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -> TokenLog:
     cols: dict[str, list[Any]] = {n: [] for n in TOKENS.names}
     log = TokenLog(table=TOKENS.empty_table(), files=list(paths))
-    parquet: list[pa.Table] = []
+    tables: list[pa.Table] = []  # vectorised reads: Parquet, and JSONL that pyarrow's reader takes whole
     for path in paths:
         ext = os.path.splitext(path)[1].lower()
         if ext not in READERS:
@@ -178,9 +237,14 @@ def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -
         if not os.path.exists(path):
             raise TokenLogError(f"token log not found: {path}")
         reader = READERS[ext]
+        if reader is _rows_jsonl:
+            fast = _jsonl_fast(path)
+            if fast is not None:
+                tables.append(fast)
+                continue
         if reader is None:
             try:
-                parquet.append(_parquet(path, log, strict, max_examples))
+                tables.append(_parquet(path, log, strict, max_examples))
             except pa.ArrowException as e:
                 raise TokenLogError(f"{path}: not a readable Parquet token log: {e}") from None
             continue
@@ -206,5 +270,5 @@ def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -
             raise TokenLogError(f"{path}: not a readable Parquet file: {e}") from None
     rows = pa.table({n: pa.array(cols[n], pa.string() if n in LABELS else TOKENS.field(n).type) for n in TOKENS.names})
     rows = pa.table({n: pc.dictionary_encode(rows[n]).cast(LABEL) if n in LABELS else rows[n] for n in TOKENS.names}, schema=TOKENS)
-    log.table = pa.concat_tables([rows, *parquet])
+    log.table = pa.concat_tables([rows, *tables])
     return log
