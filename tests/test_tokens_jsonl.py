@@ -91,3 +91,15 @@ def test_parquet_epoch_floats_round_to_the_microsecond(tmp_path):
                              "completion_tokens": [2]}), tmp_path / "t.parquet")
     (ts,) = tk.load_tokens([str(tmp_path / "t.parquet")]).table["ts"].to_pylist()
     assert ts == datetime.fromtimestamp(T0 + 0.1234567, tz=timezone.utc)
+
+
+def test_the_shipped_example_logs_load_whole():
+    from conftest import ROOT
+
+    ex = ROOT / "examples" / "tokens"
+    log = tk.load_tokens([str(ex / "requests.jsonl"), str(ex / "requests.csv")])
+    assert log.bad == 0 and log.table.num_rows == 8
+    t = log.table
+    # flat, fractional-second, epoch and OpenAI-style records: 5 in the JSONL, 3 in the CSV
+    assert sum(t["completion_tokens"].to_pylist()) == (231 + 98 + 37 + 412 + 133) + (231 + 98 + 37)
+    assert sum(t["prompt_tokens"].to_pylist()) == (1480 + 6120 + 388 + 1702 + 5876) + (1480 + 6120 + 388)
