@@ -16,16 +16,11 @@ complete). A mistake names the file, the line and what was expected.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from gpu_audit.errors import GpuAuditError
+from gpu_audit.tomlfile import read_toml
 from gpu_audit.recommend.base import RecommendSettings
 
 REPORT_DEFAULTS: dict[str, Any] = {"idle_below": 5.0, "memory_limit": "1GB"}
@@ -81,17 +76,7 @@ def load_settings(path: str | None) -> Settings:
     path = path or os.environ.get("GPU_AUDIT_SETTINGS") or None
     if path is None:
         return Settings()
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        raise SettingsError(f"settings file not found: {path}") from None
-    except OSError as e:
-        raise SettingsError(f"cannot read settings file {path}: {e.strerror}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SettingsError(f"{path}: not valid TOML: {e}") from None
+    raw, text = read_toml(path, "settings file", SettingsError)
 
     def bad(key: str, what: str) -> SettingsError:
         line = _line_of(text, key)

@@ -92,3 +92,9 @@ def test_a_missing_or_broken_settings_file(run_cli, idle_store, tmp_path):
     cfg.write_text("[recommend\n")
     code, _, err = run_cli("report", idle_store, "--settings", str(cfg))
     assert code == 2 and err.startswith(f"Error: {cfg}: not valid TOML: ") and len(err.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("option, what", [("--settings", "settings file"), ("--pricing", "pricing file")])
+def test_a_folder_given_as_a_toml_file(run_cli, idle_store, tmp_path, option, what):
+    code, _, err = run_cli("report", idle_store, option, str(tmp_path))
+    assert code == 2 and err.splitlines()[0] == f"Error: {what} {tmp_path} is a folder, not a file"

@@ -11,17 +11,12 @@ No match anywhere: unpriced (``None``), reported as such and never billed at $0.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from gpu_audit.catalog import MODELS, find_model
 from gpu_audit.errors import GpuAuditError
+from gpu_audit.tomlfile import read_toml
 
 
 class PricingError(GpuAuditError):
@@ -79,18 +74,7 @@ def load_pricing(path: str | None) -> Pricing:
     """Read a pricing file; a mistake names the file, the line and what was expected."""
     if path is None:
         return Pricing()
-    try:
-        with open(path, "rb") as f:
-            raw_bytes = f.read()
-    except FileNotFoundError:
-        raise PricingError(f"pricing file not found: {path}") from None
-    except OSError as e:
-        raise PricingError(f"cannot read pricing file {path}: {e.strerror}") from None
-    text = raw_bytes.decode("utf-8", errors="replace")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise PricingError(f"{path}: not valid TOML: {e}") from None
+    raw, text = read_toml(path, "pricing file", PricingError)
 
     def bad(key: str, what: str) -> PricingError:
         line = _line_of(text, key)

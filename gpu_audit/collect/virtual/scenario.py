@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from gpu_audit.catalog import GpuModel, MigProfile, model_by_key, MODELS, MIB
 from gpu_audit.errors import GpuAuditError
+from gpu_audit.tomlfile import read_toml
 from gpu_audit.units import parse_duration, parse_time
 
 GB = 1024**3
@@ -281,15 +276,7 @@ def _rel(v: Any, path: str, where: str) -> float:
 
 def load_scenario(path: str) -> Scenario:
     """Read and validate a scenario file; every mistake names the file and the field."""
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ScenarioError(f"scenario file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
-    except OSError as e:
-        raise ScenarioError(f"cannot read scenario {path}: {e.strerror}") from None
+    raw, _ = read_toml(path, "scenario file", ScenarioError)
     return parse_scenario(raw, path)
 
 
