@@ -14,13 +14,18 @@ import duckdb
 from gpu_audit.errors import GpuAuditError
 
 
+_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*([KMGT]i?B|B|bytes)?\s*", re.IGNORECASE)
+
+
 def connect(memory_limit: str = "1GB", threads: int | None = None, temp_dir: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB. What does not fit ``memory_limit`` spills to ``temp_dir`` (DuckDB's own
     default is a `.tmp` folder in the working directory, which a cron job's may not be)."""
+    if not _SIZE.fullmatch(memory_limit):  # checked before it goes into SQL text
+        raise GpuAuditError(f"--memory-limit: cannot read {memory_limit!r} as a size", hint="for example 1GB or 512MB")
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     try:
-        con.execute(f"SET memory_limit='{memory_limit}'")
+        con.execute(f"SET memory_limit='{memory_limit.strip()}'")
     except duckdb.Error:
         raise GpuAuditError(f"--memory-limit: cannot read {memory_limit!r} as a size", hint="for example 1GB or 512MB") from None
     con.execute("SET preserve_insertion_order=false")

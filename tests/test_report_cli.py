@@ -159,6 +159,8 @@ def test_memory_limit(run_cli, store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli("report", store, "--memory-limit", "lots")
     assert code == 2 and err.startswith("Error: --memory-limit: cannot read 'lots' as a size")
+    code, _, err = run_cli("report", store, "--memory-limit", "1GB'; SELECT 1; --")  # never reaches SQL
+    assert code == 2 and err.startswith("Error: --memory-limit: cannot read \"1GB'; SELECT 1; --\" as a size")
     code, _, err = run_cli("report", store, "--memory-limit", "100KB")
     assert code == 2 and err.startswith("Error: the analysis needs more memory than its limit (100KB)")
     assert "Hint: raise --memory-limit" in err
