@@ -9,6 +9,7 @@ commands that need them, so that ``collect`` starts fast on GPU hosts.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from typing import List, Optional
 
 import typer
@@ -315,7 +316,8 @@ def report(
     from gpu_audit.analyze.findings import build, write_json
     from gpu_audit.report.terminal import render
 
-    findings = build(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings)
+    with _stage_progress() as step:
+        findings = build(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings, step)
     if json_out:
         write_json(findings, json_out)
     render(findings, _console())
@@ -450,6 +452,24 @@ def import_prometheus_text(
     _console().print(f"imported {res.rows:,} samples of {res.devices} devices on {len(res.hosts)} host(s) and {res.engine_rows:,} engine rows",
                      soft_wrap=True)
     _finish_upload(uri, s3_endpoint)
+
+
+@contextmanager
+def _stage_progress():
+    """On a terminal, a progress bar over the analysis' stages (a fleet's month takes minutes)."""
+    err = _console(stderr=True)
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gpu_audit.analyze.findings import report_stages
+
+    stages = report_stages()
+    with Progress(TextColumn("analyzing"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=err, transient=True) as p:
+        task = p.add_task("", total=len(stages))
+        yield lambda name: p.update(task, completed=stages.index(name), description=name)
 
 
 def _write_report_files(findings: dict, html: Optional[str], pdf: Optional[str], browser: Optional[str]) -> None:

@@ -176,3 +176,11 @@ def test_duckdb_spills_to_a_private_folder_that_goes_away():
         (folder,) = con.execute("SELECT current_setting('temp_directory')").fetchone()
         assert os.path.basename(folder).startswith("gpu-audit-duckdb-") and os.path.isdir(folder)
     assert not os.path.exists(folder)
+
+
+def test_build_reports_every_stage_in_order(store):
+    from gpu_audit.analyze.findings import build, report_stages
+
+    seen = []
+    build([store], PRICING, [], None, None, step=seen.append)
+    assert seen == list(report_stages()) and len(seen) == 7

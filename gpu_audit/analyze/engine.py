@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import numpy as np
@@ -404,14 +404,21 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     return out
 
 
-def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: AnalyzeSettings) -> dict[str, Any]:
-    """The findings (schema_version 1) for the stores at ``roots``."""
+def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: AnalyzeSettings,
+            step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The findings (schema_version 1) for the stores at ``roots``. ``step`` is told the name of each
+    stage as it starts (ANALYZE_STAGES, in order), for a progress display."""
     with session(s.memory_limit, s.threads) as con:
-        return _analyze(con, roots, pricing, tokens, s)
+        return _analyze(con, roots, pricing, tokens, s, step or (lambda _name: None))
+
+
+ANALYZE_STAGES = ("scanning samples per device and hour", "percentiles", "devices and costs",
+                  "processes, engines and cost per model")
 
 
 def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing, tokens: TokenLog | None,
-             s: AnalyzeSettings) -> dict[str, Any]:
+             s: AnalyzeSettings, step: Callable[[str], None]) -> dict[str, Any]:
+    step(ANALYZE_STAGES[0])
     rfiles = table_files(roots, "rollups", s.since, s.until)
     rolled = {os.path.dirname(f).split(os.sep + "rollups" + os.sep)[-1] for f in rfiles}
     # A day that has both (a rollup interrupted before the raw folder was removed) is read from the rollup.
@@ -425,6 +432,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
     dh = device_hours(con, src, s, ru)
     if dh.empty:
         raise EmptyStore(f"no samples in {', '.join(roots)} between --since and --until")
+    step(ANALYZE_STAGES[1])
     hist, mem = device_distributions(con, src, s, rfiles)
     start, end = window_of(dh, s)
     window_h = (end - start) / 3600
@@ -456,6 +464,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
     dev = dev.sort_values(["host", "uuid"]).reset_index(drop=True)
     window_s = end - start
 
+    step(ANALYZE_STAGES[2])
     devices, unpriced, no_evidence, gaps, read_errors = [], [], [], [], []
     for r in dev.itertuples(index=False):
         pr = prices[(r.host, r.uuid)]
@@ -523,6 +532,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
     fleet["spend_split"] = {"productive_usd": fleet["spend_usd"] - fleet["waste_usd"], "idle_usd": fleet["idle_usd"],
                             "underused_usd": max(0.0, fleet["waste_usd"] - fleet["idle_usd"])}
 
+    step(ANALYZE_STAGES[3])
     procs = top_processes(con, roots, s)
     for d in devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Callable
 
 from gpu_audit.analyze.hourly import AGGREGATE_ABOVE, HourlyColumns
 from gpu_audit.errors import GpuAuditError
@@ -33,13 +33,21 @@ def write_json(findings: dict[str, Any], path: str) -> None:
     write_text_atomic(json.dumps(_clean(findings), indent=1, allow_nan=False), path)
 
 
+def report_stages() -> tuple[str, ...]:
+    """The stages `build` goes through, in order (what a progress display counts)."""
+    from gpu_audit.analyze.engine import ANALYZE_STAGES
+
+    return ("reading token logs", *ANALYZE_STAGES, "recommendation rules", "series for the charts")
+
+
 def build(stores: list[str], pricing_path: str | None, token_paths: list[str], since: str | None, until: str | None,
           idle_below: float | None = None, strict: bool = False, s3_endpoint: str | None = None,
-          memory_limit: str | None = None, settings_path: str | None = None) -> dict[str, Any]:
+          memory_limit: str | None = None, settings_path: str | None = None,
+          step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Everything `report` needs, from the user's inputs: the one library call behind the command.
 
     ``idle_below`` and ``memory_limit`` given here (flags) win over the settings file, which wins
-    over the defaults."""
+    over the defaults. ``step`` is told each of report_stages() as it starts (a progress display)."""
     from gpu_audit.analyze.engine import AnalyzeSettings, analyze
     from gpu_audit.analyze.pricing import load_pricing
     from gpu_audit.analyze.tokens import load_tokens
@@ -55,7 +63,10 @@ def build(stores: list[str], pricing_path: str | None, token_paths: list[str], s
     u = parse_time(until, "--until") if until else None
     if s and u and s >= u:
         raise GpuAuditError("--since must be before --until")
+    say = step or (lambda _name: None)
+    stages = report_stages()
     pricing = load_pricing(pricing_path)
+    say(stages[0])
     tokens = load_tokens(token_paths, strict=strict) if token_paths else None
     roots = []
     for store in stores:  # object-store URIs: the window's partitions mirrored into a local cache
@@ -65,10 +76,13 @@ def build(stores: list[str], pricing_path: str | None, token_paths: list[str], s
             roots.append(mirror(store, ("samples", "processes", "engine", "rollups"), s, u, s3_endpoint))
         else:
             roots.append(store)
-    findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u, memory_limit=memory_limit))
+    findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u, memory_limit=memory_limit), say)
     findings["inputs"]["stores"] = list(stores)
     findings["inputs"]["settings"] = settings.path
-    return _clean(aggregate_series(add_recommendations(findings, pricing, settings.recommend)))
+    say(stages[-2])
+    findings = add_recommendations(findings, pricing, settings.recommend)
+    say(stages[-1])
+    return _clean(aggregate_series(findings))
 
 
 def aggregate_series(findings: dict[str, Any]) -> dict[str, Any]:
