@@ -55,7 +55,7 @@ def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
         spend = sum(d["spend_usd"] for d in devs)
         out.append(Recommendation(
             kind="batching", title=f"{m['model']}: {len(devs)} GPUs serve it at {mean:.0f}% mean utilization; "
-                                   f"{needed} with larger batches carry the peak",
+                                   f"{needed} with larger batches carr{'ies' if needed == 1 else 'y'} the peak",
             targets=tuple(target(d) for d in devs),
             evidence={"model": m["model"], "gpus": len(devs), "mean_util_pct": mean, "peak_hourly_util_sum_pct": peak,
                       "replicas_needed": needed, "replicas_freed": freed,
