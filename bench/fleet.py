@@ -49,7 +49,7 @@ def host_files(args: tuple[str, int, int]) -> int:
             "ts": pa.array(ts, pa.timestamp("us", tz="UTC")), "host": np.full(n, f"node-{h:05d}"),
             "uuid": np.array([f"GPU-{h:05d}-{g}" for g in range(PER_HOST)])[gpu], "parent_uuid": pa.nulls(n, pa.string()),
             "index": gpu.astype(np.int32), "name": np.full(n, "NVIDIA H100 80GB HBM3"), "mig_profile": pa.nulls(n, pa.string()),
-            "mig_mode": np.zeros(n, bool), "resolution_s": np.full(n, 60.0, np.float32), "idle_below_pct": np.full(n, 5.0, np.float32),
+            "mig_mode": np.zeros(n, bool), "k8s_namespace": pa.nulls(n, pa.string()), "resolution_s": np.full(n, 60.0, np.float32), "idle_below_pct": np.full(n, 5.0, np.float32),
             "n": np.full(n, 60), "dt_s": dt, "ev_dt_s": dt, "u_dt": util * dt, "idle_dt_s": np.where(util < 5, dt, 0.0),
             "sm_dt_s": dt, "sm_u_dt": 0.5 * util * dt, "error_dt_s": np.zeros(n), "util_gpu_dt_s": dt, "gr_engine_dt_s": np.zeros(n),
             "sm_active_dt_s": np.zeros(n), "free_dt_s": np.zeros(n), "mem_max_bytes": np.full(n, 70 * 2**30),

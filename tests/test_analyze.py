@@ -274,3 +274,53 @@ def test_rows_with_a_read_error_are_billed_without_utilization_and_listed(tmp_pa
     c = Console(width=200, record=True)
     render(f, c)
     assert f"read errors: h {H100} (GPU-a): 0.3 h of samples could not be read" in c.export_text()
+
+
+def test_cost_per_kubernetes_namespace_by_hand_and_after_a_rollup(tmp_path):
+    """GPU-a ($3/h): 30 min at 50 % for team-a, then 30 min at 0 % for team-b. GPU-b ($1/h): 1 h at 100 %,
+    no namespace. team-a: spend 1.5, waste 3 x 0.5 h x 0.5 = 0.75, idle 0; team-b: spend 1.5, waste 1.5,
+    idle 1.5; no namespace: spend 1, waste 0, idle 0. A rollup to minutes keeps the namespaces."""
+    from datetime import datetime, timezone
+
+    from gpu_audit.store.rollup import rollup
+
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-a", H100, 0, 600, [50] * 3, k8s_namespace="team-a", k8s_pod="p-1")
+                  + series("h", "GPU-a", H100, 1800, 600, [0] * 3, k8s_namespace="team-b", k8s_pod="p-2")
+                  + series("h", "GPU-b", L4, 0, 600, [100] * 6))
+    expect = [
+        {"namespace": "team-a", "devices": 1, "gpu_hours": 0.5, "spend_usd": 1.5, "waste_usd": 0.75, "idle_usd": 0.0},
+        {"namespace": "team-b", "devices": 1, "gpu_hours": 0.5, "spend_usd": 1.5, "waste_usd": 1.5, "idle_usd": 1.5},
+        {"namespace": None, "devices": 1, "gpu_hours": 1.0, "spend_usd": 1.0, "waste_usd": 0.0, "idle_usd": 0.0},
+    ]
+    f = build([store], PRICING, [], None, None)
+    assert f["namespaces"] == [{k: pytest.approx(v) if isinstance(v, float) else v for k, v in e.items()} for e in expect]
+    assert sum(n["spend_usd"] for n in f["namespaces"]) == pytest.approx(f["fleet"]["spend_usd"])
+    from rich.console import Console
+
+    from gpu_audit.report.html import render_html
+    from gpu_audit.report.terminal import render
+
+    c = Console(width=200, record=True)
+    render(f, c)
+    text = c.export_text()
+    assert "Kubernetes namespaces" in text and any(ln.split() == ["│", "team-b", "│", "1", "│", "0.5", "│", "$1.50", "│", "$1.50", "│", "$1.50", "│"]
+                                                   for ln in text.splitlines())
+    page = render_html(f)
+    assert 'id="namespace-table"' in page and ">team-a</td>" in page and "(none)" in page
+    f["namespaces"][0]["namespace"] = "<img src=x onerror=alert(1)>"  # a namespace is user input
+    page = render_html(f)
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    rollup(store, 0, 60, now=datetime(2026, 11, 29, 0, 0, 1, tzinfo=timezone.utc))
+    assert not list((tmp_path / "store" / "samples").rglob("*.parquet"))  # read from the rollups now
+    after = build([store], PRICING, [], None, None)["namespaces"]
+    assert [(n["namespace"], n["devices"]) for n in after] == [(e["namespace"], e["devices"]) for e in expect]
+    for a, e in zip(after, expect):
+        for k in ("gpu_hours", "spend_usd", "waste_usd", "idle_usd"):
+            assert a[k] == pytest.approx(e[k], abs=1e-9), (a["namespace"], k)
+
+
+def test_no_namespace_in_the_store_means_no_namespace_list(tmp_path):
+    store = str(tmp_path / "store")
+    write_samples(store, series("h", "GPU-a", H100, 0, 600, [50] * 6))
+    assert build([store], PRICING, [], None, None)["namespaces"] == []

@@ -124,6 +124,10 @@ def test_import_matches_the_file(prometheus, tmp_path, run_cli):
     assert f["models"][0]["completion_tokens"] == 59 * 1000 + 0 + 59 * 1000
     mig_dev = next(d for d in f["devices"] if d["uuid"].endswith("/GI-2"))
     assert mig_dev["utilization_metric"] == "gr_engine_active_pct" and mig_dev["share"] == pytest.approx(3 / 7)
+    # The pod's namespace label: every sample of that GPU names "prod", so it holds exactly that GPU's cost.
+    prod = next(n for n in f["namespaces"] if n["namespace"] == "prod")
+    gpu = next(d for d in f["devices"] if d["uuid"] == "GPU-01000000-0000-0000-0000-000000000000")
+    assert prod["devices"] == 1 and prod["spend_usd"] == pytest.approx(gpu["spend_usd"]) and prod["waste_usd"] == pytest.approx(gpu["waste_usd"])
 
 
 def test_chunks_respect_the_points_limit(prometheus, tmp_path, monkeypatch):

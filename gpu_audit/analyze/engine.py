@@ -60,8 +60,6 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
 def _samples_sql(src: str, s: AnalyzeSettings) -> str:
     cond = _window_where(s)
     # share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30);
-    # 0 for a GPU in MIG mode, which is not billed itself (its unallocated slices are, below).
-    # share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30);
     # 0 for a GPU in MIG mode, which is not billed itself (its unallocated slices are, elsewhere).
     # String work (profile, name) runs only in the MIG branches. metric: 1 util_gpu_pct,
     # 2 gr_engine_active_pct, 3 sm_active_pct, null without evidence.
@@ -73,7 +71,7 @@ def _samples_sql(src: str, s: AnalyzeSettings) -> str:
              CASE WHEN util_gpu_pct IS NOT NULL THEN 1 WHEN gr_engine_active_pct IS NOT NULL THEN 2
                   WHEN sm_active_pct IS NOT NULL THEN 3 END AS metric,
              CAST(sm_active_pct AS DOUBLE) AS sm,
-             mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error,
+             mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error, k8s_namespace,
              CASE WHEN parent_uuid IS NOT NULL OR mig_mode THEN
                   (CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END) END AS total_slices,
              CASE WHEN parent_uuid IS NOT NULL THEN TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) END AS slices
@@ -90,6 +88,58 @@ def _window_where(s: AnalyzeSettings, *extra: str) -> str:
     if s.until:
         where.append(f"ts < TIMESTAMPTZ '{s.until.isoformat()}'")
     return ("WHERE " + " AND ".join(where)) if where else ""
+
+
+def rollups_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
+    """Rollup files, with ``k8s_namespace`` as a typed NULL where no file has it (schema version 1)."""
+    src = f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    return src if "k8s_namespace" in have else f"(SELECT *, CAST(NULL AS VARCHAR) AS k8s_namespace FROM {src})"
+
+
+def namespaces(con: duckdb.DuckDBPyConnection, src: str | None, rfiles: list[str], s: AnalyzeSettings,
+               devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each device's spend, waste and idle cost split among the Kubernetes namespaces its samples name
+    (DCGM imports label each sample with the pod then on the GPU): spend and GPU-hours by the
+    namespace's share of the device's dt, waste by its share of dt x (1 - u/100) over samples with
+    evidence, idle by its share of idle time (each falls back to the dt share where the device's
+    weight is 0). Samples without a namespace form the ``null`` namespace, so the namespaces add up to
+    the priced devices' totals. Empty (and no second scan) when no sample names a namespace."""
+    rsrc = rollups_source(con, rfiles) if rfiles else None
+    probes = ([f"SELECT 1 FROM {src} WHERE k8s_namespace IS NOT NULL"] if src else []) + \
+             ([f"SELECT 1 FROM {rsrc} WHERE k8s_namespace IS NOT NULL"] if rsrc else [])
+    if not probes or not con.execute(f"SELECT EXISTS ({' UNION ALL '.join(probes)})").fetchall()[0][0]:  # all rows fetched: nothing left open
+        return []
+    parts = []
+    if src:
+        parts.append(f"""SELECT host, uuid, k8s_namespace AS ns, sum(dt) AS dt,
+                 coalesce(sum(CASE WHEN u IS NOT NULL THEN dt * (1 - u / 100) END), 0) AS waste_w,
+                 coalesce(sum(CASE WHEN u < {float(s.idle_below)} THEN dt END), 0) AS idle_dt
+          FROM ({_samples_sql(src, s)}) GROUP BY ALL""")
+    if rsrc:
+        parts.append(f"""SELECT host, uuid, k8s_namespace AS ns, sum(dt_s) AS dt, sum(ev_dt_s - u_dt / 100) AS waste_w,
+                 sum(idle_dt_s) AS idle_dt
+          FROM {rsrc} {_window_where(s)} GROUP BY ALL""")
+    df = con.execute(f"SELECT host, uuid, ns, sum(dt) AS dt, sum(waste_w) AS waste_w, sum(idle_dt) AS idle_dt "
+                     f"FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL").df()
+    by_dev = {(d["host"], d["uuid"]): d for d in devices}
+    tot = {k: (float(r["dt"]), float(r["waste_w"]), float(r["idle_dt"]))
+           for k, r in df.groupby(["host", "uuid"])[["dt", "waste_w", "idle_dt"]].sum().iterrows()}
+    out: dict[Any, dict[str, Any]] = {}
+    for r in df.itertuples(index=False):  # one row per device and namespace: a Python loop over devices
+        d = by_dev.get((r.host, r.uuid))
+        if d is None or d.get("spend_usd") is None:
+            continue
+        t_dt, t_waste, t_idle = tot[(r.host, r.uuid)]
+        dt_share = r.dt / t_dt if t_dt > 0 else 0.0
+        ns = None if r.ns is None or (isinstance(r.ns, float) and r.ns != r.ns) else r.ns
+        e = out.setdefault(ns, {"namespace": ns, "devices": 0, "gpu_hours": 0.0, "spend_usd": 0.0, "waste_usd": 0.0, "idle_usd": 0.0})
+        e["devices"] += 1
+        e["gpu_hours"] += d["gpu_hours"] * dt_share
+        e["spend_usd"] += d["spend_usd"] * dt_share
+        e["waste_usd"] += (d["waste_usd"] or 0.0) * (r.waste_w / t_waste if t_waste > 0 else dt_share)
+        e["idle_usd"] += (d["idle_usd"] or 0.0) * (r.idle_dt / t_idle if t_idle > 0 else dt_share)
+    return sorted(out.values(), key=lambda e: -e["spend_usd"])
 
 
 def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], s: AnalyzeSettings) -> pd.DataFrame:
@@ -533,6 +583,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
                             "underused_usd": max(0.0, fleet["waste_usd"] - fleet["idle_usd"])}
 
     step(ANALYZE_STAGES[3])
+    ns_costs = namespaces(con, src, rfiles, s, devices)
     procs = top_processes(con, roots, s)
     for d in devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))
@@ -574,6 +625,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
         "fleet": fleet,
         "devices": devices,
         "models": att["models"],
+        "namespaces": ns_costs,
         "api_prices": [vars(a) for a in pricing.api.values()],
         "recommendations": [],
         "series": series,

@@ -104,7 +104,8 @@ def build_sections(f: dict[str, Any], charts: dict[str, str]) -> list[Section]:
             chart("distribution", "Utilization distribution", "Device-hours in each 10 % utilization band."),
         ]),
         Section("memory", "Memory headroom", [chart("memory", "Peak and p95 memory against total")]),
-        Section("spend", "Where the money goes", [chart("spend", "Spend: productive, under-used, idle")]),
+        Section("spend", "Where the money goes", [chart("spend", "Spend: productive, under-used, idle")]
+                + ([Block("namespaces", data={"namespaces": f["namespaces"]})] if f.get("namespaces") else [])),
         Section("tokens", "Cost per token", [chart("tokens", "Cost per 1M output tokens per model, by hour"), models_table(f)]),
         Section("devices", "Devices", [device_table(f)], "Click a column to sort; type to filter."),
         Section("method", "How these numbers are computed", [definitions(f)]),

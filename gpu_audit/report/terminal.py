@@ -45,6 +45,12 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
             t.add_row(escape(m["model"]), fmt_num(m["prompt_tokens"]), fmt_num(m["completion_tokens"]), fmt_usd(m["cost_usd"]),
                       fmt_usd(m["cost_per_1m_output_tokens"], 3), fmt_usd(m["cost_per_1m_tokens"], 3))
         console.print(t)
+    if f.get("namespaces"):
+        t = Table("namespace", "devices", "GPU-hours", "spend", "waste", "idle cost", title="Kubernetes namespaces", title_justify="left")
+        for n in f["namespaces"][:top]:
+            t.add_row(escape(n["namespace"]) if n["namespace"] is not None else "(none)", str(n["devices"]), fmt_num(n["gpu_hours"], 1),
+                      fmt_usd(n["spend_usd"]), fmt_usd(n["waste_usd"]), fmt_usd(n["idle_usd"]))
+        console.print(t)
         console.print(f"unattributed GPU cost (hosts without tokens): {fmt_usd(fl['unattributed_usd'])}")
     q = f["data_quality"]
     for d in q["unpriced_devices"]:

@@ -29,10 +29,10 @@ from gpu_audit.store.schema import ROLLUPS, with_version
 from gpu_audit.store.writer import write_parquet_atomic
 
 
-def _rollup_sql(files: list[str], resolution_s: float, idle_below: float) -> str:
-    from gpu_audit.analyze.engine import _samples_sql, AnalyzeSettings, _sql_list
+def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: float, idle_below: float) -> str:
+    from gpu_audit.analyze.engine import _samples_sql, AnalyzeSettings, samples_source
 
-    src = f"read_parquet({_sql_list(files)}, union_by_name = true, hive_partitioning = false)"
+    src = samples_source(con, files)  # every column of the current schema, typed NULL where a file lacks it
     res_us = int(resolution_s * 1e6)
     return f"""
     WITH s AS ({_samples_sql(src, AnalyzeSettings())}),
@@ -44,7 +44,7 @@ def _rollup_sql(files: list[str], resolution_s: float, idle_below: float) -> str
     )
     SELECT make_timestamptz((ts_us // {res_us}) * {res_us}) AS ts, host, uuid,
            any_value(parent_uuid) AS parent_uuid, CAST(NULL AS INTEGER) AS "index", any_value(name) AS name,
-           any_value(mig_profile) AS mig_profile, bool_or(mig_mode) AS mig_mode,
+           any_value(mig_profile) AS mig_profile, bool_or(mig_mode) AS mig_mode, k8s_namespace,
            {resolution_s} AS resolution_s, {idle_below} AS idle_below_pct,
            count(*) AS n, sum(dt) AS dt_s,
            coalesce(sum(CASE WHEN u IS NOT NULL THEN dt END), 0) AS ev_dt_s, coalesce(sum(u * dt), 0) AS u_dt,
@@ -56,8 +56,8 @@ def _rollup_sql(files: list[str], resolution_s: float, idle_below: float) -> str
            coalesce(sum(CASE WHEN metric = 3 THEN dt END), 0) AS sm_active_dt_s,
            sum(free_dt) AS free_dt_s, max(mem_used_bytes) AS mem_max_bytes, max(mem_total_bytes) AS mem_total_bytes,
            make_timestamptz(min(ts_us)) AS first_ts, make_timestamptz(CAST(max(ts_us + dt * 1e6) AS BIGINT)) AS end_ts
-    FROM f GROUP BY host, uuid, ts_us // {res_us}
-    ORDER BY host, uuid, ts
+    FROM f GROUP BY host, uuid, ts_us // {res_us}, k8s_namespace
+    ORDER BY host, uuid, ts, k8s_namespace
     """
 
 
@@ -92,7 +92,7 @@ def _rollup_days(con: duckdb.DuckDBPyConnection, root: str, base: str, cutoff: d
             files = [os.path.join(raw_dir, n) for n in sorted(os.listdir(raw_dir)) if is_data_file(n)]
             if not files:
                 continue
-            table = con.sql(_rollup_sql(files, resolution_s, idle_below)).to_arrow_table()
+            table = con.sql(_rollup_sql(con, files, resolution_s, idle_below)).to_arrow_table()
             table = table.cast(with_version(ROLLUPS))
             import pyarrow.compute as pc
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rollups keep k8s_namespace (older files read it as null)
 TS = pa.timestamp("us", tz="UTC")
 
 SAMPLES = pa.schema(
@@ -127,6 +127,7 @@ ROLLUPS = pa.schema(
         ("name", pa.string()),
         ("mig_profile", pa.string()),
         ("mig_mode", pa.bool_()),
+        ("k8s_namespace", pa.string()),  # a minute's rows split by namespace where samples carry one (DCGM imports)
         ("resolution_s", pa.float32()),
         ("idle_below_pct", pa.float32()),
         ("n", pa.int64()),
