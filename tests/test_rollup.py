@@ -83,3 +83,16 @@ def test_a_damaged_file_is_one_line_and_the_day_stays_raw(run_cli, tmp_path):
     code, _, err = run_cli("rollup", out, "--older-than", "1m")
     assert code == 2 and err.splitlines()[0].startswith(f"Error: cannot read {victim}: ")
     assert victim.exists() and not list(Path(out).glob("rollups/*/*/*.parquet"))
+
+
+def test_a_version_1_rollup_without_k8s_namespace_is_read(store):
+    """Schema version 1 rollups have no k8s_namespace column: they read as before, with no namespaces."""
+    import pyarrow.parquet as pq
+
+    before = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    rollup(store, 0, 60, now=datetime(2026, 11, 29, 0, 0, 1, tzinfo=timezone.utc))
+    for f in Path(store, "rollups").rglob("*.parquet"):
+        t = pq.read_table(f)
+        pq.write_table(t.drop_columns(["k8s_namespace"]), f)
+    after = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    assert after["namespaces"] == [] and after["fleet"]["spend_usd"] == pytest.approx(before["fleet"]["spend_usd"], rel=1e-9)
