@@ -451,6 +451,10 @@ def import_prometheus_text(
     res = run_import(files, local, parse_time(at, "--at") if at else None, _seconds(interval, "--interval"))
     _console().print(f"imported {res.rows:,} samples of {res.devices} devices on {len(res.hosts)} host(s) and {res.engine_rows:,} engine rows",
                      soft_wrap=True)
+    if res.single_point:
+        _console(stderr=True).print(f"[yellow]warning:[/] {res.single_point} device(s) have one point in time: each sample stands for "
+                                    "0 s and costs nothing; give --interval (the exporter's scrape interval, e.g. 30s) to count it",
+                                    soft_wrap=True)
     _finish_upload(uri, s3_endpoint)
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import socket
 import subprocess
@@ -189,3 +191,39 @@ def test_saved_scrape_that_is_not_text(run_cli, tmp_path):
     assert code == 2 and line.startswith(f"Error: {p}:3: not Prometheus text or OpenMetrics: ")
     assert "\x1b" not in err and "\x00" not in err and len(line) < len(str(p)) + 140
     assert not (tmp_path / "s" / "samples").exists()
+
+
+NO_MODEL_NAME = """# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-aaaaaaaa-0000-0000-0000-000000000000",device="nvidia0",Hostname="node-1"} 0
+# TYPE DCGM_FI_DEV_FB_USED gauge
+DCGM_FI_DEV_FB_USED{gpu="0",UUID="GPU-aaaaaaaa-0000-0000-0000-000000000000",device="nvidia0",Hostname="node-1"} 0
+"""
+
+
+def test_a_single_scrape_without_a_model_name_reports_without_a_claim(run_cli, tmp_path):
+    """A series with no modelName label is unpriced, not a crash; one point without --interval is said to
+    stand for no time; with --interval 30 s it is 30 s of evidence: too little for any monthly claim."""
+    p = tmp_path / "x.prom"
+    p.write_text(NO_MODEL_NAME)
+    store = str(tmp_path / "s")
+    code, _, err = run_cli("import", "prometheus-text", str(p), "--at", "2026-11-28T00:00:00Z", "--out", store)
+    assert code == 0 and "warning: 1 device(s) have one point in time" in err and "give --interval" in err
+    out = tmp_path / "f.json"
+    code, _, err = run_cli("report", store, "--json", str(out))
+    assert code == 0 and "Traceback" not in err, err
+    f = json.loads(out.read_text())
+    assert f["data_quality"]["devices_without_evidence"][0]["why"].startswith("its samples stand for no time")
+    assert f["data_quality"]["unpriced_devices"] == [{"host": "node-1", "uuid": "GPU-aaaaaaaa-0000-0000-0000-000000000000", "name": None}]
+
+    store2 = str(tmp_path / "s2")
+    code, _, err = run_cli("import", "prometheus-text", str(p), "--at", "2026-11-28T00:00:00Z", "--interval", "30s", "--out", store2)
+    assert code == 0 and "warning" not in err
+    pricing = tmp_path / "p.toml"
+    pricing.write_text('[host]\n"node-1" = 2.0\n')
+    code, _, err = run_cli("report", store2, "--pricing", str(pricing), "--json", str(out))
+    assert code == 0, err
+    f = json.loads(out.read_text())
+    assert f["recommendations"] == [] and f["fleet"]["spend_usd"] == pytest.approx(2.0 * 30 / 3600)
+    assert f["data_quality"]["devices_not_assessed"] == [
+        {"host": "node-1", "uuid": "GPU-aaaaaaaa-0000-0000-0000-000000000000", "why": "observed 0.01 h < 1 h"}]

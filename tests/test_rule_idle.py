@@ -46,3 +46,11 @@ def test_daily_pattern_says_schedule():
 ])
 def test_silent(utils, extra):
     assert rule(findings([device("h", "GPU-4", L40S, 1.0, utils, 0, **extra)], 24), S) == []
+
+
+def test_silent_on_a_device_observed_for_less_than_min_covered_hours():
+    # One idle hour fully covered: a claim; the same device observed for 0.5 h: too little time to scale to a month.
+    assert len(rule(findings([device("h", "GPU-1", L40S, 2.0, [0], 0, covered_hours=1.0)], 1), S)) == 1
+    assert rule(findings([device("h", "GPU-1", L40S, 2.0, [0], 0, covered_hours=0.5)], 1), S) == []
+    assert len(rule(findings([device("h", "GPU-1", L40S, 2.0, [0], 0, covered_hours=0.5)], 1),
+                    RecommendSettings(min_covered_hours=0.25))) == 1

@@ -489,7 +489,8 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
 
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.
     devs = dh.groupby(["host", "uuid"], as_index=False).agg(name=("name", "first"))
-    prices = {(h, u): pricing.price(h, n) for h, u, n in devs.itertuples(index=False)}
+    # A device without a name (a DCGM series without modelName) is NaN here: no name, not a float.
+    prices = {(h, u): pricing.price(h, n if isinstance(n, str) else None) for h, u, n in devs.itertuples(index=False)}
     dh["price"] = [prices[(h, u)].per_hour if prices[(h, u)] else np.nan for h, u in zip(dh["host"], dh["uuid"])]
     dh["free_dt"] = dh["free_dt"].astype(float).fillna(0.0)
     p = dh["price"].fillna(0.0)
@@ -523,7 +524,7 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
                      key=lambda kv: kv[1] or 0)
         has_ev = r.ev_dt > 0
         d = {
-            "host": r.host, "uuid": r.uuid, "name": r.name,
+            "host": r.host, "uuid": r.uuid, "name": None if pd.isna(r.name) else r.name,
             "parent_uuid": None if pd.isna(r.parent_uuid) else r.parent_uuid,
             "mig_profile": None if pd.isna(r.mig_profile) else r.mig_profile,
             "mig_mode": bool(r.mig_mode), "share": float(r.share),
@@ -541,17 +542,20 @@ def _analyze(con: duckdb.DuckDBPyConnection, roots: list[str], pricing: Pricing,
             "unallocated_usd": r.unalloc_usd if pr and parent_in_mig else None,
             "waste_sm_active_usd": r.sm_waste_usd if pr and r.sm_share_dt > 0 else None,
             "coverage_pct": 100 * r.dt_s / window_s if window_s > 0 else None,
+            "covered_hours": r.dt_s / 3600,
             "error_hours": r.error_dt / 3600,
         }
         devices.append(d)
         if pr is None:
-            unpriced.append({"host": r.host, "uuid": r.uuid, "name": r.name})
+            unpriced.append({"host": r.host, "uuid": r.uuid, "name": d["name"]})
         if not has_ev and not parent_in_mig:
-            no_evidence.append({"host": r.host, "uuid": r.uuid, "name": r.name, "mig_profile": d["mig_profile"],
-                                "why": "no utilization reading (MIG device without GPM or DCGM)" if d["parent_uuid"]
+            no_evidence.append({"host": r.host, "uuid": r.uuid, "name": d["name"], "mig_profile": d["mig_profile"],
+                                "why": "its samples stand for no time (interval_s 0: a single imported point; import with --interval)"
+                                if not r.dt_s else
+                                "no utilization reading (MIG device without GPM or DCGM)" if d["parent_uuid"]
                                 else "no utilization reading"})
         if d["error_hours"] > 0:  # billed, with no utilization reading: the device could not be read
-            read_errors.append({"host": r.host, "uuid": r.uuid, "name": r.name, "error_hours": d["error_hours"]})
+            read_errors.append({"host": r.host, "uuid": r.uuid, "name": d["name"], "error_hours": d["error_hours"]})
         missing = window_s - r.dt_s
         if not parent_in_mig and window_s > 0 and missing > max(0.01 * window_s, 60):
             gaps.append({"host": r.host, "uuid": r.uuid, "missing_hours": missing / 3600,

@@ -126,7 +126,10 @@ def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = 
     findings["data_quality"]["devices_not_assessed"] = [
         {"host": d["host"], "uuid": d["uuid"],
          "why": "no utilization reading" if d.get("mean_util_pct") is None else
-                "unpriced" if d.get("spend_usd") is None else f"coverage {d.get('coverage_pct') or 0:.0f}% < {rs.min_coverage_pct:.0f}%"}
+                "unpriced" if d.get("spend_usd") is None else
+                f"coverage {d.get('coverage_pct') or 0:.0f}% < {rs.min_coverage_pct:.0f}%"
+                if (d.get("coverage_pct") or 0) < rs.min_coverage_pct else
+                f"observed {d.get('covered_hours') or 0:.2f} h < {rs.min_covered_hours:g} h"}
         for d in findings["devices"]
         if not (d.get("mig_mode") and not d.get("parent_uuid")) and not eligible(d, rs)]
     return findings

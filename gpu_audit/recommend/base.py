@@ -39,6 +39,7 @@ class RecommendSettings:
     """Every threshold a rule uses; shown in the report beside each recommendation."""
 
     min_coverage_pct: float = 50.0  # less coverage than this: too little evidence for any claim
+    min_covered_hours: float = 1.0  # less time observed than this: too little to scale to a month
     busy_mean_util_pct: float = 70.0  # a device this busy gets no idle/right-size/MIG/consolidation claim
     idle_hour_share: float = 0.9  # an hour is idle when this share of its covered time is idle
     idle_min_stretch_hours: int = 1
@@ -79,9 +80,10 @@ def is_parent_in_mig(d: dict[str, Any]) -> bool:
 
 
 def eligible(d: dict[str, Any], s: RecommendSettings) -> bool:
-    """Enough evidence for a claim: a utilization reading, coverage, a price."""
+    """Enough evidence for a claim: a utilization reading, coverage, enough time observed, a price."""
     return (d.get("mean_util_pct") is not None and d.get("spend_usd") is not None
-            and (d.get("coverage_pct") or 0) >= s.min_coverage_pct)
+            and (d.get("coverage_pct") or 0) >= s.min_coverage_pct
+            and d.get("covered_hours", s.min_covered_hours) >= s.min_covered_hours)
 
 
 def busy(d: dict[str, Any], s: RecommendSettings) -> bool:

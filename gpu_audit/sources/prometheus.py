@@ -66,6 +66,7 @@ class PromImport:
     queries: int = 0
     hosts: list[str] = field(default_factory=list)
     metrics_found: list[str] = field(default_factory=list)
+    single_point: int = 0  # devices with one point in time and no --interval: their samples stand for 0 s
 
 
 def _host(labels: dict[str, str]) -> str:
@@ -135,6 +136,7 @@ class Assembler:
             ts_sorted = sorted(points)
             gaps = [b - a for a, b in zip(ts_sorted, ts_sorted[1:]) if b > a]
             nominal = interval_s or (statistics.median(gaps) if gaps else 0.0)
+            res.single_point += not nominal
             prev = None
             ident = self.ident[(host, uuid)]
             for t in ts_sorted:
