@@ -1,7 +1,7 @@
 """Token-log benchmark: `report --json` with per-request token logs of 1M and 10M records.
 
 A small store (16 GPUs on 4 hosts, one day at 60 s) and token logs of N requests over that day
-(4 models, gpu_uuid on every record), as Parquet and, for the smaller sizes, as JSONL. Each report
+(4 models, gpu_uuid on every record), as Parquet and, for the smaller sizes, as JSONL and CSV. Each report
 runs in a fresh process; its wall time and peak RSS are printed. The per-request records are
 aggregated in DuckDB over the Arrow table (model, host and GPU strings dictionary-encoded), so memory
 should grow with the log's own size, not with Python objects per record.
@@ -48,7 +48,7 @@ def build_store(path: Path) -> None:
     (path / ".complete").write_text("ok")
 
 
-def build_tokens(n: int, parquet: Path, jsonl: Path | None) -> None:
+def build_tokens(n: int, parquet: Path, jsonl: Path | None, csv_path: Path | None = None) -> None:
     rng = np.random.default_rng(3)
     if not parquet.exists():
         gpu = rng.integers(0, HOSTS * GPUS_PER_HOST, n)
@@ -58,6 +58,10 @@ def build_tokens(n: int, parquet: Path, jsonl: Path | None) -> None:
             "prompt_tokens": rng.lognormal(7, 0.5, n).astype(np.int64), "completion_tokens": rng.lognormal(5, 0.8, n).astype(np.int64),
             "gpu_uuid": np.array([f"GPU-{g // GPUS_PER_HOST}-{g % GPUS_PER_HOST}" for g in range(16)], dtype=object)[gpu]})
         pq.write_table(table, parquet, compression="zstd")
+    if csv_path is not None and not csv_path.exists():
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(pq.read_table(parquet), csv_path)
     if jsonl is not None and not jsonl.exists():
         t = pq.read_table(parquet)
         t = t.set_column(0, "timestamp", pa.array(t["timestamp"].cast(pa.int64()).to_numpy() / 1e6))
@@ -90,9 +94,10 @@ def main() -> None:
         n = int(float(label[:-1]) * {"K": 1e3, "M": 1e6}[label[-1]])
         pq_path = Path(f"/tmp/gpu-audit-bench-tokens-{label}.parquet")
         js_path = Path(f"/tmp/gpu-audit-bench-tokens-{label}.jsonl") if n <= 2_000_000 else None
-        build_tokens(n, pq_path, js_path)
+        csv_path = Path(f"/tmp/gpu-audit-bench-tokens-{label}.csv") if n <= 2_000_000 else None
+        build_tokens(n, pq_path, js_path, csv_path)
         results = {}
-        for fmt, path in (("parquet", pq_path), ("jsonl", js_path)):
+        for fmt, path in (("parquet", pq_path), ("jsonl", js_path), ("csv", csv_path)):
             if path is None:
                 continue
             r = subprocess.run([sys.executable, __file__, "--one", str(store), str(path)], capture_output=True, text=True, cwd=ROOT)

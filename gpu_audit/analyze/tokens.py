@@ -222,13 +222,46 @@ def _jsonl_fast(path: str) -> pa.Table | None:
     return out if pc.all(ok).as_py() is not False else None
 
 
+def _csv_fast(path: str) -> pa.Table | None:
+    """A clean CSV log read by pyarrow's CSV reader, vectorised. None where the file needs the
+    line-by-line reader: missing columns (it says which), counts that are not whole numbers, or any
+    record it would reject (so that rejected records are named by their line)."""
+    import pyarrow.csv as pcsv
+
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            header = set(next(csv.reader(f), []))
+    except OSError:
+        return None
+    need = {"model", "host", "prompt_tokens", "completion_tokens"}
+    if not need <= header or not ({"timestamp", "created"} & header):
+        return None
+    wanted = [c for c in ("timestamp", "created", "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid") if c in header]
+    text = {c: pa.string() for c in ("model", "host", "gpu_uuid")}  # a host named 123 is still a name
+    try:
+        t = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=wanted, column_types=text,
+                                                                    strings_can_be_null=True))
+    except (pa.ArrowException, OSError):
+        return None
+    if not all(pa.types.is_integer(t[c].type) for c in ("prompt_tokens", "completion_tokens")):
+        return None
+    try:
+        times = [_to_ts(t[c]) for c in ("timestamp", "created") if c in t.column_names]
+    except ValueError:
+        return None
+    ts = times[0] if len(times) == 1 else pc.coalesce(*times)
+    out, ok = _tokens_table(ts, t["model"], t["host"], t["prompt_tokens"], t["completion_tokens"],
+                            t["gpu_uuid"] if "gpu_uuid" in t.column_names else None)
+    return out if pc.all(ok).as_py() is not False else None
+
+
 READERS = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_jsonl, ".csv": _rows_csv, ".parquet": None}
 
 
 def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -> TokenLog:
     cols: dict[str, list[Any]] = {n: [] for n in TOKENS.names}
     log = TokenLog(table=TOKENS.empty_table(), files=list(paths))
-    tables: list[pa.Table] = []  # vectorised reads: Parquet, and JSONL that pyarrow's reader takes whole
+    tables: list[pa.Table] = []  # vectorised reads: Parquet, and JSONL or CSV that pyarrow's readers take whole
     for path in paths:
         ext = os.path.splitext(path)[1].lower()
         if ext not in READERS:
@@ -237,8 +270,8 @@ def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -
         if not os.path.exists(path):
             raise TokenLogError(f"token log not found: {path}")
         reader = READERS[ext]
-        if reader is _rows_jsonl:
-            fast = _jsonl_fast(path)
+        if reader in (_rows_jsonl, _rows_csv):
+            fast = _jsonl_fast(path) if reader is _rows_jsonl else _csv_fast(path)
             if fast is not None:
                 tables.append(fast)
                 continue

@@ -1,4 +1,4 @@
-"""JSONL token logs: the vectorised reader (pyarrow's JSON reader) gives exactly what the line-by-line
+"""JSONL and CSV token logs: the vectorised readers (pyarrow's JSON and CSV readers) give exactly what the line-by-line
 reader gives, and hands every file it cannot take whole back to it (so bad lines keep their numbers)."""
 
 from __future__ import annotations
@@ -103,3 +103,39 @@ def test_the_shipped_example_logs_load_whole():
     # flat, fractional-second, epoch and OpenAI-style records: 5 in the JSONL, 3 in the CSV
     assert sum(t["completion_tokens"].to_pylist()) == (231 + 98 + 37 + 412 + 133) + (231 + 98 + 37)
     assert sum(t["prompt_tokens"].to_pylist()) == (1480 + 6120 + 388 + 1702 + 5876) + (1480 + 6120 + 388)
+
+
+def _write_csv(path, recs, style):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid", "request_id"])
+        for k, r in enumerate(recs):
+            w.writerow([STYLES[style](r["s"]), r["model"], r["host"], r["p"], r["c"], r["gpu"] or "", f"req-{k}"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(recs=st.lists(record, min_size=1, max_size=30), style=st.sampled_from(sorted(STYLES)))
+def test_the_vectorised_csv_reader_equals_the_line_reader(tmp_path, monkeypatch, recs, style):
+    path = tmp_path / "t.csv"
+    _write_csv(path, recs, style)
+    assert tk._csv_fast(str(path)) is not None
+    with monkeypatch.context() as m:
+        m.setattr(tk, "_csv_fast", lambda path: None)
+        slow = tk.load_tokens([str(path)])
+    assert _rows(tk.load_tokens([str(path)])) == _rows(slow)
+
+
+@pytest.mark.parametrize("text, example", [
+    ("timestamp,model,host,prompt_tokens,completion_tokens\n2026-11-28T00:05:00,m,h,10,20\n2026-11-28T00:06:00,m,h,x,1\n",
+     "t.csv:3: could not convert string to float: 'x'"),
+    ("timestamp,model,host,prompt_tokens,completion_tokens\n2026-11-28T00:05:00,m,,10,20\n", "t.csv:2: no host"),
+    ("timestamp,model,host,prompt_tokens,completion_tokens\n1795824000,m,h,-3,20\n", "t.csv:2: prompt_tokens must be"),
+])
+def test_csv_files_with_problems_go_to_the_line_reader_with_line_numbers(tmp_path, text, example):
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    assert tk._csv_fast(str(path)) is None
+    log = tk.load_tokens([str(path)])
+    assert log.bad == 1 and log.bad_examples[0].startswith(f"{tmp_path}/{example}")
