@@ -1,5 +1,6 @@
-"""JSONL and CSV token logs: the vectorised readers (pyarrow's JSON and CSV readers) give exactly what the line-by-line
-reader gives, and hands every file it cannot take whole back to it (so bad lines keep their numbers)."""
+"""JSONL and CSV token logs: the vectorised readers (pyarrow's JSON and CSV readers) give exactly what
+the line-by-line reader gives, and hand every file they cannot take whole back to it (so bad lines
+keep their numbers)."""
 
 from __future__ import annotations
 
