@@ -45,7 +45,7 @@ app = typer.Typer(
 import_app = typer.Typer(help="Import telemetry you already have into a store.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 schedule_app = typer.Typer(help="Cron lines or systemd units for unattended collect, report and prune.", no_args_is_help=True)
-app.add_typer(schedule_app, name="schedule")
+app.add_typer(schedule_app, name="schedule", rich_help_panel="Fleet operations")
 
 
 def _schedule_files(cron: bool, systemd: bool, store: str, report_to: str, interval: str, keep: str, fail_on: float,
@@ -107,7 +107,7 @@ def schedule_install(
         c.print("then: systemctl daemon-reload && systemctl enable --now gpu-audit-collect.service gpu-audit-report.timer gpu-audit-prune.timer")
 
 
-@app.command()
+@app.command(rich_help_panel="Fleet operations")
 def prune(
     store: str = typer.Argument(..., help="The store folder."),
     keep: str = typer.Option(..., "--keep", help="Keep this much: 90d, 12w."),
@@ -123,7 +123,7 @@ def prune(
     c.print(f"{len(removed)} partition(s) {'to remove' if dry_run else 'removed'}")
 
 
-@app.command()
+@app.command(rich_help_panel="Fleet operations")
 def rollup(
     store: str = typer.Argument(..., help="The store folder."),
     older_than: str = typer.Option("7d", "--older-than", help="Roll up whole days that ended longer ago than this."),
@@ -140,7 +140,7 @@ def rollup(
     c.print(f"rolled up {len(done)} day(s)")
 
 
-@app.command()
+@app.command(rich_help_panel="Fleet operations")
 def compact(
     store: str = typer.Argument(..., help="The store folder."),
 ) -> None:
