@@ -178,6 +178,20 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
     return out.filter(ok)
 
 
+def _whole(t: pa.Table, prompt: pa.ChunkedArray, completion: pa.ChunkedArray) -> pa.Table | None:
+    """The token table of a file a vectorised reader took whole, or None (for the line reader) where a
+    time cannot be read or any record would be rejected."""
+    try:
+        times = [_to_ts(t[c]) for c in ("timestamp", "created") if c in t.column_names]
+    except ValueError:
+        return None
+    if not times:
+        return None
+    ts = times[0] if len(times) == 1 else pc.coalesce(*times)
+    out, ok = _tokens_table(ts, t["model"], t["host"], prompt, completion, t["gpu_uuid"] if "gpu_uuid" in t.column_names else None)
+    return out if pc.all(ok).as_py() is not False else None
+
+
 def _jsonl_fast(path: str) -> pa.Table | None:
     """A clean JSONL log read by pyarrow's JSON reader, vectorised (flat records and OpenAI-style
     ``usage`` bodies alike). None where the file needs the line-by-line reader: JSON that does not
@@ -211,15 +225,7 @@ def _jsonl_fast(path: str) -> pa.Table | None:
             or not all(pa.types.is_string(c.type) for c in labels)
             or ("gpu_uuid" in names and not (pa.types.is_string(t["gpu_uuid"].type) or pa.types.is_null(t["gpu_uuid"].type)))):
         return None
-    try:
-        times = [_to_ts(t[c]) for c in ("timestamp", "created") if c in names]
-    except ValueError:
-        return None
-    if not times:
-        return None
-    ts = times[0] if len(times) == 1 else pc.coalesce(*times)
-    out, ok = _tokens_table(ts, t["model"], t["host"], prompt, completion, t["gpu_uuid"] if "gpu_uuid" in names else None)
-    return out if pc.all(ok).as_py() is not False else None
+    return _whole(t, prompt, completion)
 
 
 def _csv_fast(path: str) -> pa.Table | None:
@@ -245,14 +251,7 @@ def _csv_fast(path: str) -> pa.Table | None:
         return None
     if not all(pa.types.is_integer(t[c].type) for c in ("prompt_tokens", "completion_tokens")):
         return None
-    try:
-        times = [_to_ts(t[c]) for c in ("timestamp", "created") if c in t.column_names]
-    except ValueError:
-        return None
-    ts = times[0] if len(times) == 1 else pc.coalesce(*times)
-    out, ok = _tokens_table(ts, t["model"], t["host"], t["prompt_tokens"], t["completion_tokens"],
-                            t["gpu_uuid"] if "gpu_uuid" in t.column_names else None)
-    return out if pc.all(ok).as_py() is not False else None
+    return _whole(t, t["prompt_tokens"], t["completion_tokens"])
 
 
 READERS = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_jsonl, ".csv": _rows_csv, ".parquet": None}
