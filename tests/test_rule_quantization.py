@@ -40,7 +40,8 @@ def test_a_bf16_model_sharded_over_more_gpus_than_fp8_needs():
     # 70e9 params: BF16 140e9 B x 1.2 headroom = 168e9 > 2 x (80 GiB x 0.9 = 77.3e9): 4 GPUs per replica;
     # FP8 84e9 B: 2 per replica. 8 GPUs at 20 %: memory needs 8 x 2/4 = 4, compute ceil(160 / (80 x 1.6)) = 2.
     (r,) = quantization(findings(_fleet(8, 20), 24, [model("llama-3.1-70b", ["inf"])]), S)
-    assert r.evidence["gpus_per_replica_bf16"] == 4 and r.evidence["gpus_per_replica_fp8"] == 2
+    assert r.evidence["gpus_per_replica_bf16"] == 4 and r.evidence["gpus_per_replica_quantized"] == 2
+    assert r.evidence["format"] == "FP8 (W8A8)"
     assert r.evidence["gpus_per_replica_int4"] == 1
     assert (r.evidence["gpus_for_memory"], r.evidence["gpus_for_peak_compute"], r.evidence["gpus_after"]) == (4, 2, 4)
     assert len(r.targets) == 8 and r.confidence == "low" and "FP8" in r.title
@@ -61,7 +62,8 @@ def test_h200_halves_and_ampere_gets_int8():
     assert (r.evidence["gpus_per_replica_bf16"], r.evidence["gpus_after"]) == (2, 1)
     assert r.monthly_savings_usd == pytest.approx(2 * 4.0 * 24 / 2 * 730 / 24)
     (a,) = quantization(findings(_fleet(8, 20, 71, A100), 24, [model("llama-3.1-70b", ["inf"])]), S)
-    assert "INT8 weight-only" in a.title and a.evidence["gpus_per_replica_int8"] == 2
+    assert "INT8 weight-only" in a.title and a.evidence["gpus_per_replica_quantized"] == 2
+    assert a.evidence["format"] == "INT8 weight-only (W8A16)"
 
 
 @pytest.mark.parametrize("name, n, mem", [

@@ -80,6 +80,9 @@ _PARAMS = re.compile(r"(?<![A-Za-z0-9.x])(\d+(?:\.\d+)?)\s*[bB](?![A-Za-z0-9])")
 _QUANTIZED = re.compile(r"fp8|fp4|int8|int4|awq|gptq|w4a16|w8a8|w8a16|[48]-?bit|nf4|gguf|exl2|bnb|q[2-8]_", re.IGNORECASE)
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 ENGINE_MEMORY_SHARE = 0.9  # vLLM's default gpu_memory_utilization: the memory an engine takes for weights and KV
+PUBLISHED = ("FP8 W8A8: 2x less model memory, up to 1.6x throughput (vLLM FP8 docs)",
+             "INT4 AWQ: ~3x less memory and up to 3x faster than FP16 (Qwen AWQ docs)",
+             "FP8 KV cache halves KV bytes per token (vLLM --kv-cache-dtype fp8)")
 
 
 def params_from_name(model: str) -> float | None:
@@ -98,12 +101,12 @@ def gpus_per_replica(weights_bytes: float, memory_bytes: float, headroom: float)
     return n
 
 
-def _sharded(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
+def _sharded(findings: dict[str, Any], s: RecommendSettings, by_model: dict[str, list[dict[str, Any]]]) -> list[Recommendation]:
     """A BF16 model sharded over several GPUs that a quantized copy would fit on fewer, with the measured
     peak compute still carried."""
     out = []
     series = hourly(findings)
-    for model, devs in serving_devices(findings, s).items():
+    for model, devs in by_model.items():
         params = params_from_name(model)
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for d in devs:
@@ -139,8 +142,7 @@ def _sharded(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
                 targets=tuple(target(d) for d in group),
                 evidence={"model": model, "params_from_name": params, "gpu": name, "gpus": len(group),
                           "weights_bf16_bytes": params * WEIGHT_BYTES["bf16"], f"weights_{fmt}_bytes": params * WEIGHT_BYTES[fmt],
-                          "format": label, "gpus_per_replica_bf16": n_now, f"gpus_per_replica_{fmt}": n_q,
-                          "gpus_per_replica_quantized": n_q,
+                          "format": label, "gpus_per_replica_bf16": n_now, "gpus_per_replica_quantized": n_q,
                           "gpus_per_replica_int4": gpus_per_replica(params * WEIGHT_BYTES["int4"], mem, s.memory_headroom),
                           "peak_memory_held_bytes": held, "peak_hourly_util_sum_pct": peak,
                           "gpus_for_memory": by_memory, "gpus_for_peak_compute": by_compute, "gpus_after": after,
@@ -159,10 +161,11 @@ def _sharded(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
 
 def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
     """Memory-bound serving, or a BF16 model sharded over more GPUs than a quantized copy needs."""
-    out = _sharded(findings, s)
+    by_model = serving_devices(findings, s)
+    out = _sharded(findings, s, by_model)
     covered = {(t["host"], t["uuid"]) for r in out for t in r.targets}
     served: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for model, devs in serving_devices(findings, s).items():
+    for model, devs in by_model.items():
         for d in devs:
             if (d["host"], d["uuid"]) not in covered:  # the sharded-model recommendation already speaks for it
                 served[(d["host"], d["uuid"])].append(model)
@@ -176,47 +179,36 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
         if mem_pct < s.quantization_memory_pct and not kv_full:
             continue
         model = find_model(d["name"] or "")
-        published = ["FP8 W8A8: 2x less model memory, up to 1.6x throughput (vLLM FP8 docs)",
-                     "INT4 AWQ: ~3x less memory and up to 3x faster than FP16 (Qwen AWQ docs)",
-                     "FP8 KV cache halves KV bytes per token (vLLM --kv-cache-dtype fp8)"]
         already = [m for m in here if _QUANTIZED.search(m)]
-        if len(already) == len(here):
+        todo = [m for m in here if m not in already]
+        gain = s.fp8_throughput_gain
+        if not todo:
             # Every model here is named as quantized already: the weights are not the lever that the
             # published 1.6x is about. The KV cache (or INT4 weights) still are, with no dollar figure.
             fmt = "an FP8 KV cache (--kv-cache-dtype fp8), or INT4 weight-only (W4A16 / AWQ) weights"
-            out.append(Recommendation(
-                kind="quantization", title=f"{d['host']}: memory-bound serving on {d['name']} ({mem_pct:.0f}% memory) of "
-                                           f"already-quantized {', '.join(here)}: quantize the KV cache",
-                targets=(target(d),),
-                evidence={"peak_memory_pct": mem_pct, "mean_util_pct": d["mean_util_pct"], "models": here,
-                          "already_quantized": already, "kv_cache_full_or_preempting": kv_full,
-                          "engine_metrics": [e for e in engs if e] or None, "format": fmt, "assumed_throughput_gain": None,
-                          "published": published},
-                monthly_savings_usd=0.0, confidence="low",
-                action=f"{', '.join(here)} already run{'s' if len(here) == 1 else ''} in a quantized format (by name): use {fmt} to "
-                       "fit more sequences per batch; validate accuracy first. No dollar figure: no published throughput "
-                       "gain over quantized weights.",
-                settings={"memory_pct": s.quantization_memory_pct},
-            ))
-            continue
-        fmt = ("FP8 weights and activations (W8A8), and an FP8 KV cache" if model and model.fp8
-               else "INT8 or INT4 weight-only (W8A16 / AWQ)")
-        gain = s.fp8_throughput_gain
+            title = f"already-quantized {', '.join(here)}: quantize the KV cache"
+            action = (f"{', '.join(here)} already run{'s' if len(here) == 1 else ''} in a quantized format (by name): use {fmt} to "
+                      "fit more sequences per batch; validate accuracy first. No dollar figure: no published throughput "
+                      "gain over quantized weights.")
+        else:
+            fmt = ("FP8 weights and activations (W8A8), and an FP8 KV cache" if model and model.fp8
+                   else "INT8 or INT4 weight-only (W8A16 / AWQ)")
+            title = f"quantize to {fmt.split(' (')[0]}"
+            action = (f"Serve {', '.join(todo)} in {fmt}; validate accuracy on your evals first. "
+                      + (f"The saving assumes {gain}x throughput, so the same traffic needs 1/{gain} of the GPU time."
+                         if not already else "No dollar figure: this GPU also serves already-quantized models."))
         # Only the GPU time of models not yet quantized gains; with several models here, all of it is claimed
         # when none is quantized, else none (the split of a GPU's time among its models is not measured).
         saving = d["spend_usd"] * (1 - 1 / gain) if not already else 0.0
         out.append(Recommendation(
-            kind="quantization", title=f"{d['host']}: memory-bound serving on {d['name']} ({mem_pct:.0f}% memory): quantize to {fmt.split(' (')[0]}",
+            kind="quantization", title=f"{d['host']}: memory-bound serving on {d['name']} ({mem_pct:.0f}% memory): {title}",
             targets=(target(d),),
             evidence={"peak_memory_pct": mem_pct, "mean_util_pct": d["mean_util_pct"], "models": here,
                       "already_quantized": already, "kv_cache_full_or_preempting": kv_full,
                       "engine_metrics": [e for e in engs if e] or None,
-                      "format": fmt, "assumed_throughput_gain": gain, "published": published},
-            monthly_savings_usd=monthly(findings, saving), confidence="low",
-            action=f"Serve {', '.join(m for m in here if m not in already)} in {fmt}; validate accuracy on your evals first. "
-                   + (f"The saving assumes {gain}x throughput, so the same traffic needs 1/{gain} of the GPU time."
-                      if saving else "No dollar figure: this GPU also serves already-quantized models."),
-            settings={"memory_pct": s.quantization_memory_pct, "throughput_gain": gain},
+                      "format": fmt, "assumed_throughput_gain": gain if todo else None, "published": list(PUBLISHED)},
+            monthly_savings_usd=monthly(findings, saving), confidence="low", action=action,
+            settings={"memory_pct": s.quantization_memory_pct, **({"throughput_gain": gain} if todo else {})},
         ))
     return out
 
