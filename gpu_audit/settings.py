@@ -52,15 +52,15 @@ def _line_of(text: str, key: str) -> int | None:
     return None
 
 
-def _check(value: Any, default: Any, name: str) -> Any:
+def _check(value: Any, default: Any, name: str) -> str | None:
     """A value of the default's type (an int is a float too); shares in [0, 1], percentages in [0, 100]."""
     if isinstance(default, str):
         if not isinstance(value, str):
             return f"expected a string such as {default!r}, got {value!r}"
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(default, int) and not isinstance(default, float)
-                                                                         and not isinstance(value, int)):
-        return f"expected {'a whole number' if type(default) is int else 'a number'}, got {value!r}"
+    whole = type(default) is int
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        return f"expected {'a whole number' if whole else 'a number'}, got {value!r}"
     if value < 0:
         return f"must be >= 0, got {value!r}"
     if name.endswith("_pct") or name == "idle_below":

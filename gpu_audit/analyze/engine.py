@@ -132,7 +132,7 @@ def namespaces(con: duckdb.DuckDBPyConnection, src: str | None, rfiles: list[str
             continue
         t_dt, t_waste, t_idle = tot[(r.host, r.uuid)]
         dt_share = r.dt / t_dt if t_dt > 0 else 0.0
-        ns = None if r.ns is None or (isinstance(r.ns, float) and r.ns != r.ns) else r.ns
+        ns = None if pd.isna(r.ns) else r.ns
         e = out.setdefault(ns, {"namespace": ns, "devices": 0, "gpu_hours": 0.0, "spend_usd": 0.0, "waste_usd": 0.0, "idle_usd": 0.0})
         e["devices"] += 1
         e["gpu_hours"] += d["gpu_hours"] * dt_share
