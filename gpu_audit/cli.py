@@ -390,6 +390,8 @@ def import_nvidia_smi(
             progress.stop()
     c = _console()
     c.print(f"imported {res.rows:,} rows ({res.series} GPU series) from {len(res.files)} file(s); times read as {res.zone}")
+    for line in res.tally.summary():
+        c.print(line)
     if res.bad:
         c.print(f"[yellow]{res.bad} bad line(s) skipped[/]: " + _e("; ".join(res.bad_lines)), soft_wrap=True)
     if res.single_sample_series:
@@ -507,13 +509,15 @@ def demo(
     out: str = typer.Option("gpu-audit-demo", "--out", help="Folder for the demo's store, token log, pricing, findings and report."),
     open_report: bool = typer.Option(False, "--open", help="Open the HTML report in a browser when done."),
     hours: float = typer.Option(24.0, help="Simulated hours per host."),
+    start: Optional[str] = typer.Option(None, help="Start of the simulated fleet (ISO 8601 or epoch seconds; default: "
+                                                   "$GPU_AUDIT_DEMO_START, else ending now). The same start gives the same fleet."),
 ) -> None:
     """Run the whole pipeline on a simulated fleet (no GPU needed): collect, token logs, report."""
     from gpu_audit.demo import run_demo
     from gpu_audit.report.terminal import render
 
     err = _console(stderr=True)
-    res = run_demo(out, hours=hours, step=lambda msg: err.print(f"[dim]{msg}[/]"))
+    res = run_demo(out, hours=hours, step=lambda msg: err.print(f"[dim]{msg}[/]"), start=start)
     render(res.findings, _console())
     c = _console()
     c.print(f"\nstore: {_e(res.store)}\ntoken log: {_e(res.tokens)} ({res.requests:,} requests)\npricing: {_e(res.pricing)}\n"

@@ -8,6 +8,7 @@ its GPUs' utilization), and `report` writes the findings and the HTML report.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +84,35 @@ def token_log(scenarios: list[tuple[Scenario, float]], duration_s: float, path: 
     return table.num_rows
 
 
+START_ENV = "GPU_AUDIT_DEMO_START"
+
+
+def demo_start(start: str | float | None, duration_s: float) -> float:
+    """The simulated fleet's start, a whole hour: ``start`` (ISO 8601 or epoch seconds), else
+    $GPU_AUDIT_DEMO_START, else so that the run ends about now. Tests fix it, so that the demo gives
+    the same fleet at any hour of the day."""
+    from gpu_audit.units import parse_time
+
+    given = start if start is not None else os.environ.get(START_ENV) or None
+    if given is None:
+        t = WallClock().now() - duration_s
+    elif isinstance(given, (int, float)):
+        t = float(given)
+    else:
+        t = parse_time(given, "--start" if start is not None else f"${START_ENV}").timestamp()
+    return math.floor(t / 3600) * 3600
+
+
 def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool = True,
-             step: Callable[[str], None] | None = None) -> DemoResult:
+             step: Callable[[str], None] | None = None, start: str | float | None = None) -> DemoResult:
     from gpu_audit.analyze.findings import build, write_json
 
     say = step or (lambda _msg: None)
     if not hours > 0 or not interval_s > 0:  # checked before anything in the folder is touched
         raise GpuAuditError(f"--hours must be positive, got {hours:g}" if not hours > 0 else
                             f"the interval must be positive, got {interval_s:g}")
+    duration = hours * 3600
+    t0 = demo_start(start, duration)  # checked before anything in the folder is touched
     outp = Path(out)
     if outp.exists() and not outp.is_dir():
         raise GpuAuditError(f"--out {out}: exists and is not a folder")
@@ -101,16 +123,14 @@ def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool
     store = outp / "store"
     if store.exists():
         shutil.rmtree(store)  # a demo rerun starts clean; nothing else in the folder is touched
-    duration = hours * 3600
-    start = math.floor((WallClock().now() - duration) / 3600) * 3600  # whole hours, ending about now
     runs = []
     for name in SCENARIOS:
         text = (PKG / "scenarios" / name).read_text()
         path = outp / f".scenario-{name}"
-        path.write_text(text.replace("[host]\n", f'[host]\nstart = {start}\n', 1))
+        path.write_text(text.replace("[host]\n", f'[host]\nstart = {t0}\n', 1))
         say(f"collecting {name}: {hours:g} simulated hours at {interval_s:g} s")
         collect(str(store), interval_s=interval_s, duration_s=duration, simulate=str(path), handle_signals=False)
-        runs.append((load_scenario(str(path)), float(start)))
+        runs.append((load_scenario(str(path)), float(t0)))
         path.unlink()
     say("generating token logs from the simulated load")
     tokens = str(outp / "tokens.parquet")

@@ -39,9 +39,10 @@ def test_expected_kinds_for_expected_devices(demo):
     # afternoon peak, the llama replicas may qualify too).
     b = next(r for r in by_kind(f, "batching") if r["evidence"]["model"] == "qwen2.5-7b")
     assert b["evidence"]["gpus"] == 2 and b["evidence"]["replicas_freed"] == 1
-    # quantization: the memory-bound H200 serving the 405B model, not the busy training H200.
+    # quantization: serving GPUs under 70 %, never the busy training H200 (a recommendation may target
+    # several GPUs: the check is per target, not per recommendation).
     q = by_kind(f, "quantization")
-    assert [devices[u]["mean_util_pct"] < 70 for u in uuids(q)] == [True] * len(q) and q
+    assert q and all(devices[u]["mean_util_pct"] < 70 for u in uuids(q))
     # token economics: the long tail of llama-3.1-70b completions, long prompts of qwen2.5-7b.
     te = {(r["targets"][0]["model"], r["targets"][0].get("lever")) for r in by_kind(f, "token_economics")}
     assert ("llama-3.1-70b", "max_tokens") in te and ("qwen2.5-7b", "prefix_cache") in te

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
 from conftest import ASSETS, read_table, shared_or_skip
@@ -87,8 +89,9 @@ def test_large_file_streams(run_cli, tmp_path):
     p = tmp_path / "big.csv"
     with open(p, "w") as f:
         f.write("timestamp, index, utilization.gpu [%]\n")
-        for k in range(200_000):
-            f.write(f"2026/11/28 {k // 3600 % 24:02d}:{k // 60 % 60:02d}:{k % 60:02d}.000, {k % 2}, {k % 100} %\n")
+        for k in range(200_000):  # two GPUs, one line each per second: 100,000 s over two days
+            t = datetime(2026, 11, 28, tzinfo=timezone.utc) + timedelta(seconds=k // 2)
+            f.write(f"{t:%Y/%m/%d %H:%M:%S}.000, {k % 2}, {k % 100} %\n")
     store = tmp_path / "s"
     code, out, err = run_cli("import", "nvidia-smi", str(p), "--host", "big", "--tz", "UTC", "--out", str(store))
     assert code == 0, err

@@ -31,7 +31,7 @@ def test_mig_packing_respects_slices_memory_and_instance_limits():
 
 def test_mig_mode_unused_slice_and_unallocated():
     parent = {"host": "h", "uuid": "GPU-p", "name": A100, "mig_mode": True, "parent_uuid": None, "spend_usd": 2.0,
-              "unallocated_usd": 2.0, "mean_util_pct": None}
+              "unallocated_usd": 2.0, "mean_util_pct": None, "coverage_pct": 100.0, "covered_hours": 1.0}
     used = {"host": "h", "uuid": "MIG-a", "name": A100, "parent_uuid": "GPU-p", "mig_profile": "3g.40gb", "mean_util_pct": 50.0,
             "spend_usd": 3.0, "coverage_pct": 100.0}
     unused = {"host": "h", "uuid": "MIG-b", "name": A100, "parent_uuid": "GPU-p", "mig_profile": "2g.20gb", "mean_util_pct": 1.0,

@@ -103,13 +103,25 @@ def aggregate_series(findings: dict[str, Any]) -> dict[str, Any]:
     return findings
 
 
+def _not_assessed_why(d: dict[str, Any], rs: Any) -> str:
+    if d.get("mig_instances_visible") is False:
+        return "MIG instances not visible in its source (no evidence)"
+    if d.get("mean_util_pct") is None and not (d.get("mig_mode") and not d.get("parent_uuid")):
+        return "no utilization reading"
+    if d.get("spend_usd") is None:
+        return "unpriced"
+    if (d.get("coverage_pct") or 0) < rs.min_coverage_pct:
+        return f"coverage {d.get('coverage_pct') or 0:.0f}% < {rs.min_coverage_pct:.0f}%"
+    return f"observed {d.get('covered_hours') or 0:.2f} h < {rs.min_covered_hours:g} h"
+
+
 def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = None) -> dict[str, Any]:
     """Run the recommendation rules over the findings and record their totals and settings."""
     from dataclasses import asdict, replace
 
     from gpu_audit.catalog import MODELS
     from gpu_audit.recommend import recommend
-    from gpu_audit.recommend.base import RecommendSettings, eligible
+    from gpu_audit.recommend.base import RecommendSettings, eligible, is_parent_in_mig, observed_enough
 
     rs = settings or RecommendSettings()
     prices = {}
@@ -124,12 +136,7 @@ def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = 
     findings["savings_by_device"] = out["savings_by_device"]
     findings["recommend_settings"] = {k: v for k, v in asdict(rs).items() if k != "gpu_prices"}
     findings["data_quality"]["devices_not_assessed"] = [
-        {"host": d["host"], "uuid": d["uuid"],
-         "why": "no utilization reading" if d.get("mean_util_pct") is None else
-                "unpriced" if d.get("spend_usd") is None else
-                f"coverage {d.get('coverage_pct') or 0:.0f}% < {rs.min_coverage_pct:.0f}%"
-                if (d.get("coverage_pct") or 0) < rs.min_coverage_pct else
-                f"observed {d.get('covered_hours') or 0:.2f} h < {rs.min_covered_hours:g} h"}
+        {"host": d["host"], "uuid": d["uuid"], "why": _not_assessed_why(d, rs)}
         for d in findings["devices"]
-        if not (d.get("mig_mode") and not d.get("parent_uuid")) and not eligible(d, rs)]
+        if ((not observed_enough(d, rs) or d.get("mig_instances_visible") is False) if is_parent_in_mig(d) else not eligible(d, rs))]
     return findings

@@ -79,11 +79,15 @@ def is_parent_in_mig(d: dict[str, Any]) -> bool:
     return bool(d.get("mig_mode")) and not d.get("parent_uuid")
 
 
+def observed_enough(d: dict[str, Any], s: RecommendSettings) -> bool:
+    """Coverage and time observed enough to scale to a month (every rule, MIG parents included)."""
+    return ((d.get("coverage_pct") or 0) >= s.min_coverage_pct
+            and (d.get("covered_hours", s.min_covered_hours) or 0) >= s.min_covered_hours)
+
+
 def eligible(d: dict[str, Any], s: RecommendSettings) -> bool:
     """Enough evidence for a claim: a utilization reading, coverage, enough time observed, a price."""
-    return (d.get("mean_util_pct") is not None and d.get("spend_usd") is not None
-            and (d.get("coverage_pct") or 0) >= s.min_coverage_pct
-            and d.get("covered_hours", s.min_covered_hours) >= s.min_covered_hours)
+    return d.get("mean_util_pct") is not None and d.get("spend_usd") is not None and observed_enough(d, s)
 
 
 def busy(d: dict[str, Any], s: RecommendSettings) -> bool:

@@ -217,11 +217,13 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
     out = []
     dev_by_host: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for d in findings["devices"]:
-        if d.get("mean_util_pct") is not None:
+        if eligible(d, s):  # coverage and time observed enough to scale to a month, as every rule
             dev_by_host[d["host"]].append(d)
     models = [m for m in findings["models"] if m["cost_usd"] > 0 and m["completion_tokens"] > 0]
     for m in models:
         devs = [d for h in m.get("hosts") or [] for d in dev_by_host.get(h, [])]
+        if not devs:
+            continue
         hours = sum(d["gpu_hours"] for d in devs)
         util = sum(d["mean_util_pct"] * d["gpu_hours"] for d in devs) / hours if hours else None
         evidence_base = {"cost_per_1m_output_tokens": m["cost_per_1m_output_tokens"], "cost_per_1m_tokens": m["cost_per_1m_tokens"],

@@ -7,7 +7,7 @@ from typing import Any
 
 from gpu_audit.catalog import MIB, MODELS, GpuModel, MigProfile, find_model
 from gpu_audit.recommend.base import (
-    Recommendation, RecommendSettings, busy, eligible, hourly, is_parent_in_mig, monthly, target,
+    Recommendation, RecommendSettings, busy, eligible, hourly, is_parent_in_mig, monthly, observed_enough, target,
 )
 
 
@@ -125,10 +125,10 @@ def mig(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
     for d in findings["devices"]:
         if d.get("parent_uuid"):
             by_parent[d["parent_uuid"]].append(d)
-    for parent in (d for d in findings["devices"] if is_parent_in_mig(d) and d.get("spend_usd") is not None):
+    for parent in (d for d in findings["devices"] if is_parent_in_mig(d) and d.get("spend_usd") is not None
+                   and d.get("mig_instances_visible") is not False and observed_enough(d, s)):
         kids = by_parent.get(parent["uuid"], [])
-        unused = [k for k in kids if k.get("mean_util_pct") is not None and k["mean_util_pct"] < (findings.get("idle_below_pct") or 5)
-                  and (k.get("coverage_pct") or 0) >= s.min_coverage_pct]
+        unused = [k for k in kids if eligible(k, s) and k["mean_util_pct"] < (findings.get("idle_below_pct") or 5)]
         free = parent.get("unallocated_usd") or 0.0
         if not unused and free <= 0:
             continue

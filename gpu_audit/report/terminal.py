@@ -60,6 +60,11 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
     for d in q.get("devices_with_read_errors", [])[:top]:
         console.print(f"[yellow]read errors:[/] {escape(d['host'])} {escape(d['name'] or '?')} ({escape(d['uuid'])}): "
                       f"{d['error_hours']:.1f} h of samples could not be read (billed, no utilization)")
+    for d in q.get("duplicate_or_overlapping_samples", [])[:top]:
+        cut = f", {d['overlap_hours']:.2f} h of overlapping series cut to wall time" if d["overlap_hours"] else ""
+        console.print(f"[yellow]counted once:[/] {escape(d['host'])} {escape(d['uuid'])}: {d['duplicate_rows']} repeated readings{cut}")
+    for r in q.get("rejected_samples", [])[:top]:
+        console.print(f"[yellow]rejected samples:[/] {escape(r['file'])}: {r['rows']} rows reach no sum ({r['why']})")
     for g in q["gaps"][:top]:
         console.print(f"[yellow]gap:[/] {escape(g['host'])} {escape(g['uuid'])}: {g['missing_hours']:.1f} h without samples ({fmt_pct(g['coverage_pct'])} coverage)")
     rj = q["rejected_token_records"]

@@ -16,23 +16,24 @@ from __future__ import annotations
 
 import os
 import re
-import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Iterator
 
 from gpu_audit.errors import GpuAuditError
+from gpu_audit.sources.sink import StoredKeys, Tally, check_interval, series_times, to_us
 from gpu_audit.store.writer import StoreWriter
 
 NA = {"", "[N/A]", "N/A", "[Not Supported]", "[Requested functionality has been deprecated]", "[Unknown Error]",
       "[GPU requires reset]", "[Insufficient Permissions]", "[Not Found]"}
 _NUM = re.compile(r"^(-?\d+(?:\.\d+)?)\s*(%|MiB|GiB|KiB|W|MHz|C)?$")
+FLUSH_ROWS = 100_000  # rows buffered before a flush (memory stays flat on large logs)
 _MIB = {"MiB": 2**20, "GiB": 2**30, "KiB": 2**10, None: 2**20}
 
 # query field -> (column, kind); aliases cover the names of older and newer drivers.
 FIELDS: dict[str, tuple[str, str]] = {
     "name": ("name", "str"), "uuid": ("uuid", "str"), "pci.bus_id": ("pci", "str"), "index": ("index", "int"),
-    "utilization.gpu": ("util_gpu_pct", "float"), "utilization.memory": ("util_mem_pct", "float"),
+    "utilization.gpu": ("util_gpu_pct", "pct"), "utilization.memory": ("util_mem_pct", "pct"),
     "memory.used": ("mem_used_bytes", "mem"), "memory.total": ("mem_total_bytes", "mem"),
     "power.draw": ("power_w", "float"), "power.draw.instant": ("power_w", "float"),
     "power.draw.average": ("power_w", "float"), "power.limit": ("power_limit_w", "float"),
@@ -57,6 +58,7 @@ class ImportResult:
     bad_lines: list[str] = field(default_factory=list)  # "file:line: why", the first few
     single_sample_series: int = 0
     zone: str = ""
+    tally: Tally = field(default_factory=Tally)
 
 
 def _zone(tz: str | None) -> tuple[tzinfo, str]:
@@ -142,6 +144,8 @@ class _Parser:
                     row[col] = int(v * _MIB[m.group(2)])
                 elif kind == "int":
                     row[col] = int(v)
+                elif kind == "pct" and not 0 <= v <= 100:
+                    raise ValueError(f"{name}: {raw} is outside 0-100 %")
                 else:
                     row[col] = v
         return row
@@ -164,11 +168,10 @@ def _key(row: dict[str, Any]) -> str:
 
 
 def _scan(path: str, fields: list[str] | None, zone: tzinfo, result: ImportResult, strict: bool,
-          progress: Callable[[int], None] | None) -> dict[str, float]:
-    """Pass 1: check every line; return each series' nominal interval (median gap)."""
+          progress: Callable[[int], None] | None) -> dict[str, list[int]]:
+    """Pass 1: check every line; return each series' instants (µs), in file order."""
     p = _Parser(path, fields, zone)
-    last: dict[str, float] = {}
-    gaps: dict[str, list[float]] = {}
+    times: dict[str, list[int]] = {}
     for lineno, line, pos in _lines(path):
         try:
             row = p.parse(lineno, line)
@@ -183,24 +186,23 @@ def _scan(path: str, fields: list[str] | None, zone: tzinfo, result: ImportResul
             progress(pos)
         if row is None:
             continue
-        k = _key(row)
-        if k in last:
-            g = gaps.setdefault(k, [])
-            if len(g) < 10_000 and row["ts"] > last[k]:
-                g.append(row["ts"] - last[k])
-        else:
-            gaps.setdefault(k, [])
-        last[k] = row["ts"]
+        times.setdefault(_key(row), []).append(to_us(row["ts"]))
     if p.cols is None:
         raise ImportError_(f"{path}: empty log: no header and no rows")
-    return {k: statistics.median(g) if g else 0.0 for k, g in gaps.items()}
+    return times
 
 
 def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = None, fields: str | None = None,
                       interval_s: float | None = None, strict: bool = False,
                       progress: Callable[[str, int, int], None] | None = None) -> ImportResult:
+    """Import the logs into the store at ``out`` for ``host``. Each series is sorted by time and each
+    instant kept once (sink.series_times); rows the store already holds are skipped. Raises
+    NothingImported when no row was stored."""
+    import numpy as np
+
     from gpu_audit.store.writer import check_writable
 
+    check_interval(interval_s)
     zone, zone_name = _zone(tz)
     result = ImportResult(files=list(paths), zone=zone_name)
     field_list = [f.strip() for f in fields.split(",")] if fields else None
@@ -217,14 +219,20 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
         if progress:
             progress(path, done + pos, total)
 
-    nominal: dict[str, dict[str, float]] = {}
+    plan: dict[str, dict[str, tuple[Any, Any, Any]]] = {}
     for path in paths:  # pass 1 over every file before anything is written (strict stops here)
-        nominal[path] = _scan(path, field_list, zone, result, strict, lambda pos, p=path: tick(p, pos))
+        times = _scan(path, field_list, zone, result, strict, lambda pos, p=path: tick(p, pos))
+        plan[path] = {}
+        for k, ts in times.items():
+            uniq, dt, dups, nominal = series_times(np.asarray(ts, dtype=np.int64), interval_s)
+            result.tally.duplicate_instants += dups
+            result.single_sample_series += nominal == 0.0
+            plan[path][k] = (uniq, dt, np.zeros(len(uniq), dtype=bool))
         done += sizes[path]
+    stored = StoredKeys(out, "samples", host)
     writer = StoreWriter(out, host)
     for path in paths:
         p = _Parser(path, field_list, zone)
-        last: dict[str, float] = {}
         for lineno, line, pos in _lines(path):
             try:
                 row = p.parse(lineno, line)
@@ -233,20 +241,29 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
             if row is None:
                 continue
             k = _key(row)
-            nom = interval_s or nominal[path].get(k, 0.0)
-            prev = last.get(k)
-            last[k] = row["ts"]
-            dt = row["ts"] - prev if prev is not None and 0 < row["ts"] - prev <= 3 * nom else nom
-            ts = datetime.fromtimestamp(row.pop("ts"), tz=timezone.utc)
+            uniq, dt, emitted = plan[path][k]
+            t_us = to_us(row.pop("ts"))
+            i = int(np.searchsorted(uniq, t_us))
+            if emitted[i]:
+                continue  # a duplicate instant of this series in the file: counted in pass 1
+            emitted[i] = True
+            ts = datetime.fromtimestamp(t_us / 1e6, tz=timezone.utc)
+            if stored.has(k, ts.strftime("%Y-%m-%d"), t_us):
+                result.tally.already_stored += 1
+                continue
             row.pop("pci", None)
-            writer.add("samples", {**row, "ts": ts, "host": host, "uuid": k, "interval_s": dt, "source": "nvidia-smi"})
+            writer.add("samples", {**row, "ts": ts, "host": host, "uuid": k, "interval_s": float(dt[i]), "source": "nvidia-smi"})
             result.rows += 1
-            if writer.pending("samples") >= 100_000:
+            if writer.pending("samples") >= FLUSH_ROWS:
                 writer.flush()
             if progress and lineno % 4096 == 0:
                 tick(path, pos)
         done += sizes[path]
-        result.series += len(nominal[path])
-        result.single_sample_series += sum(1 for v in nominal[path].values() if v == 0.0) if not interval_s else 0
+        result.series += len(plan[path])
     writer.flush()
+    result.tally.rows = result.rows
+    result.tally.rejected = result.bad
+    result.tally.first_rejection = result.bad_lines[0] if result.bad_lines else ""
+    if not result.rows:
+        raise result.tally.nothing_stored(", ".join(paths))
     return result

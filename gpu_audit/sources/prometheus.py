@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from gpu_audit.errors import GpuAuditError
+from gpu_audit.sources.sink import StoredKeys, Tally, check_interval, row_key, series_times, to_us
 from gpu_audit.store.writer import StoreWriter, check_writable
 
 MIB = 2**20
@@ -46,6 +46,7 @@ DCGM: dict[str, tuple[str, float]] = {
     "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ("gr_engine_active_pct", 100),
 }
 INT_COLS = {"mem_used_bytes", "sm_clock_mhz", "temp_c"}
+PCT_COLS = {c for c, _ in DCGM.values() if c.endswith("_pct")}
 MAX_POINTS = 10_000
 
 
@@ -67,6 +68,7 @@ class PromImport:
     hosts: list[str] = field(default_factory=list)
     metrics_found: list[str] = field(default_factory=list)
     single_point: int = 0  # devices with one point in time and no --interval: their samples stand for 0 s
+    tally: Tally = field(default_factory=Tally)
 
 
 def _host(labels: dict[str, str]) -> str:
@@ -96,14 +98,18 @@ def _device(labels: dict[str, str]) -> tuple[str, str, dict[str, Any]] | None:
 class Assembler:
     """Points (metric, labels, ts, value) -> samples rows per device and engine rows per endpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine_source: str = "import") -> None:
         from gpu_audit.collect.engines import engine_metric_names
 
+        self.engine_source = engine_source
         self.engine_names = engine_metric_names() | {n[: -len("_total")] for n in engine_metric_names() if n.endswith("_total")}
         self.dev: dict[tuple[str, str], dict[float, dict[str, Any]]] = defaultdict(dict)
         self.ident: dict[tuple[str, str], dict[str, Any]] = {}
         self.engine_points: dict[tuple[str, str, float], list[tuple[str, dict[str, str], float]]] = defaultdict(list)
         self.found: set[str] = set()
+        self.duplicates = 0  # the same metric of the same device at the same instant, given again
+        self.rejected = 0
+        self.first_rejection = ""
 
     def add(self, name: str, labels: dict[str, str], ts: float, value: float) -> None:
         if name in DCGM:
@@ -113,9 +119,17 @@ class Assembler:
             host, uuid, ident = d
             self.found.add(name)
             self.ident.setdefault((host, uuid), ident)
+            ts = to_us(ts) / 1e6  # the store's resolution: one instant per microsecond
             row = self.dev[(host, uuid)].setdefault(ts, {})
             col, scale = DCGM[name]
-            row[col] = None if blank(value) else value * scale
+            v = None if blank(value) else value * scale
+            if col in PCT_COLS and v is not None and not 0 <= v <= 100:
+                self.rejected += 1
+                self.first_rejection = self.first_rejection or f"{name} of {uuid} = {value:g}: outside 0-100 %"
+                v = None
+            if col in row:
+                self.duplicates += 1
+            row[col] = v
         elif name in self.engine_names:
             self.engine_points[(_host(labels), labels.get("instance", ""), ts)].append((name, labels, value))
 
@@ -130,39 +144,51 @@ class Assembler:
                 writers[host] = StoreWriter(out, host)
             return writers[host]
 
+        import numpy as np
+
+        check_interval(interval_s)
         res = PromImport()
+        res.tally.duplicate_instants, res.tally.rejected, res.tally.first_rejection = self.duplicates, self.rejected, self.first_rejection
+        stored: dict[str, StoredKeys] = {}
         parents = {i["parent_uuid"] for i in self.ident.values() if i.get("parent_uuid")}
         for (host, uuid), points in sorted(self.dev.items()):
-            ts_sorted = sorted(points)
-            gaps = [b - a for a, b in zip(ts_sorted, ts_sorted[1:]) if b > a]
-            nominal = interval_s or (statistics.median(gaps) if gaps else 0.0)
+            uniq, dts, _, nominal = series_times(np.array([to_us(t) for t in points], dtype=np.int64), interval_s)
             res.single_point += not nominal
-            prev = None
             ident = self.ident[(host, uuid)]
-            for t in ts_sorted:
+            keys = stored.setdefault(host, StoredKeys(out, "samples", host))
+            for t_us, dt in zip(uniq.tolist(), dts.tolist()):
+                t = t_us / 1e6
+                when = datetime.fromtimestamp(t, tz=timezone.utc)
+                if keys.has(uuid, when.strftime("%Y-%m-%d"), t_us):
+                    res.tally.already_stored += 1
+                    continue
                 r = points[t]
                 used, free, reserved = r.get("mem_used_bytes"), r.pop("_fb_free", None), r.pop("_fb_reserved", None)
                 total = used + free + (reserved or 0) if used is not None and free is not None else None
-                dt = t - prev if prev is not None and 0 < t - prev <= 3 * nominal else nominal
-                prev = t
                 for c in INT_COLS:
                     if r.get(c) is not None:
                         r[c] = int(round(r[c]))
-                w(host).add("samples", {**r, **ident, "ts": datetime.fromtimestamp(t, tz=timezone.utc), "host": host,
+                w(host).add("samples", {**r, **ident, "ts": when, "host": host,
                                        "uuid": uuid, "mem_total_bytes": total, "interval_s": dt, "source": "dcgm",
                                        "mig_mode": True if uuid in parents else None})
                 res.rows += 1
             res.devices += 1
+        engine_keys: dict[str, StoredKeys] = {}
         for (host, instance, t), samples in sorted(self.engine_points.items()):
             engine, rows = aggregate(samples)
+            when = datetime.fromtimestamp(t, tz=timezone.utc)
+            keys = engine_keys.setdefault(host, StoredKeys(out, "engine", host, ("endpoint", "model")))
             for r in rows if engine else []:
-                w(host).add("engine", {**r, "ts": datetime.fromtimestamp(t, tz=timezone.utc), "host": host,
-                                      "endpoint": instance or None, "source": "prometheus"})
+                if keys.has(row_key(instance or None, r.get("model")), when.strftime("%Y-%m-%d"), to_us(t)):
+                    res.tally.already_stored += 1
+                    continue
+                w(host).add("engine", {**r, "ts": when, "host": host, "endpoint": instance or None, "source": self.engine_source})
                 res.engine_rows += 1
         res.hosts = sorted({h for h, _ in self.dev})
         res.metrics_found = sorted(self.found)
         for wr in writers.values():
             wr.flush()
+        res.tally.rows = res.rows + res.engine_rows
         return res
 
 
@@ -219,6 +245,8 @@ def import_prometheus(url: str, out: str, since: datetime, until: datetime, step
                               hint="check --since/--until (data older than the retention is gone) and --match")
     res = asm.write(out, step_s)
     res.queries = queries
+    if not res.tally.rows:
+        raise res.tally.nothing_stored(url)
     return res
 
 
@@ -246,7 +274,10 @@ def import_prometheus_text(paths: list[str], out: str, at: datetime | None = Non
                 asm.add(s.name, dict(s.labels), t, float(s.value))
     if not asm.dev and not asm.engine_points:
         raise PrometheusError(f"no DCGM or inference-engine series in {', '.join(paths)}")
-    return asm.write(out, interval_s)
+    res = asm.write(out, interval_s)
+    if not res.tally.rows:
+        raise res.tally.nothing_stored(", ".join(paths))
+    return res
 
 
 def _where(path: str, text: str, message: str) -> str:

@@ -25,28 +25,27 @@ import duckdb
 from gpu_audit.duck import session
 from gpu_audit.errors import GpuAuditError
 from gpu_audit.store.layout import is_data_file
+from gpu_audit.store.query import clean_rows, mig_free_sql, samples_source, samples_sql, several_per_partition
 from gpu_audit.store.schema import ROLLUPS, with_version
 from gpu_audit.store.writer import write_parquet_atomic
 
 
 def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: float, idle_below: float) -> str:
-    from gpu_audit.analyze.engine import _samples_sql, AnalyzeSettings, samples_source
-
     src = samples_source(con, files)  # every column of the current schema, typed NULL where a file lacks it
+    rows = clean_rows(con, samples_sql(src), several_per_partition(files)).sql  # one reading per device and instant, as the analyzer reads them
     res_us = int(resolution_s * 1e6)
     return f"""
-    WITH s AS ({_samples_sql(src, AnalyzeSettings())}),
-    alloc AS (SELECT host, parent_uuid, ts_us, sum(slices) AS used FROM s WHERE parent_uuid IS NOT NULL GROUP BY ALL),
+    WITH s AS ({rows}),
+    mf AS ({mig_free_sql("SELECT * FROM s")}),
     f AS (
-      SELECT s.*, CASE WHEN s.mig_mode AND s.parent_uuid IS NULL
-                       THEN greatest(0.0, 1.0 - coalesce(a.used, 0) / s.total_slices) * s.dt ELSE 0.0 END AS free_dt
-      FROM s LEFT JOIN alloc a ON a.host = s.host AND a.parent_uuid = s.uuid AND a.ts_us = s.ts_us
+      SELECT s.*, coalesce(mf.free_dt, 0.0) AS free_dt, coalesce(mf.blind_dt, 0.0) AS blind_dt
+      FROM s LEFT JOIN mf ON mf.host = s.host AND mf.uuid = s.uuid AND mf.ts_us = s.ts_us
     )
     SELECT make_timestamptz((ts_us // {res_us}) * {res_us}) AS ts, host, uuid,
            any_value(parent_uuid) AS parent_uuid, CAST(NULL AS INTEGER) AS "index", any_value(name) AS name,
            any_value(mig_profile) AS mig_profile, bool_or(mig_mode) AS mig_mode, k8s_namespace,
            {resolution_s} AS resolution_s, {idle_below} AS idle_below_pct,
-           count(*) AS n, sum(dt) AS dt_s,
+           count(*) FILTER (WHERE NOT bad) AS n, sum(dt) AS dt_s,
            coalesce(sum(CASE WHEN u IS NOT NULL THEN dt END), 0) AS ev_dt_s, coalesce(sum(u * dt), 0) AS u_dt,
            coalesce(sum(CASE WHEN u < {idle_below} THEN dt END), 0) AS idle_dt_s,
            coalesce(sum(CASE WHEN sm IS NOT NULL THEN dt END), 0) AS sm_dt_s, coalesce(sum(sm * dt), 0) AS sm_u_dt,
@@ -54,9 +53,10 @@ def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: 
            coalesce(sum(CASE WHEN metric = 1 THEN dt END), 0) AS util_gpu_dt_s,
            coalesce(sum(CASE WHEN metric = 2 THEN dt END), 0) AS gr_engine_dt_s,
            coalesce(sum(CASE WHEN metric = 3 THEN dt END), 0) AS sm_active_dt_s,
-           sum(free_dt) AS free_dt_s, max(mem_used_bytes) AS mem_max_bytes, max(mem_total_bytes) AS mem_total_bytes,
-           make_timestamptz(min(ts_us)) AS first_ts, make_timestamptz(CAST(max(ts_us + dt * 1e6) AS BIGINT)) AS end_ts
-    FROM f GROUP BY host, uuid, ts_us // {res_us}, k8s_namespace
+           sum(free_dt) AS free_dt_s, sum(blind_dt) AS blind_dt_s, max(mem_used_bytes) AS mem_max_bytes,
+           max(mem_total_bytes) AS mem_total_bytes,
+           make_timestamptz(CAST(min(ts_us - dt / w * 1e6) AS BIGINT)) AS first_ts, make_timestamptz(max(ts_us)) AS end_ts
+    FROM f WHERE ts_us IS NOT NULL AND uuid IS NOT NULL GROUP BY host, uuid, ts_us // {res_us}, k8s_namespace
     ORDER BY host, uuid, ts, k8s_namespace
     """
 

@@ -7,13 +7,16 @@ there.
 
 History:
 - 1: first version.
+- 2: rollups keep k8s_namespace (older files read it as null).
+- 3: rollups keep blind_dt_s, the time of a GPU in MIG mode whose source showed no instances (older
+  files read it as null: none).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: rollups keep k8s_namespace (older files read it as null)
+SCHEMA_VERSION = 3
 TS = pa.timestamp("us", tz="UTC")
 
 SAMPLES = pa.schema(
@@ -142,6 +145,7 @@ ROLLUPS = pa.schema(
         ("gr_engine_dt_s", pa.float64()),
         ("sm_active_dt_s", pa.float64()),
         ("free_dt_s", pa.float64()),
+        ("blind_dt_s", pa.float64()),  # MIG-mode GPU time with no instances visible: billed, no evidence
         ("mem_max_bytes", pa.int64()),
         ("mem_total_bytes", pa.int64()),
         ("first_ts", TS),

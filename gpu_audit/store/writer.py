@@ -151,29 +151,43 @@ class StoreWriter:
         return sum(len(self._buf[t]["ts"]) for t in tables)
 
     def flush(self) -> list[str]:
-        """Write every buffered row. On failure the rows stay buffered (retried next flush)."""
-        written = []
-        for table, cols in self._buf.items():
-            n = len(cols["ts"])
-            if n == 0:
-                continue
-            data = pa.Table.from_pydict(cols, schema=with_version(TABLES[table]))
-            # Split by UTC date of ts; a flush rarely spans midnight, so this is usually one group.
-            dates = [t.strftime("%Y-%m-%d") for t in (cols["ts"][0], cols["ts"][-1])]
-            if dates[0] == dates[1]:
-                groups = {dates[0]: data}
-            else:
-                import pyarrow.compute as pc
+        """Write every buffered row. On failure the rows not yet written stay buffered (retried next
+        flush): a flush that wrote one date's file and then failed on the next (a disk full across
+        midnight) never writes the first date's rows again."""
+        written: list[str] = []
+        try:
+            for table, cols in self._buf.items():
+                if cols["ts"]:
+                    self._flush_table(table, cols, written)
+        finally:
+            self.files_written.extend(written)
+        return written
 
-                day = pc.strftime(data["ts"], format="%Y-%m-%d")
-                groups = {d: data.filter(pc.equal(day, d)) for d in sorted(set(day.to_pylist()))}
-            for date, part in groups.items():
+    def _flush_table(self, table: str, cols: dict[str, list[Any]], written: list[str]) -> None:
+        data = pa.Table.from_pydict(cols, schema=with_version(TABLES[table]))
+        # Split by UTC date of ts; a flush rarely spans midnight, so this is usually one group.
+        days = {t.strftime("%Y-%m-%d") for t in (min(cols["ts"]), max(cols["ts"]))}
+        if len(days) == 1:
+            groups = {days.pop(): data}
+        else:
+            import pyarrow.compute as pc
+
+            day = pc.strftime(data["ts"], format="%Y-%m-%d")
+            groups = {d: data.filter(pc.equal(day, d)) for d in sorted(set(day.to_pylist()))}
+        left = list(groups)
+        try:
+            for date in list(left):
+                part = groups[date]
                 self._seq += 1
                 name = f"{encode_host(self.host)}-{self.run_id}-{self._seq:05d}.parquet"
                 path = os.path.join(partition_dir(self.root, table, self.host, date), name)
                 write_parquet_atomic(part, path)
                 written.append(path)
-            self.rows_written[table] += n
-            self._buf[table] = self._empty(table)
-        self.files_written.extend(written)
-        return written
+                self.rows_written[table] += part.num_rows
+                left.remove(date)
+        finally:
+            if left:  # keep only what was not written
+                rest = pa.concat_tables([groups[d] for d in left]).to_pydict()
+                self._buf[table] = {name: list(rest[name]) for name in self._buf[table]}
+            else:
+                self._buf[table] = self._empty(table)

@@ -1,0 +1,228 @@
+"""Samples to per-(device, clock hour) sums: the one heavy scan of the analysis, and the small ones
+that read the same cleaned rows (percentiles, unallocated MIG time, namespaces).
+
+"One reading per device and instant" (docs/metrics.md) is kept here at the cost of one cheap
+detection: the hourly sums are taken per (device, hour, file) first, which shows duplicates and
+overlapping series without a sort. A file whose samples in a device-hour stand for more time than
+they span holds duplicate or overlapping rows; two files whose spans in a device-hour overlap hold
+the same instants or overlapping series. Only the devices so flagged are re-read, deduplicated and
+cut to wall time (``gpu_audit.store.query.dedup``); a clean store pays for the extra group key
+alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from gpu_audit.store.query import (SUM_COLUMNS, Cleaned, dedup, hour_sums_sql, mig_free_sql, missing_columns, read_sql,
+                                   rollups_source, samples_source, samples_sql, several_per_partition, window_where)
+
+@dataclass(frozen=True)
+class Window:
+    since: datetime | None = None
+    until: datetime | None = None
+    idle_below: float = 5.0
+
+
+@dataclass
+class Scan:
+    """The samples of the window, read once: per (device, hour) sums and the cleaned row source."""
+
+    rows: str | None  # per-sample SQL, one reading per device and instant (None: rollups only)
+    dh: pd.DataFrame
+    repaired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) -> Scan:
+    """Read the samples once; where the detection flags devices, re-read just those deduplicated."""
+    if not files:
+        return Scan(None, pd.DataFrame())
+    src = samples_source(con, files)
+    rows = samples_sql(src, w.since, w.until)
+    per_file = several_per_partition(files)  # else no two files can hold the same device-hour
+    dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
+    if dh["host"].isna().any():  # a file without a host column: the host comes from its host= folder
+        src = samples_source(con, files, host_from_path=True)
+        rows = samples_sql(src, w.since, w.until)
+        dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
+    rejected = _rejected(con, src, w, files) if dh["bad_n"].sum() > 0 else []
+    if not rejected:  # every row in range: the later scans need not check again
+        rows = samples_sql(src, w.since, w.until, check=False)
+    dh = dh[dh["uuid"].notna() & dh["hour"].notna()]  # rows without ts or uuid were counted as rejected
+    sus = dh.loc[dh["suspect"].astype(bool), ["host", "uuid", "hour"]]
+    flagged = sorted((h, u, int(hr)) for h, u, hr in sus.itertuples(index=False))
+    cleaned: Cleaned = dedup(con, rows, flagged)
+    if flagged:
+        fixed = con.execute(hour_sums_sql(f"SELECT * FROM ({cleaned.sql}) SEMI JOIN flagged_hours USING (host, uuid, hour)",
+                                          float(w.idle_below), False, weighted=True)).df()
+        keys = pd.MultiIndex.from_frame(dh[["host", "uuid", "hour"]].astype({"hour": "int64"}))
+        dh = pd.concat([dh[~keys.isin(flagged)], fixed], ignore_index=True)
+    return Scan(cleaned.sql, dh.drop(columns=["suspect"]), cleaned.devices, rejected)
+
+
+def _rejected(con: duckdb.DuckDBPyConnection, src: str, w: Window, files: list[str]) -> list[dict[str, Any]]:
+    """Per file, the rows that reach no sum and why (a second scan, run only when there are some)."""
+    from gpu_audit.store.query import BAD, StoreFileError
+
+    found = con.execute(f"""
+      SELECT file_index, count(*),
+             count(*) FILTER (WHERE ts IS NULL OR uuid IS NULL),
+             count(*) FILTER (WHERE interval_s IS NULL OR NOT isfinite(CAST(interval_s AS DOUBLE)) OR interval_s < 0)
+      FROM {src} {window_where(w.since, w.until, BAD)} GROUP BY file_index ORDER BY file_index
+    """).fetchall()
+    lacking = missing_columns([files[i] for i, *_ in found])
+    if lacking:
+        f, cols = next(iter(lacking.items()))
+        raise StoreFileError(f"cannot read {f}: a samples file without the column {cols[0]!r}",
+                             hint="every samples file needs ts, uuid and interval_s (docs/store.md)")
+    out = []
+    for i, n, no_key, bad_dt in found:
+        why = []
+        if no_key:
+            why.append(f"{no_key} without ts or uuid")
+        if bad_dt:
+            why.append(f"{bad_dt} with interval_s negative, NaN, infinite or null")
+        if n - no_key - bad_dt > 0:
+            why.append(f"{n - no_key - bad_dt} with utilization outside 0-100 %")
+        out.append({"file": files[i], "rows": int(n), "why": "; ".join(why)})
+    return out
+
+
+def namespaces(con: duckdb.DuckDBPyConnection, rows: str | None, rfiles: list[str], w: Window,
+               devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each device's spend, waste and idle cost split among the Kubernetes namespaces its samples name
+    (DCGM imports label each sample with the pod then on the GPU): spend and GPU-hours by the
+    namespace's share of the device's dt, waste by its share of dt x (1 - u/100) over samples with
+    evidence, idle by its share of idle time (each falls back to the dt share where the device's
+    weight is 0). Samples without a namespace form the ``null`` namespace, so the namespaces add up to
+    the priced devices' totals. Empty (and no second scan) when no sample names a namespace."""
+    rsrc = rollups_source(con, rfiles) if rfiles else None
+    probes = ([f"SELECT 1 FROM ({rows}) WHERE k8s_namespace IS NOT NULL"] if rows else []) + \
+             ([f"SELECT 1 FROM {rsrc} WHERE k8s_namespace IS NOT NULL"] if rsrc else [])
+    if not probes or not con.execute(f"SELECT EXISTS ({' UNION ALL '.join(probes)})").fetchall()[0][0]:  # all rows fetched: nothing left open
+        return []
+    parts = []
+    if rows:
+        parts.append(f"""SELECT host, uuid, k8s_namespace AS ns, sum(dt) AS dt,
+                 coalesce(sum(CASE WHEN u IS NOT NULL THEN dt * (1 - u / 100) END), 0) AS waste_w,
+                 coalesce(sum(CASE WHEN u < {float(w.idle_below)} THEN dt END), 0) AS idle_dt
+          FROM ({rows}) GROUP BY ALL""")
+    if rsrc:
+        parts.append(f"""SELECT host, uuid, k8s_namespace AS ns, sum(dt_s) AS dt, sum(ev_dt_s - u_dt / 100) AS waste_w,
+                 sum(idle_dt_s) AS idle_dt
+          FROM {rsrc} {window_where(w.since, w.until)} GROUP BY ALL""")
+    df = con.execute(f"SELECT host, uuid, ns, sum(dt) AS dt, sum(waste_w) AS waste_w, sum(idle_dt) AS idle_dt "
+                     f"FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL").df()
+    by_dev = {(d["host"], d["uuid"]): d for d in devices}
+    tot = {k: (float(r["dt"]), float(r["waste_w"]), float(r["idle_dt"]))
+           for k, r in df.groupby(["host", "uuid"])[["dt", "waste_w", "idle_dt"]].sum().iterrows()}
+    out: dict[Any, dict[str, Any]] = {}
+    for r in df.itertuples(index=False):  # one row per device and namespace: a Python loop over devices
+        d = by_dev.get((r.host, r.uuid))
+        if d is None or d.get("spend_usd") is None:
+            continue
+        t_dt, t_waste, t_idle = tot[(r.host, r.uuid)]
+        dt_share = r.dt / t_dt if t_dt > 0 else 0.0
+        ns = None if pd.isna(r.ns) else r.ns
+        e = out.setdefault(ns, {"namespace": ns, "devices": 0, "gpu_hours": 0.0, "spend_usd": 0.0, "waste_usd": 0.0, "idle_usd": 0.0})
+        e["devices"] += 1
+        e["gpu_hours"] += d["gpu_hours"] * dt_share
+        e["spend_usd"] += d["spend_usd"] * dt_share
+        e["waste_usd"] += (d["waste_usd"] or 0.0) * (r.waste_w / t_waste if t_waste > 0 else dt_share)
+        e["idle_usd"] += (d["idle_usd"] or 0.0) * (r.idle_dt / t_idle if t_idle > 0 else dt_share)
+    return sorted(out.values(), key=lambda e: -e["spend_usd"])
+
+
+def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) -> pd.DataFrame:
+    """The same per-(device, hour) sums as the sample scan, from rollup rows."""
+    return con.execute(f"""
+    SELECT host, uuid, epoch_us(ts) // 3600000000 AS hour,
+           any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
+           bool_or(mig_mode) AS mig_mode,
+           max(CASE WHEN parent_uuid IS NOT NULL
+                    THEN coalesce(TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE), 0) / (CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END)
+                    WHEN mig_mode THEN 0.0 ELSE 1.0 END) AS share,
+           sum(n) AS n, 0 AS bad_n, sum(dt_s) AS dt_s, sum(ev_dt_s) AS ev_dt, sum(u_dt) AS u_dt, sum(idle_dt_s) AS idle_dt,
+           sum(sm_dt_s) AS sm_dt, sum(sm_u_dt) AS smu_dt, sum(error_dt_s) AS error_dt,
+           sum(util_gpu_dt_s) AS m_util_dt, sum(gr_engine_dt_s) AS m_gr_dt, sum(sm_active_dt_s) AS m_sm_dt,
+           max(mem_max_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
+           min(epoch_us(first_ts)) AS first_us, max(epoch_us(end_ts)) AS last_us, sum(free_dt_s) AS roll_free_dt,
+           coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below
+    FROM {rollups_source(con, files)} {window_where(w.since, w.until)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
+    """).df()
+
+
+def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs: the scan's
+    sums, rollup rows, and the unallocated (``free_dt``) and unseen (``blind_dt``) time of GPUs in MIG
+    mode from a small query over MIG rows only."""
+    dh = sc.dh
+    if rollups is not None and not rollups.empty and dh.empty:
+        dh = rollups.drop(columns=["roll_idle_below"])  # already one row per (device, hour)
+    elif rollups is not None and not rollups.empty:
+        agg = {c: "sum" for c in ("n", "bad_n", "dt_s", *SUM_COLUMNS, "roll_free_dt", "roll_blind_dt")}
+        agg.update(parent_uuid="first", name="first", mig_profile="first", mig_mode="max", share="max", mem_max="max",
+                   mem_total="max", first_us="min", last_us="max")
+        both = pd.concat([dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0), rollups.drop(columns=["roll_idle_below"])], ignore_index=True)
+        both["mig_mode"] = both["mig_mode"].fillna(False).astype(bool)  # object dtype would make pandas loop in Python
+        for c in (*SUM_COLUMNS, "roll_free_dt", "roll_blind_dt"):
+            both[c] = both[c].astype(float).fillna(0.0)
+        dh = both.groupby(["host", "uuid", "hour"], as_index=False, dropna=False).agg(agg)
+    else:
+        dh = dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0)
+    for col in SUM_COLUMNS:
+        dh[col] = dh[col].astype(float).fillna(0.0)
+    sh = dh["share"].astype(float)
+    dh["share_dt"] = sh * dh["dt_s"]
+    dh["ev_share_dt"] = sh * dh["ev_dt"]
+    dh["waste_share_dt"] = sh * (dh["ev_dt"] - dh["u_dt"] / 100)
+    dh["idle_share_dt"] = sh * dh["idle_dt"]
+    dh["sm_share_dt"] = sh * dh["sm_dt"]
+    dh["sm_waste_share_dt"] = sh * (dh["sm_dt"] - dh["smu_dt"] / 100)
+    free = con.execute(f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt FROM ({mig_free_sql(sc.rows)}) "
+                       "GROUP BY ALL").df() if sc.rows else pd.DataFrame()
+    dh = dh.merge(free, on=["host", "uuid", "hour"], how="left") if not free.empty else dh.assign(free_dt=0.0, blind_dt=0.0)
+    dh["free_dt"] = dh["free_dt"].astype(float).fillna(0.0) + dh["roll_free_dt"].astype(float).fillna(0.0)
+    dh["blind_dt"] = dh["blind_dt"].astype(float).fillna(0.0) + dh["roll_blind_dt"].astype(float).fillna(0.0)
+    return dh
+
+
+def device_distributions(con: duckdb.DuckDBPyConnection, rows: str | None, w: Window,
+                         rollup_files: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per device, in one scan: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of
+    the device's total), from which the 95th percentiles are read. Rolled-up minutes count as their
+    mean utilization and peak memory."""
+    parts = []
+    if rows:
+        parts.append(f"SELECT host, uuid, u, mem_used_bytes, mem_total_bytes, dt FROM ({rows})")
+    if rollup_files:
+        parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
+                         mem_total_bytes, dt_s AS dt
+                         FROM {read_sql(rollup_files)} {window_where(w.since, w.until)}""")
+    h = con.execute(f"""
+        SELECT host, uuid, CAST(round(u) AS INTEGER) AS ubin,
+               CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin,
+               sum(dt) AS w, grouping(ubin) AS is_mem
+        FROM ({" UNION ALL ".join(parts)})
+        GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
+    """).df()
+    util = h[(h["is_mem"] == 0) & h["ubin"].notna()].rename(columns={"ubin": "bin"})[["host", "uuid", "bin", "w"]]
+    mem = h[(h["is_mem"] == 1) & h["mbin"].notna()].rename(columns={"mbin": "bin"})[["host", "uuid", "bin", "w"]]
+    return util, weighted_p95(mem).rename(columns={"p95_util_pct": "mem_p95_permille"})
+
+
+def weighted_p95(hist: pd.DataFrame) -> pd.DataFrame:
+    """The dt-weighted 95th percentile: the smallest bin whose cumulative weight reaches 95 %."""
+    if hist.empty:
+        return pd.DataFrame(columns=["host", "uuid", "p95_util_pct"])
+    h = hist.sort_values(["host", "uuid", "bin"])
+    h["cum"] = h.groupby(["host", "uuid"])["w"].cumsum()
+    h["tot"] = h.groupby(["host", "uuid"])["w"].transform("sum")
+    hit = h[h["cum"] >= 0.95 * h["tot"] - 1e-9]
+    return hit.groupby(["host", "uuid"], as_index=False)["bin"].first().rename(columns={"bin": "p95_util_pct"})

@@ -1,0 +1,281 @@
+"""The SQL over a store's samples that the analyzer and the rollup both read (below both of them).
+
+``samples_sql`` turns stored rows into the per-sample columns every sum needs (dt, u, share parts),
+with values outside their range neutralised: a row whose ``interval_s`` is negative, NaN or
+infinite, or whose utilization is outside [0, 100], is *rejected* (``bad``): it stands for no time
+and carries no evidence, so it reaches no sum; the analyzer counts such rows per file.
+
+``dedup`` makes "one reading per device and instant" true where the cheap detection of
+``HOUR_SUMS`` (docs/metrics.md) found duplicates or overlapping series: one row per (host, uuid,
+ts), and each sample's dt cut to the gap since the device's previous sample, so that a device is
+never billed more than wall time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from gpu_audit.errors import GpuAuditError
+
+DUCK_TYPES = {"timestamp[us, tz=UTC]": "TIMESTAMPTZ", "string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT",
+              "float": "FLOAT", "double": "DOUBLE", "bool": "BOOLEAN"}
+REQUIRED = ("ts", "uuid", "interval_s")  # without these a samples file cannot be read at all
+TOLERANCE_US = 1000  # 1 ms: float rounding of dt, never a real overlap
+
+
+HOST_FROM_PATH = r"url_decode(regexp_extract(filename, '[/\\]host=([^/\\]+)[/\\]', 1))"
+
+
+class StoreFileError(GpuAuditError):
+    pass
+
+
+def sql_list(files: list[str]) -> str:
+    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+
+
+def read_sql(files: list[str]) -> str:
+    return f"read_parquet({sql_list(files)}, union_by_name = true, hive_partitioning = false)"
+
+
+def window_where(since: datetime | None, until: datetime | None, *extra: str) -> str:
+    """The WHERE clause selecting ts in [since, until), with any extra conditions."""
+    where = list(extra)
+    if since:
+        where.append(f"ts >= TIMESTAMPTZ '{since.isoformat()}'")
+    if until:
+        where.append(f"ts < TIMESTAMPTZ '{until.isoformat()}'")
+    return ("WHERE " + " AND ".join(where)) if where else ""
+
+
+def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_path: bool = False) -> str:
+    """A SELECT over the files with every column of the current schema: columns that no file has
+    (a store written by an older schema version, or an importer that has fewer fields) are typed
+    NULLs, so the analysis reads every version. A file without ``ts``, ``uuid`` or ``interval_s``
+    is refused by name. With ``host_from_path`` a row without ``host`` takes it from its
+    ``host=`` folder (a store written by another tool, with the host only as the partition)."""
+    from gpu_audit.store.schema import SAMPLES
+
+    src = read_sql(files)
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    for col in REQUIRED:
+        if col not in have:
+            raise StoreFileError(f"cannot read {files[0]}: a samples file without the column {col!r}",
+                                 hint="every samples file needs ts, uuid and interval_s (docs/store.md)")
+    cols = []
+    for f in SAMPLES:
+        if f.name == "host" and (host_from_path or "host" not in have):
+            cols.append(f'coalesce({"host" if "host" in have else "NULL"}, {HOST_FROM_PATH}) AS host')
+        elif f.name in have:
+            cols.append(f'"{f.name}"')
+        else:
+            cols.append(f'CAST(NULL AS {DUCK_TYPES[str(f.type)]}) AS "{f.name}"')
+    return f"(SELECT {', '.join(cols)}, file_index FROM {src})"
+
+
+def rollups_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
+    """Rollup files, with every column of the current rollup schema: a column no file has (an older
+    schema version: k8s_namespace before 2, blind_dt_s before 3) is a typed NULL."""
+    from gpu_audit.store.schema import ROLLUPS
+
+    src = read_sql(files)
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    missing = [f'CAST(NULL AS {DUCK_TYPES[str(f.type)]}) AS "{f.name}"' for f in ROLLUPS if f.name not in have]
+    return src if not missing else f"(SELECT *, {', '.join(missing)} FROM {src})"
+
+
+def missing_columns(files: list[str]) -> dict[str, list[str]]:
+    """Per file, the required columns it lacks (read from the footers of the files given)."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for f in files:
+        names = set(pq.read_schema(f).names)
+        lack = [c for c in REQUIRED if c not in names]
+        if lack:
+            out[f] = lack
+    return out
+
+
+_UTIL = ("util_gpu_pct", "gr_engine_active_pct", "sm_active_pct")
+# NaN compares above every number in DuckDB, so BETWEEN rejects NaN and infinities as well as values out of range.
+BAD = ("(ts IS NULL OR uuid IS NULL OR NOT coalesce(interval_s BETWEEN 0 AND 1e12, false) OR "
+       + " OR ".join(f"NOT coalesce({c} BETWEEN 0 AND 100, true)" for c in _UTIL) + ")")
+
+
+def samples_sql(src: str, since: datetime | None = None, until: datetime | None = None, check: bool = True) -> str:
+    """Per-sample rows with the columns every sum needs.
+
+    share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30); 0 for
+    a GPU in MIG mode, which is not billed itself (its unallocated slices are, elsewhere). String
+    work (profile, name) runs only in the MIG branches. metric: 1 util_gpu_pct, 2
+    gr_engine_active_pct, 3 sm_active_pct, null without evidence; ``bad``: out of range, reaching no
+    sum (dt 0, no u). ``check=False`` skips the range check
+    (``bad`` is false): for the later scans of rows that the first scan found all in range."""
+    return f"""
+      SELECT host, uuid, parent_uuid, name, mig_profile, coalesce(mig_mode, false) AS mig_mode, source, file_index,
+             epoch_us(ts) AS ts_us, epoch_us(ts) // 3600000000 AS hour, bad,
+             CASE WHEN bad THEN 0.0 ELSE CAST(interval_s AS DOUBLE) END AS dt, 1.0 AS w,
+             CASE WHEN NOT bad THEN CAST(coalesce(util_gpu_pct, gr_engine_active_pct, sm_active_pct) AS DOUBLE) END AS u,
+             CASE WHEN bad THEN NULL WHEN util_gpu_pct IS NOT NULL THEN 1 WHEN gr_engine_active_pct IS NOT NULL THEN 2
+                  WHEN sm_active_pct IS NOT NULL THEN 3 END AS metric,
+             CASE WHEN NOT bad THEN CAST(sm_active_pct AS DOUBLE) END AS sm,
+             mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error, k8s_namespace,
+             CASE WHEN parent_uuid IS NOT NULL OR mig_mode THEN
+                  (CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END) END AS total_slices,
+             CASE WHEN parent_uuid IS NOT NULL THEN TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) END AS slices
+      FROM (SELECT *, {BAD if check else "false"} AS bad FROM {src} {window_where(since, until)})
+    """
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """Where the samples were made one reading per device and instant."""
+
+    sql: str  # per-sample rows (samples_sql's columns), every (host, uuid, ts) once
+    devices: dict[tuple[str, str], dict[str, Any]]  # per repaired device: duplicate_rows, overlap_hours
+
+
+ROW_COLUMNS = ("parent_uuid", "name", "mig_profile", "mig_mode", "source", "file_index", "hour", "bad", "dt", "w", "u", "metric",
+               "sm", "mem_used_bytes", "mem_total_bytes", "has_error", "k8s_namespace", "total_slices", "slices")
+
+
+def _hours_table(con: duckdb.DuckDBPyConnection, name: str, hours: list[tuple[str, str, int]]) -> None:
+    import pyarrow as pa
+
+    con.register(name, pa.table({"host": pa.array([h for h, _, _ in hours], pa.string()),
+                                 "uuid": pa.array([u for _, u, _ in hours], pa.string()),
+                                 "hour": pa.array([hr for _, _, hr in hours], pa.int64())}))
+
+
+def dedup(con: duckdb.DuckDBPyConnection, rows_sql: str, flagged: list[tuple[str, str, int]]) -> Cleaned:
+    """The rows of the ``flagged`` device-hours made one reading per device and instant.
+
+    An instant read k times counts each reading 1/k (``w``; dt / k): exact copies (a file imported
+    twice, a retried flush) then sum to one reading, with no row rewritten and no sort, only a narrow
+    table of the repeated instants. Where a device-hour still stands for more time than it spans
+    (overlapping series at different offsets), its rows are rewritten: one per instant (the reading in
+    range, without an error, with the longest dt), each dt cut to the gap since the device's previous
+    sample, so that the device is billed wall time once. Other rows pass untouched."""
+    if not flagged:
+        return Cleaned(rows_sql, {})
+    _hours_table(con, "flagged_hours", flagged)
+    con.execute(f"""
+      CREATE OR REPLACE TEMP TABLE repeated_instants AS
+      SELECT hash(host, uuid) AS dev, ts_us, count(*) AS copies
+      FROM (SELECT host, uuid, ts_us FROM ({rows_sql}) SEMI JOIN flagged_hours USING (host, uuid, hour))
+      GROUP BY ALL HAVING count(*) > 1
+    """)
+    devs = {d: (h, u) for h, u, d in con.execute(
+        "SELECT DISTINCT host, uuid, hash(host, uuid) FROM flagged_hours").fetchall()}
+    dups = {devs[d]: int(n) for d, n in con.execute(
+        "SELECT dev, sum(copies - 1) FROM repeated_instants GROUP BY dev").fetchall() if d in devs}
+    weighted = rows_sql if not dups else f"""
+      SELECT r.* REPLACE (r.dt / coalesce(k.copies, 1) AS dt, r.w / coalesce(k.copies, 1) AS w)
+      FROM ({rows_sql}) r LEFT JOIN repeated_instants k ON k.dev = hash(r.host, r.uuid) AND k.ts_us = r.ts_us"""
+    over = [(h, u, int(hr)) for h, u, hr in con.execute(f"""
+      SELECT host, uuid, hour FROM ({weighted}) SEMI JOIN flagged_hours USING (host, uuid, hour) GROUP BY ALL
+      HAVING sum(dt) * 1e6 > max(ts_us) - min(ts_us - dt / w * 1e6) + {TOLERANCE_US} ORDER BY ALL""").fetchall()]
+    cut: dict[tuple[str, str], float] = {}
+    sql = weighted
+    if over:  # overlapping series: one row per instant, each dt cut to the gap since the previous sample
+        _hours_table(con, "overlap_hours", over)
+        score = "(CASE WHEN bad THEN 0 ELSE 4 END + CASE WHEN has_error THEN 0 ELSE 2 END + dt / 1e12)"
+        con.execute(f"""
+          CREATE OR REPLACE TEMP TABLE cut_samples AS
+          WITH one AS (
+            SELECT host, uuid, ts_us, arg_max(struct_pack({", ".join(ROW_COLUMNS)}), {score}) AS p
+            FROM ({rows_sql}) SEMI JOIN overlap_hours USING (host, uuid, hour) GROUP BY host, uuid, ts_us)
+          SELECT host, uuid, ts_us, {", ".join(f"p.{c} AS {c}" for c in ROW_COLUMNS if c not in ("dt", "w"))}, 1.0 AS w,
+                 least(p.dt, coalesce((ts_us - lag(ts_us) OVER (PARTITION BY host, uuid, p.bad ORDER BY ts_us)) / 1e6, p.dt)) AS dt,
+                 p.dt AS dt_before_cut
+          FROM one
+        """)
+        cut = {(h, u): float(c or 0) for h, u, c in con.execute(
+            "SELECT host, uuid, sum(dt_before_cut - dt) FROM cut_samples GROUP BY ALL").fetchall()}
+        sql = (f"SELECT * FROM ({weighted}) ANTI JOIN overlap_hours USING (host, uuid, hour) "
+               "UNION ALL BY NAME SELECT * EXCLUDE (dt_before_cut) FROM cut_samples")
+    devices = {k: {"host": k[0], "uuid": k[1], "duplicate_rows": dups.get(k, 0), "overlap_hours": cut.get(k, 0.0) / 3600}
+               for k in sorted(set(dups) | set(cut))}
+    return Cleaned(sql, devices)
+
+
+# (column, per-sample expression summed per file and device-hour, how the files' values combine)
+_SUMS = (
+    ("parent_uuid", "any_value(parent_uuid)", "any_value"), ("name", "any_value(name)", "any_value"),
+    ("mig_profile", "any_value(mig_profile)", "any_value"), ("mig_mode", "bool_or(mig_mode)", "bool_or"),
+    ("share", "max(CASE WHEN parent_uuid IS NOT NULL THEN coalesce(slices, 0) / total_slices WHEN mig_mode THEN 0.0 ELSE 1.0 END)", "max"),
+    ("n", "count(*)", "sum"), ("bad_n", "count(*) FILTER (WHERE bad)", "sum"), ("dt_s", "sum(dt)", "sum"),
+    ("ev_dt", "sum(CASE WHEN u IS NOT NULL THEN dt END)", "sum"), ("u_dt", "sum(u * dt)", "sum"),
+    ("idle_dt", "sum(CASE WHEN u < {idle} THEN dt END)", "sum"),
+    ("sm_dt", "sum(CASE WHEN sm IS NOT NULL THEN dt END)", "sum"), ("smu_dt", "sum(sm * dt)", "sum"),
+    ("error_dt", "sum(CASE WHEN has_error THEN dt END)", "sum"),
+    ("m_util_dt", "sum(CASE WHEN metric = 1 THEN dt END)", "sum"), ("m_gr_dt", "sum(CASE WHEN metric = 2 THEN dt END)", "sum"),
+    ("m_sm_dt", "sum(CASE WHEN metric = 3 THEN dt END)", "sum"),
+    ("mem_max", "max(mem_used_bytes)", "max"), ("mem_total", "max(mem_total_bytes)", "max"),
+    # Where the time the samples stand for begins and ends: backward intervals [ts - dt, ts].
+    # ({span_dt} is dt / w where readings were weighted: a reading counted 1/k still spans its interval.)
+    ("first_us", "min(ts_us - {span_dt} * 1e6)", "min"), ("last_us", "max(ts_us)", "max"),
+)
+SUM_COLUMNS = ("ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_util_dt", "m_gr_dt", "m_sm_dt")
+
+
+def hour_sums_sql(rows: str, idle: float, per_file: bool = True, weighted: bool = False) -> str:
+    """Per (device, hour): the sums, and ``suspect`` where rows stand for more time than they span
+    (backward intervals [ts - dt, ts] are disjoint within one clean series: duplicates or overlapping
+    series) or, with ``per_file``, where two files' spans overlap. Without ``per_file`` (each
+    partition holds one file, as after compact) the sums are taken in one level."""
+    inner = ", ".join(f"{e.format(idle=idle, span_dt='dt / w' if weighted else 'dt')} AS {c}" for c, e, _ in _SUMS)
+    if not per_file:
+        return f"""
+    SELECT *, dt_s * 1e6 > last_us - first_us + {TOLERANCE_US} AS suspect
+    FROM (SELECT host, uuid, hour, {inner} FROM ({rows}) GROUP BY host, uuid, hour)
+    """
+    outer = ", ".join(f"{agg}({c}) AS {c}" for c, _, agg in _SUMS)
+    return f"""
+    WITH f AS (
+      SELECT host, uuid, hour, file_index, {inner}
+      FROM ({rows}) GROUP BY host, uuid, hour, file_index),
+    o AS (
+      SELECT *, coalesce(first_us < max(last_us) OVER (PARTITION BY host, uuid, hour ORDER BY first_us
+                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) - {TOLERANCE_US}, false)
+                OR dt_s * 1e6 > last_us - first_us + {TOLERANCE_US} AS suspect
+      FROM f)
+    SELECT host, uuid, hour, {outer}, bool_or(suspect) AS suspect FROM o GROUP BY host, uuid, hour
+    """
+
+
+def several_per_partition(files: list[str]) -> bool:
+    """Whether some host/date partition holds more than one file (then files can overlap)."""
+    import os
+
+    folders = [os.path.dirname(f) for f in files]
+    return len(set(folders)) < len(folders)
+
+
+MIG_VISIBLE = "(p.source NOT IN ('nvidia-smi', 'dcgm') OR a.used IS NOT NULL)"
+
+
+def mig_free_sql(rows: str) -> str:
+    """Per sample of a GPU in MIG mode: ``free_dt``, the time of its slices that no instance held, and
+    ``blind_dt``, its time where the source showed no instances at all (an nvidia-smi CSV log, a DCGM
+    scrape without GPU_I series): invisible is not idle, so that time is billed with no evidence."""
+    return f"""
+    WITH m AS (SELECT * FROM ({rows}) WHERE mig_mode OR parent_uuid IS NOT NULL),
+    alloc AS (SELECT host, parent_uuid, ts_us, sum(slices * w) AS used FROM m WHERE parent_uuid IS NOT NULL GROUP BY ALL)
+    SELECT p.*, CASE WHEN {MIG_VISIBLE} THEN greatest(0.0, 1.0 - coalesce(a.used, 0) / p.total_slices) * p.dt ELSE 0.0 END AS free_dt,
+           CASE WHEN {MIG_VISIBLE} THEN 0.0 ELSE p.dt END AS blind_dt
+    FROM m p LEFT JOIN alloc a ON a.host = p.host AND a.parent_uuid = p.uuid AND a.ts_us = p.ts_us
+    WHERE p.mig_mode AND p.parent_uuid IS NULL
+    """
+
+
+def clean_rows(con: duckdb.DuckDBPyConnection, rows: str, per_file: bool = True) -> Cleaned:
+    """``rows`` made one reading per device and instant: the devices that hour_sums_sql flags, deduplicated."""
+    flagged = [(h, u, int(hr)) for h, u, hr in con.execute(
+        f"SELECT host, uuid, hour FROM ({hour_sums_sql(rows, 5.0, per_file)}) WHERE suspect ORDER BY ALL").fetchall()]
+    return dedup(con, rows, flagged)
