@@ -1,7 +1,8 @@
 import pytest
 
 from findfix import device, findings
-from gpu_audit.recommend import RULES, device_savings
+from gpu_audit.recommend import RULES
+from gpu_audit.recommend.claims import totals
 from gpu_audit.recommend.base import Recommendation
 
 
@@ -12,17 +13,18 @@ def rec(kind, targets, usd):
 def test_each_device_counted_once_with_its_largest_saving():
     a, b = {"host": "h", "uuid": "A"}, {"host": "h", "uuid": "B"}
     f = findings([], 24)
-    per = device_savings(f, [rec("idle", [a], 100), rec("consolidation", [a, b], 300), rec("right_size", [b], 120)])
-    assert per == {("h", "A"): 150, ("h", "B"): 150}
-    assert sum(per.values()) == 300  # not 520
+    t = totals(f, [rec("idle", [a], 100), rec("consolidation", [a, b], 300), rec("right_size", [b], 120)])
+    assert t["cash_by_device"] == {("h", "A"): 150, ("h", "B"): 150}
+    assert t["potential_monthly_savings_usd"] == 300  # not 520
 
 
-def test_model_savings_spread_over_the_model_devices_by_spend():
-    d1 = device("inf", "A", "NVIDIA L4", 1.0, [10] * 24, 1)
-    d2 = device("inf", "B", "NVIDIA L4", 3.0, [10] * 24, 1)
-    f = findings([d1, d2], 24, [{"model": "m", "hosts": ["inf"]}])
-    per = device_savings(f, [rec("token_economics", [{"model": "m"}], 100)])
-    assert per[("inf", "A")] == pytest.approx(25) and per[("inf", "B")] == pytest.approx(75)
+def test_behaviour_is_in_no_total():
+    a = {"host": "h", "uuid": "A"}
+    r = Recommendation(kind="token_economics", title="t", targets=({"model": "m"},), evidence={}, monthly_savings_usd=100,
+                       confidence="low", savings_class="behaviour")
+    t = totals(findings([], 24), [r, rec("idle", [a], 10)])
+    assert t["potential_monthly_savings_usd"] == 10 and t["capacity_monthly_usd"] == 0
+    assert t["behaviour_recommendations"] == 1 and t["behaviour_monthly_estimate_usd"] == 100
 
 
 def test_ids_are_stable_and_every_rule_is_registered():

@@ -352,6 +352,7 @@ def _devices_stage(r: _Run) -> None:
     devices, unpriced, no_evidence, gaps, read_errors = [], [], [], [], []
     for x in r.dev.itertuples(index=False):
         pr = r.prices[(x.host, x.uuid)]
+        bill = r.pricing.billing(x.host)
         parent_in_mig = bool(x.mig_mode) and (x.parent_uuid is None or pd.isna(x.parent_uuid))
         metric = max((("util_gpu_pct", x.m_util), ("gr_engine_active_pct", x.m_gr), ("sm_active_pct", x.m_sm)),
                      key=lambda kv: kv[1] or 0)
@@ -378,6 +379,7 @@ def _devices_stage(r: _Run) -> None:
             "unallocated_usd": x.unalloc_usd if pr and parent_in_mig else None,
             "mig_instances_visible": (x.blind_dt <= 0) if parent_in_mig else None,
             "waste_sm_active_usd": x.sm_waste_usd if pr and x.sm_share_dt > 0 else None,
+            "billing": {"unit": bill.unit, "commitment": bill.commitment, "source": bill.source},
             "coverage_pct": min(100.0, 100 * x.dt_s / window_s) if window_s > 0 else None,
             "covered_hours": x.dt_s / 3600,
             "error_hours": x.error_dt / 3600,
@@ -406,6 +408,9 @@ def _devices_stage(r: _Run) -> None:
                  "duplicate_or_overlapping_samples": sorted(r.sc.repaired.values(), key=lambda e: (e["host"], e["uuid"])),
                  "rejected_samples": r.sc.rejected}
     r.fleet = _fleet(r.dh, devices)
+    hours = (r.end - r.start) / 3600
+    # The monthly run-rate beside every monthly saving (DESIGN.md "Monthly"): spend x 730 / window hours.
+    r.fleet["monthly_run_rate_usd"] = r.fleet["spend_usd"] * 730 / hours if hours > 0 else None
 
 
 def _blind_source(r: _Run, host: str, uuid: str) -> str:

@@ -132,8 +132,14 @@ def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = 
     rs = replace(rs, gpu_prices=prices)
     out = recommend(findings, rs)
     findings["recommendations"] = out["recommendations"]
-    findings["fleet"]["potential_monthly_savings_usd"] = out["potential_monthly_savings_usd"]
+    fleet = findings["fleet"]
+    for k in ("potential_monthly_savings_usd", "capacity_monthly_usd", "capacity_gpus_freed", "behaviour_recommendations",
+              "behaviour_monthly_estimate_usd"):
+        fleet[k] = out[k]
+    rate = fleet.get("monthly_run_rate_usd")
+    fleet["cash_share_of_run_rate_pct"] = 100 * fleet["potential_monthly_savings_usd"] / rate if rate else None
     findings["savings_by_device"] = out["savings_by_device"]
+    findings["capacity_by_device"] = out["capacity_by_device"]
     findings["recommend_settings"] = {k: v for k, v in asdict(rs).items() if k != "gpu_prices"}
     findings["data_quality"]["devices_not_assessed"] = [
         {"host": d["host"], "uuid": d["uuid"], "why": _not_assessed_why(d, rs)}

@@ -40,12 +40,39 @@ class ApiPrice:
     source: str | None
 
 
+UNITS = ("gpu", "node")
+COMMITMENTS = ("on-demand", "reserved", "owned")
+
+
+@dataclass(frozen=True)
+class Billing:
+    """How a host's GPUs are bought (DESIGN.md "Billing"): per GPU or per node, on demand, reserved or owned."""
+
+    unit: str = "gpu"
+    commitment: str = "on-demand"
+    source: str = "default (per GPU, on demand)"
+
+    @property
+    def returnable(self) -> bool:
+        """Whether a freed billing unit shrinks the bill (on demand); reserved or owned GPUs are capacity."""
+        return self.commitment == "on-demand"
+
+
 @dataclass
 class Pricing:
     path: str | None = None
     hosts: dict[str, float] = field(default_factory=dict)
     gpus: dict[str, float] = field(default_factory=dict)
     api: dict[str, ApiPrice] = field(default_factory=dict)
+    billing_default: Billing = field(default_factory=Billing)
+    billing_hosts: dict[str, Billing] = field(default_factory=dict)  # shell-style pattern -> billing
+
+    def billing(self, host: str) -> Billing:
+        """The billing of ``host``: the longest ``[billing.host."pattern"]`` that matches, else ``[billing]``."""
+        from fnmatch import fnmatchcase
+
+        hits = [p for p in self.billing_hosts if fnmatchcase(host, p)]
+        return self.billing_hosts[max(hits, key=len)] if hits else self.billing_default
 
     def price(self, host: str, name: str | None) -> Price | None:
         if host in self.hosts:
@@ -84,30 +111,62 @@ def load_pricing(path: str | None) -> Pricing:
     currency = raw.get("currency", "USD")
     if currency != "USD":
         raise bad("currency", f"currency {currency!r} is not supported: gpu-audit works in USD only")
-    unknown = set(raw) - {"currency", "gpu", "host", "api"}
+    unknown = set(raw) - {"currency", "gpu", "host", "api", "billing"}
     if unknown:
         k = sorted(unknown)[0]
-        raise bad(k, f"unknown section or key {k!r} (expected currency, [gpu], [host], [api.\"MODEL\"])")
+        raise bad(k, f"unknown section or key {k!r} (expected currency, [gpu], [host], [api.\"MODEL\"], [billing])")
     p = Pricing(path=path)
     for section, target in (("gpu", p.gpus), ("host", p.hosts)):
         tbl = raw.get(section, {})
         if not isinstance(tbl, dict):
             raise bad(section, f"[{section}] must be a table of name = price")
         for k, v in tbl.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            if not _price_ok(v, 1e6):
                 raise bad(f'"{k}"' if f'"{k}"' in text else k,
-                          f"[{section}] {k!r}: expected a price in $ per GPU-hour (a number >= 0), got {v!r}")
+                          f"[{section}] {k!r}: expected a price in $ per GPU-hour (a finite number from 0 to 1,000,000), got {v!r}")
             target[k] = float(v)
     for model, spec in raw.get("api", {}).items():
         if not isinstance(spec, dict):
             raise bad(model, f"[api.{model!r}] must be a table")
         for k in ("input_per_1m", "output_per_1m"):
             v = spec.get(k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise bad(model, f"[api.{model!r}] {k}: expected $ per 1M tokens (a number >= 0), got {v!r}")
+            if not _price_ok(v, 1e6):
+                raise bad(model, f"[api.{model!r}] {k}: expected $ per 1M tokens (a finite number from 0 to 1,000,000), got {v!r}")
         p.api[model] = ApiPrice(model, float(spec["input_per_1m"]), float(spec["output_per_1m"]),
                                 str(spec["as_of"]) if "as_of" in spec else None, spec.get("source"))
+    billing = raw.get("billing", {})
+    if not isinstance(billing, dict):
+        raise bad("billing", "[billing] must be a table (unit, commitment, and [billing.host.\"PATTERN\"])")
+    p.billing_default = _billing(billing, "[billing]", bad, Billing(source=f"{path} [billing]") if billing else Billing())
+    hosts = billing.get("host", {})
+    if not isinstance(hosts, dict):
+        raise bad("billing.host", "[billing.host.\"PATTERN\"] must be tables")
+    for pattern, spec in hosts.items():
+        if not isinstance(spec, dict):
+            raise bad(pattern, f"[billing.host.{pattern!r}] must be a table (unit, commitment)")
+        p.billing_hosts[pattern] = _billing(spec, f"[billing.host.{pattern!r}]", bad,
+                                            Billing(p.billing_default.unit, p.billing_default.commitment, f"{path} [billing.host.{pattern!r}]"))
     return p
+
+
+def _price_ok(v: Any, most: float) -> bool:
+    """A price: a real number, finite (NaN and inf are refused: they disable every total), in range."""
+    import math
+
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= most
+
+
+def _billing(spec: dict[str, Any], where: str, bad: Any, base: Billing) -> Billing:
+    extra = set(spec) - {"unit", "commitment", "host"} if where == "[billing]" else set(spec) - {"unit", "commitment"}
+    if extra:
+        k = sorted(extra)[0]
+        raise bad(k, f"{where}: unknown key {k!r} (expected unit, commitment)")
+    unit, commitment = spec.get("unit", base.unit), spec.get("commitment", base.commitment)
+    if unit not in UNITS:
+        raise bad("unit", f"{where} unit: expected one of {', '.join(UNITS)}, got {unit!r}")
+    if commitment not in COMMITMENTS:
+        raise bad("commitment", f"{where} commitment: expected one of {', '.join(COMMITMENTS)}, got {commitment!r}")
+    return Billing(unit, commitment, base.source)
 
 
 def price_table(pricing: Pricing) -> list[dict[str, Any]]:

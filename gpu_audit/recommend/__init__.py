@@ -6,7 +6,6 @@ RULES. ``recommend`` runs them all and adds the totals, which count each device 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Callable
 
 from gpu_audit.recommend import idle, serving, sizing
@@ -25,31 +24,11 @@ RULES: dict[str, Rule] = {
 }
 
 
-def device_savings(findings: dict[str, Any], recs: list[Recommendation]) -> dict[tuple[str, str], float]:
-    """Per device, the largest monthly saving any recommendation claims for it.
-
-    A device-targeted saving is split evenly over its device targets. A model-targeted one is spread
-    over the devices of the hosts that served the model, in proportion to their spend.
-    """
-    hosts_of = {m["model"]: m.get("hosts") or [] for m in findings["models"]}
-    best: dict[tuple[str, str], float] = defaultdict(float)
-    for r in recs:
-        devs = [(t["host"], t["uuid"]) for t in r.targets if "uuid" in t]
-        if devs:
-            shares = {k: 1 / len(devs) for k in devs}
-        else:
-            model_devs = [d for d in findings["devices"] for t in r.targets
-                          if "model" in t and d["host"] in hosts_of.get(t["model"], []) and d.get("spend_usd")]
-            total = sum(d["spend_usd"] for d in model_devs)
-            shares = {(d["host"], d["uuid"]): d["spend_usd"] / total for d in model_devs} if total else {}
-        for k, sh in shares.items():
-            best[k] = max(best[k], r.monthly_savings_usd * sh)
-    return best
-
-
 def recommend(findings: dict[str, Any], settings: RecommendSettings) -> dict[str, Any]:
-    """Run every rule; return the recommendations (most valuable first) and trustworthy totals."""
+    """Run every rule; classify each claim (claims.classify); return the recommendations (cash first,
+    then capacity, then behaviour; most valuable first) and the totals, which count each device once."""
     from gpu_audit.recommend.base import _HOURLY_CACHE
+    from gpu_audit.recommend.claims import classify, totals
 
     recs: list[Recommendation] = []
     try:
@@ -57,10 +36,13 @@ def recommend(findings: dict[str, Any], settings: RecommendSettings) -> dict[str
             recs.extend(rule(findings, settings))
     finally:
         _HOURLY_CACHE[:] = [None, None]  # let a large fleet's per-device hours go once the rules are done
-    recs.sort(key=lambda r: (-r.monthly_savings_usd, r.kind, r.id))
-    per_device = device_savings(findings, recs)
+    recs = classify(findings, recs)
+    order = {"cash": 0, "capacity": 1, "behaviour": 2}
+    recs.sort(key=lambda r: (order[r.savings_class], -r.monthly_savings_usd, r.kind, r.id))
+    t = totals(findings, recs)
     return {
         "recommendations": [r.to_dict() for r in recs],
-        "potential_monthly_savings_usd": sum(per_device.values()),
-        "savings_by_device": [{"host": h, "uuid": u, "monthly_savings_usd": v} for (h, u), v in sorted(per_device.items())],
+        **{k: v for k, v in t.items() if not k.endswith("_by_device")},
+        "savings_by_device": [{"host": h, "uuid": u, "monthly_savings_usd": v} for (h, u), v in sorted(t["cash_by_device"].items())],
+        "capacity_by_device": [{"host": h, "uuid": u, "monthly_usd": v} for (h, u), v in sorted(t["capacity_by_device"].items())],
     }

@@ -21,6 +21,10 @@ class Recommendation:
     confidence: str  # high | medium | low
     action: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    # cash (the bill shrinks), capacity (GPU time freed, no bill shrinks), behaviour (a product or client
+    # change; in no total). A rule says what the change frees; claims.classify decides cash vs capacity
+    # from the target and the host's billing.
+    savings_class: str = "cash"
 
     @property
     def id(self) -> str:

@@ -209,6 +209,7 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
                       "format": fmt, "assumed_throughput_gain": gain if todo else None, "published": list(PUBLISHED)},
             monthly_savings_usd=monthly(findings, saving), confidence="low", action=action,
             settings={"memory_pct": s.quantization_memory_pct, **({"throughput_gain": gain} if todo else {})},
+            savings_class="cash" if saving else "capacity",
         ))
     return out
 
@@ -239,7 +240,7 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
                 continue
             breakeven = util * m["cost_usd"] / api_cost if util else None
             out.append(Recommendation(
-                kind="token_economics", title=f"{m['model']} costs ${m['cost_usd']:.2f} self-hosted vs ${api_cost:.2f} at {api['model']} prices",
+                savings_class="behaviour", kind="token_economics", title=f"{m['model']} costs ${m['cost_usd']:.2f} self-hosted vs ${api_cost:.2f} at {api['model']} prices",
                 targets=({"model": m["model"]},),
                 evidence={**evidence_base, "api": api["model"], "api_cost_usd": api_cost, "self_hosted_cost_usd": m["cost_usd"],
                           "api_price_as_of": api.get("as_of"), "api_price_source": api.get("source"),
@@ -256,7 +257,7 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
         if p50 and p99 and p99 / p50 >= s.long_tail_ratio:
             share = (m.get("completion_tokens_beyond_p95") or 0) / m["completion_tokens"]
             out.append(Recommendation(
-                kind="token_economics", title=f"{m['model']}: a long tail of completions (p99 {p99:.0f} vs median {p50:.0f} tokens): set max_tokens",
+                savings_class="behaviour", kind="token_economics", title=f"{m['model']}: a long tail of completions (p99 {p99:.0f} vs median {p50:.0f} tokens): set max_tokens",
                 targets=({"model": m["model"], "lever": "max_tokens"},),
                 evidence={**evidence_base, "completion_p50": p50, "completion_p95": m.get("completion_p95"), "completion_p99": p99,
                           "completion_tokens_beyond_p95": m.get("completion_tokens_beyond_p95"), "share_of_output_beyond_p95": share},
@@ -268,7 +269,7 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
         pp = m.get("prompt_p50")
         if pp and p50 and pp / p50 >= s.long_prompt_ratio:
             out.append(Recommendation(
-                kind="token_economics", title=f"{m['model']}: prompts are {pp / p50:.0f}x longer than completions: cache prefixes",
+                savings_class="behaviour", kind="token_economics", title=f"{m['model']}: prompts are {pp / p50:.0f}x longer than completions: cache prefixes",
                 targets=({"model": m["model"], "lever": "prefix_cache"},),
                 evidence={**evidence_base, "prompt_p50": pp, "completion_p50": p50,
                           "prefix_cache_hit_pct": (m.get("engine") or {}).get("prefix_cache_hit_pct")},
@@ -291,7 +292,7 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
             share = m.get("short_request_share") or 0
             saving = m["cost_usd"] * share * (1 - 1 / ratio)
             out.append(Recommendation(
-                kind="token_economics", title=f"{m['model']}: {share:.0%} of requests are short (<= {s.short_request_tokens} tokens): route them to {cheap['model']}",
+                savings_class="behaviour", kind="token_economics", title=f"{m['model']}: {share:.0%} of requests are short (<= {s.short_request_tokens} tokens): route them to {cheap['model']}",
                 targets=({"model": m["model"], "lever": "routing"},),
                 evidence={"cost_per_1m_output_tokens": m["cost_per_1m_output_tokens"], "cheaper_model": cheap["model"],
                           "cheaper_cost_per_1m_output_tokens": cheap["cost_per_1m_output_tokens"], "short_request_share": share,

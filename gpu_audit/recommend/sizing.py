@@ -143,8 +143,8 @@ def mig(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
                       "slices_without_evidence": [k["mig_profile"] for k in kids if k.get("mean_util_pct") is None]},
             monthly_savings_usd=monthly(findings, cost), confidence="low",
             action="Destroy the unused instances and place other work on the freed slices (or repartition), so that a "
-                   "separate GPU elsewhere is not needed.",
-            settings={"idle_below_pct": findings.get("idle_below_pct")},
+                   "separate GPU elsewhere is not needed. No bill shrinks unless that work would otherwise need a GPU.",
+            settings={"idle_below_pct": findings.get("idle_below_pct")}, savings_class="capacity",
         ))
     return out
 
