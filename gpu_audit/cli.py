@@ -167,10 +167,13 @@ def _console(stderr: bool = False):  # imported lazily: rich costs import time
 
 
 def _e(value: object) -> str:
-    """A path, host or message for rich markup: `[` in it is text, never a style tag."""
+    """A path, host or message for rich markup: `[` in it is text, never a style tag, and control or
+    escape characters are shown escaped, never sent to the terminal raw."""
     from rich.markup import escape
 
-    return escape(str(value))
+    from gpu_audit.fmt import printable
+
+    return escape(printable(str(value)))
 
 
 def _size(value: str, what: str) -> int:
@@ -536,14 +539,14 @@ def run(argv: Optional[List[str]] = None) -> int:
     try:
         rv = cmd.main(args=argv, prog_name="gpu-audit", standalone_mode=False)
     except GpuAuditError as e:
-        from rich.markup import escape
-
         err = _console(stderr=True)
-        err.print(f"[red]Error:[/] {escape(e.message)}", soft_wrap=True)
+        err.print(f"[red]Error:[/] {_e(e.message)}", soft_wrap=True)
         if e.hint:
-            err.print(f"[yellow]Hint:[/] {escape(e.hint)}", soft_wrap=True)
+            err.print(f"[yellow]Hint:[/] {_e(e.hint)}", soft_wrap=True)
         return e.exit_code
-    except _ABORTS:
+    except (KeyboardInterrupt, *_ABORTS):
+        # Ctrl-C: one line, exit 130; outputs are written atomically at the end, so none is half-written.
+        _console(stderr=True).print("interrupted: nothing was written", soft_wrap=True)
         return 130
     except _CLICK_ERRORS as e:
         e.show()  # type: ignore[attr-defined]

@@ -45,6 +45,12 @@ def session(memory_limit: str = "1GB", threads: int | None = None) -> Iterator[d
         con = connect(memory_limit, threads, tmp)
         try:
             yield con
+        except duckdb.InterruptException:
+            raise KeyboardInterrupt from None  # Ctrl-C during a query: the CLI's one line and exit 130
+        except RuntimeError as e:
+            if "interrupted" in str(e).lower():
+                raise KeyboardInterrupt from None
+            raise
         except duckdb.Error as e:
             raise user_error(e, memory_limit) from None
         finally:

@@ -5,10 +5,34 @@ from __future__ import annotations
 NA = "N/A"
 
 
+# Characters that must not reach a terminal or a page raw: C0 and C1 controls (ESC starts terminal escape
+# sequences, BEL ends OSC titles), DEL, and the Unicode bidi controls that reorder text (a spoofed name).
+_BIDI = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with control, escape and bidi characters shown escaped (a backslash form such as
+    ``\\x1b`` or ``\\u202e``); the characters in ``keep`` (HTML keeps newlines and tabs) pass."""
+    if text.isprintable() and not any(ord(c) in _BIDI for c in text):
+        return text
+    out = []
+    for c in text:
+        o = ord(c)
+        if c in keep:
+            out.append(c)
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif o in _BIDI or (not c.isprintable() and c != " "):
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def fmt_usd(v: float | None, decimals: int = 2) -> str:
-    if v is None:
+    if v is None or v != v:
         return NA
-    sign = "-" if v < 0 else ""
+    sign = "-" if round(v, decimals) < 0 else ""  # never "-$0.00"
     return f"{sign}${abs(v):,.{decimals}f}"
 
 

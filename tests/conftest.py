@@ -17,6 +17,8 @@ SHARED = ROOT.parent / "shared"
 # The demo's fleet starts at a fixed hour in every test, so the suite gives the same answer at any hour
 # of the day; set GPU_AUDIT_DEMO_START to run it against another start.
 os.environ.setdefault("GPU_AUDIT_DEMO_START", "2026-11-28T00:00:00Z")
+# Templates fail loudly in tests (StrictUndefined); readers get a polite report with the field left out.
+os.environ["GPU_AUDIT_STRICT_TEMPLATES"] = "1"
 
 
 def read_table(store: str | Path, table: str) -> pa.Table:

@@ -234,7 +234,9 @@ def test_hourly_series_has_no_nan_for_the_rules(tmp_path):
 
 def test_parquet_token_logs_with_different_dictionaries_and_a_bad_row(tmp_path):
     """Two Parquet logs (each with its own dictionary of models; one with large_string columns and a bad
-    row) attribute as one log: one host, $3/h for one hour, output tokens m-a 300 and m-b 100."""
+    row) read as one log: one host, $3/h for one hour, output tokens m-a 300 and m-b 100. m-b's record
+    names GPU-a, so GPU-a is m-b's (device level); m-a's records name no GPU and are split over the
+    host's GPUs that no gpu_uuid record claims: none (DESIGN.md "Cost per model")."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -249,8 +251,9 @@ def test_parquet_token_logs_with_different_dictionaries_and_a_bad_row(tmp_path):
     f = build([store], PRICING, [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")], None, None)
     a, b = model(f, "m-a"), model(f, "m-b")
     assert (a["prompt_tokens"], a["completion_tokens"], b["prompt_tokens"], b["completion_tokens"]) == (30, 300, 5, 100)
-    assert a["cost_usd"] == pytest.approx(3 * 300 / 400) and b["cost_usd"] == pytest.approx(3 * 100 / 400)
-    assert a["cost_per_1m_output_tokens"] == pytest.approx(2.25 / 300 * 1e6)
+    assert a["cost_usd"] == 0 and b["cost_usd"] == pytest.approx(3.0)
+    assert (a["attribution"], b["attribution"]) == ("host", "device")
+    assert b["cost_per_1m_output_tokens"] == pytest.approx(3.0 / 100 * 1e6)
     assert b["gpus"] == ["GPU-a"] and a["gpus"] == []
     rej = f["data_quality"]["rejected_token_records"]
     assert rej["count"] == 1 and rej["examples"] == [f"{tmp_path / 'b.parquet'}:2: a missing field or a negative token count"]
@@ -326,3 +329,27 @@ def test_no_namespace_in_the_store_means_no_namespace_list(tmp_path):
     store = str(tmp_path / "store")
     write_samples(store, series("h", "GPU-a", H100, 0, 600, [50] * 6))
     assert build([store], PRICING, [], None, None)["namespaces"] == []
+
+
+def test_cost_per_model_at_device_level_where_the_logs_name_the_gpu(tmp_path):
+    """One host, three H100s at $3/h for one hour: GPU-a serves m-a (1,000 output tokens), GPU-b serves
+    m-b (10), GPU-c idles. Each model costs exactly its GPU ($3); the idle GPU is nobody's ($3
+    unattributed). At host level (no gpu_uuid) the same tokens would split $9 by 1000:10."""
+    store = str(tmp_path / "store")
+    write_samples(store, series("inf", "GPU-a", H100, 0, 600, [50] * 6) + series("inf", "GPU-b", H100, 0, 600, [50] * 6)
+                  + series("inf", "GPU-c", H100, 0, 600, [0] * 6))
+    recs = [{"timestamp": T0 + 60, "model": "m-a", "host": "inf", "prompt_tokens": 100, "completion_tokens": 1000, "gpu_uuid": "GPU-a"},
+            {"timestamp": T0 + 120, "model": "m-b", "host": "inf", "prompt_tokens": 100, "completion_tokens": 10, "gpu_uuid": "GPU-b"}]
+    f = build([store], PRICING, [write_tokens(tmp_path / "t.jsonl", recs)], None, None)
+    a, b = model(f, "m-a"), model(f, "m-b")
+    assert a["cost_usd"] == pytest.approx(3.0) and b["cost_usd"] == pytest.approx(3.0)
+    assert a["attribution"] == b["attribution"] == "device"
+    assert f["fleet"]["unattributed_usd"] == pytest.approx(3.0)
+    assert b["cost_per_1m_output_tokens"] == pytest.approx(3.0 / 10 * 1e6)
+    # the token_economics card quotes m-b's own GPU (50 %), not the host's mean (33 %)
+    (te,) = [r for r in f["recommendations"] if r["kind"] == "token_economics" and r["targets"][0]["model"] == "m-b"
+             and r["evidence"].get("api")]
+    assert te["evidence"]["serving_util_pct"] == pytest.approx(50.0)
+    host = build([store], PRICING, [write_tokens(tmp_path / "h.jsonl", [{k: v for k, v in r.items() if k != "gpu_uuid"} for r in recs])],
+                 None, None)
+    assert model(host, "m-a")["cost_usd"] == pytest.approx(9 * 1000 / 1010) and model(host, "m-a")["attribution"] == "host"

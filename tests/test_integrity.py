@@ -350,7 +350,8 @@ def _firing_cases():
         "consolidation": findings([device("h1", "GPU-a", l40s, 1.86, [55] * 12 + [5] * 12, 9.6, total_gib=48),
                                    device("h2", "GPU-b", l40s, 1.86, [5] * 12 + [55] * 12, 9.6, total_gib=48)], 24),
         "batching": findings([device("inf", f"GPU-{i}", h100, 3.0, [15] * 24, 70) for i in range(4)], 24, [served_model("m", ["inf"])]),
-        "quantization": findings([device("inf", "GPU-h", h100, 3.0, [60] * 24, 76)], 24, [served_model("m", ["inf"])]),
+        "quantization": findings([device("inf", "GPU-h", h100, 3.0, [60] * 24, 76)], 24,
+                                 [served_model("m", ["inf"], engine={"p95_kv_cache_usage_pct": 98.0})]),
         "token_economics": findings([device("inf", "GPU-h", h100, 3.0, [20] * 24, 70)], 24, [served_model("m", ["inf"])], api),
     }
 

@@ -68,7 +68,12 @@ def test_demo_report_renders_with_every_chart_and_exact_headline(browser, demo):
               "fleet.idle_usd": fmt_usd(fl["idle_usd"]), "fleet.mean_util_pct": fmt_pct(fl["mean_util_pct"]),
               "fleet.potential_monthly_savings_usd": fmt_usd(fl["potential_monthly_savings_usd"]),
               "fleet.cost_per_1m_output_tokens": fmt_usd(fl["cost_per_1m_output_tokens"], 3),
-              "fleet.coverage_pct": fmt_pct(fl["coverage_pct"])}
+              "fleet.coverage_pct": fmt_pct(fl["coverage_pct"]),
+              "fleet.monthly_run_rate_usd": fmt_usd(fl["monthly_run_rate_usd"]),
+              "fleet.capacity_monthly_usd": fmt_usd(fl["capacity_monthly_usd"]),
+              "fleet.behaviour_recommendations": str(fl["behaviour_recommendations"])}
+    # the run-rate is spend x 730 / window hours, beside every monthly figure
+    assert fl["monthly_run_rate_usd"] == pytest.approx(fl["spend_usd"] * 730 / f["window"]["hours"])
     shown = dict(page.eval_on_selector_all("[data-kpi]", "els => els.map(e => [e.dataset.kpi, e.textContent.trim()])"))
     assert shown == expect
     assert page.locator(".rec").count() == len(f["recommendations"])

@@ -10,10 +10,13 @@ H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
 
 
 
+FULL_KV = {"p95_kv_cache_usage_pct": 98.0, "preemptions": 12.0}  # the engine's KV cache is full: memory-bound
+
+
 def test_quantization_fp8_on_hopper_int_on_ampere():
     h = device("inf", "GPU-h", H100, 3.0, [60] * 24, 76)  # 95 % of 80 GiB
     a = device("inf", "GPU-a", A100, 2.0, [60] * 24, 76)
-    recs = {r.targets[0]["uuid"]: r for r in quantization(findings([h, a], 24, [model("m", ["inf"])]), S)}
+    recs = {r.targets[0]["uuid"]: r for r in quantization(findings([h, a], 24, [model("m", ["inf"], engine=FULL_KV)]), S)}
     assert recs["GPU-h"].evidence["format"].startswith("FP8")
     assert recs["GPU-a"].evidence["format"].startswith("INT8 or INT4")
     assert recs["GPU-h"].monthly_savings_usd == pytest.approx(3.0 * 24 * (1 - 1 / 1.6) * 730 / 24)
@@ -22,6 +25,14 @@ def test_quantization_fp8_on_hopper_int_on_ampere():
 
 def test_quantization_silent_with_memory_to_spare():
     assert quantization(findings([device("inf", "GPU-h", H100, 3.0, [60] * 24, 50)], 24, [model("m", ["inf"])]), S) == []
+
+
+@pytest.mark.parametrize("engine", [None, {"p95_kv_cache_usage_pct": 40.0, "preemptions": 0.0}])
+def test_high_memory_alone_is_the_engine_preallocating_not_memory_bound(engine):
+    """97 % of the GPU's memory is what vLLM takes at start (gpu_memory_utilization 0.9 plus context):
+    without a full KV cache or preemptions it is no evidence of memory-bound serving."""
+    d = device("inf", "GPU-h", H100, 3.0, [60] * 24, 77.6)
+    assert quantization(findings([d], 24, [model("m", ["inf"], engine=engine)]), S) == []
 
 
 def test_quantization_silent_on_a_busy_compute_bound_gpu():
@@ -87,9 +98,9 @@ def test_memory_bound_devices_of_a_sharded_model_get_one_recommendation():
 
 def test_an_already_quantized_model_gets_the_kv_cache_lever_and_no_dollar_figure():
     d = device("inf", "GPU-h", H200, 4.0, [62] * 24, 136, 141)  # 96 % of 141 GiB
-    (r,) = quantization(findings([d], 24, [model("llama-3.1-405b-fp8", ["inf"])]), S)
+    (r,) = quantization(findings([d], 24, [model("llama-3.1-405b-fp8", ["inf"], engine=FULL_KV)]), S)
     assert "already-quantized" in r.title and "KV cache" in r.title
     assert r.evidence["already_quantized"] == ["llama-3.1-405b-fp8"] and r.monthly_savings_usd == 0
     # beside a BF16 model on the same GPU: FP8 for the BF16 one, but no claim on the GPU's time
-    (r,) = quantization(findings([d], 24, [model("llama-3.1-405b-fp8", ["inf"]), model("m", ["inf"])]), S)
+    (r,) = quantization(findings([d], 24, [model("llama-3.1-405b-fp8", ["inf"], engine=FULL_KV), model("m", ["inf"])]), S)
     assert r.evidence["format"].startswith("FP8") and r.monthly_savings_usd == 0 and r.action.startswith("Serve m in FP8")

@@ -59,7 +59,7 @@ def token_hours(con: duckdb.DuckDBPyConnection, tokens: pa.Table, hosts: set[str
     con.register("tokens_in", tokens)
     con.register("sample_hosts", pa.table({"host": pa.array(sorted(hosts), pa.string())}))
     return con.execute(f"""
-        SELECT host, model, CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour, min(epoch_us(ts)) AS _ts,
+        SELECT host, gpu_uuid, model, CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour, min(epoch_us(ts)) AS _ts,
                CAST(sum(prompt_tokens) AS BIGINT) AS prompt_tokens, CAST(sum(completion_tokens) AS BIGINT) AS completion_tokens,
                count(*) AS records, ({_in_window(start, end)}) AS in_window, ({_KNOWN_HOST}) AS known_host
         FROM tokens_in GROUP BY ALL
@@ -174,46 +174,63 @@ def _f(v: Any) -> float | None:
 
 
 def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
-    """Split each host's hourly GPU cost among the models that produced output tokens there.
+    """Split GPU cost among the models that produced output tokens, at the finest level the logs allow
+    (DESIGN.md "Cost per model").
 
-    ``toks``: token counts per (host, model, hour) with ``records``, ``in_window`` and ``known_host``
-    (token_hours, flag_rows). Returns per-model totals, the unattributed cost, per-model hourly
-    series and counts of token records left out (host without samples, outside the window).
+    ``toks``: token counts per (host, gpu_uuid, model, hour) with ``records``, ``in_window`` and
+    ``known_host`` (token_hours, flag_rows). A record whose (host, gpu_uuid) names a device is
+    attributed to that device: each device's cost in each hour is split among the models with output
+    tokens on it that hour (else by its model shares over the window); a device that served no tokens
+    stays unattributed. Records without a matching gpu_uuid are attributed per host, over the host's
+    devices that no gpu_uuid record claims. Returns per-model totals with their ``attribution``
+    (device, host, or mixed), the unattributed cost, per-model hourly series and counts of token
+    records left out (host without samples, outside the window).
     """
-    host_hour = dh.groupby(["host", "hour"], as_index=False)["spend_usd"].sum()
-    out: dict[str, Any] = {"models": [], "unattributed_usd": float(host_hour["spend_usd"].sum()),
+    out: dict[str, Any] = {"models": [], "unattributed_usd": float(dh["spend_usd"].sum()),
                            "records_outside_window": 0, "records_unknown_host": 0, "model_hourly": []}
     if toks is None or toks.empty:
         return out
     in_win, known = toks["in_window"].astype(bool), toks["known_host"].astype(bool)
     out["records_outside_window"] = int(toks.loc[~in_win, "records"].sum())
     out["records_unknown_host"] = int(toks.loc[in_win & ~known, "records"].sum())
-    t = toks[in_win & known]
-    tok = t.groupby(["host", "hour", "model"], as_index=False)[["prompt_tokens", "completion_tokens"]].sum()
-    # Shares per host-hour among models with output tokens in that hour.
-    hour_tot = tok.groupby(["host", "hour"])["completion_tokens"].transform("sum")
+    t = toks[in_win & known].copy()
+    gpu = t["gpu_uuid"] if "gpu_uuid" in t else pd.Series([None] * len(t), index=t.index)
+    devs = set(zip(dh["host"], dh["uuid"]))
+    t["unit"] = ["*" if g is None or (isinstance(g, float) and g != g) or (h, g) not in devs else g for h, g in zip(t["host"], gpu)]
+    claimed = set(zip(t.loc[t["unit"] != "*", "host"], t.loc[t["unit"] != "*", "unit"]))
+    own = pd.Series([k in claimed for k in zip(dh["host"], dh["uuid"])], index=dh.index, dtype=bool)
+    per_dev = dh[own].groupby(["host", "uuid", "hour"], as_index=False)["spend_usd"].sum().rename(columns={"uuid": "unit"})
+    per_host = dh[~own].groupby(["host", "hour"], as_index=False)["spend_usd"].sum().assign(unit="*")
+    cost_hours = pd.concat([per_dev, per_host], ignore_index=True)
+    keys = ["host", "unit"]
+    tok = t.groupby([*keys, "hour", "model"], as_index=False)[["prompt_tokens", "completion_tokens"]].sum()
+    # Shares per unit-hour among models with output tokens in that hour.
+    hour_tot = tok.groupby([*keys, "hour"])["completion_tokens"].transform("sum")
     tok["share"] = np.where(hour_tot > 0, tok["completion_tokens"] / hour_tot.where(hour_tot > 0, 1), 0.0)
-    # Fallback shares per host over the whole window (for hours without tokens).
-    host_model = tok.groupby(["host", "model"], as_index=False)["completion_tokens"].sum()
-    htot = host_model.groupby("host")["completion_tokens"].transform("sum")
-    host_model["share"] = np.where(htot > 0, host_model["completion_tokens"] / htot.where(htot > 0, 1), 0.0)
-    hours_with_output = set(map(tuple, tok.loc[hour_tot > 0, ["host", "hour"]].drop_duplicates().to_numpy().tolist()))
-    hh = host_hour.copy()
-    hh["has_tokens"] = [(h, hr) in hours_with_output for h, hr in zip(hh["host"], hh["hour"])]
-    direct = hh[hh["has_tokens"]].merge(tok[tok["share"] > 0][["host", "hour", "model", "share"]], on=["host", "hour"])
-    fallback = hh[~hh["has_tokens"]].merge(host_model[host_model["share"] > 0][["host", "model", "share"]], on="host")
+    # Fallback shares per unit over the whole window (for hours without tokens).
+    unit_model = tok.groupby([*keys, "model"], as_index=False)["completion_tokens"].sum()
+    utot = unit_model.groupby(keys)["completion_tokens"].transform("sum")
+    unit_model["share"] = np.where(utot > 0, unit_model["completion_tokens"] / utot.where(utot > 0, 1), 0.0)
+    with_output = tok.loc[hour_tot > 0, [*keys, "hour"]].drop_duplicates().assign(has_tokens=True)
+    ch = cost_hours.merge(with_output, on=[*keys, "hour"], how="left")
+    ch["has_tokens"] = ch["has_tokens"].fillna(False).astype(bool)
+    direct = ch[ch["has_tokens"]].merge(tok[tok["share"] > 0][[*keys, "hour", "model", "share"]], on=[*keys, "hour"])
+    fallback = ch[~ch["has_tokens"]].merge(unit_model[unit_model["share"] > 0][[*keys, "model", "share"]], on=keys)
     parts = pd.concat([direct, fallback], ignore_index=True)
     parts["cost_usd"] = parts["spend_usd"] * parts["share"]
     attributed = float(parts["cost_usd"].sum()) if not parts.empty else 0.0
-    out["unattributed_usd"] = float(host_hour["spend_usd"].sum()) - attributed
+    out["unattributed_usd"] = float(dh["spend_usd"].sum()) - attributed
     cost = parts.groupby("model")["cost_usd"].sum() if not parts.empty else pd.Series(dtype=float)
     counts = t.groupby("model")[["prompt_tokens", "completion_tokens"]].sum()
+    levels = t.assign(dev=t["unit"] != "*").groupby("model")["dev"].agg(["all", "any"])
     for model in sorted(set(counts.index) | set(cost.index)):
         c = float(cost.get(model, 0.0))
         p = int(counts.loc[model, "prompt_tokens"]) if model in counts.index else 0
         o = int(counts.loc[model, "completion_tokens"]) if model in counts.index else 0
+        lv = levels.loc[model] if model in levels.index else None
         out["models"].append({
-            "model": model, "prompt_tokens": p, "completion_tokens": o, "cost_usd": c,
+            "model": model, "attribution": None if lv is None else "device" if lv["all"] else "mixed" if lv["any"] else "host",
+            "prompt_tokens": p, "completion_tokens": o, "cost_usd": c,
             "cost_per_1m_output_tokens": c / o * 1e6 if o else None,
             "cost_per_1m_tokens": c / (p + o) * 1e6 if (p + o) else None,
         })

@@ -176,7 +176,10 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
         mem_pct = 100 * d["peak_memory_bytes"] / d["memory_total_bytes"]
         engs = [m.get("engine") or {} for m in findings["models"] if m["model"] in here]
         kv_full = any((e.get("p95_kv_cache_usage_pct") or 0) >= 95 or (e.get("preemptions") or 0) > 0 for e in engs)
-        if mem_pct < s.quantization_memory_pct and not kv_full:
+        # High GPU memory alone is no evidence: vLLM and SGLang take gpu_memory_utilization (0.9) of the GPU for
+        # weights and KV cache at start, whatever the load. Memory-bound means the engine's KV cache is full
+        # or it preempts requests (collect --scrape).
+        if not kv_full:
             continue
         model = find_model(d["name"] or "")
         already = [m for m in here if _QUANTIZED.search(m)]
@@ -216,13 +219,11 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
 
 def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
     out = []
-    dev_by_host: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for d in findings["devices"]:
-        if eligible(d, s):  # coverage and time observed enough to scale to a month, as every rule
-            dev_by_host[d["host"]].append(d)
+    # The model's own GPUs (gpu_uuid in its logs, else its hosts' GPUs doing work), observed enough to scale.
+    by_model = serving_devices(findings, s)
     models = [m for m in findings["models"] if m["cost_usd"] > 0 and m["completion_tokens"] > 0]
     for m in models:
-        devs = [d for h in m.get("hosts") or [] for d in dev_by_host.get(h, [])]
+        devs = by_model.get(m["model"], [])
         if not devs:
             continue
         hours = sum(d["gpu_hours"] for d in devs)

@@ -39,16 +39,22 @@ class Section:
 def headline(f: dict[str, Any]) -> Block:
     fl = f["fleet"]
     w = f["window"]
+    share = fl.get("cash_share_of_run_rate_pct")
     kpis = [
-        Kpi("fleet.spend_usd", "GPU spend", fmt_usd(fl["spend_usd"]), f"{w['hours']:.1f} h window"),
+        Kpi("fleet.spend_usd", "GPU spend", fmt_usd(fl["spend_usd"]), f"{w['hours']:.1f} h window · {fl.get('gpus', fl['devices'])} GPUs"),
+        Kpi("fleet.monthly_run_rate_usd", "Monthly run-rate", fmt_usd(fl.get("monthly_run_rate_usd")), "spend × 730 h / window hours"),
+        Kpi("fleet.potential_monthly_savings_usd", "Cash savings / month", fmt_usd(fl.get("potential_monthly_savings_usd")),
+            (f"{fmt_pct(share)} of the run-rate; " if share is not None else "") + "bills that shrink, each device once"),
+        Kpi("fleet.capacity_monthly_usd", "Capacity freed / month", fmt_usd(fl.get("capacity_monthly_usd")),
+            f"≈ {fl.get('capacity_gpus_freed') or 0:.1f} GPU-equivalents; no bill shrinks unless it avoids buying GPUs"),
+        Kpi("fleet.behaviour_recommendations", "Behaviour changes", str(fl.get("behaviour_recommendations") or 0),
+            "product or client changes; their estimates are on their cards, in no total"),
         Kpi("fleet.waste_usd", "Waste", fmt_usd(fl["waste_usd"]), "spend × (1 − utilization)"),
         Kpi("fleet.idle_usd", "Idle cost", fmt_usd(fl["idle_usd"]), f"utilization < {f['idle_below_pct']:g}%"),
-        Kpi("fleet.potential_monthly_savings_usd", "Potential savings / month", fmt_usd(fl.get("potential_monthly_savings_usd")),
-            "each device counted once"),
         Kpi("fleet.mean_util_pct", "Mean utilization", fmt_pct(fl["mean_util_pct"]), f["utilization_metric"]),
         Kpi("fleet.cost_per_1m_output_tokens", "Cost / 1M output tokens", fmt_usd(fl.get("cost_per_1m_output_tokens"), 3),
             f["token_source"] or "no token data"),
-        Kpi("fleet.coverage_pct", "Coverage", fmt_pct(fl["coverage_pct"]), f"{fl['devices']} devices"),
+        Kpi("fleet.coverage_pct", "Coverage", fmt_pct(fl["coverage_pct"]), f"{fl['devices']} billable devices"),
     ]
     return Block("kpis", data={"kpis": kpis, "window": w})
 
@@ -98,7 +104,9 @@ def build_sections(f: dict[str, Any], charts: dict[str, str]) -> list[Section]:
     return [
         Section("headline", "Headline", [headline(f)]),
         Section("recommendations", "Recommendations", [recommendations(f)],
-                "Most valuable first. Each shows its evidence, its monthly saving (730 h) and the thresholds it used."),
+                "Cash first (bills that shrink), then capacity (GPU time freed), then behaviour (product or client changes), "
+                "most valuable first. Each shows its evidence, its monthly figure (730 h), its confidence and why, and the "
+                "thresholds it used."),
         Section("utilization", "Utilization", [
             chart("heatmap", "Fleet utilization by hour", "Mean utilization per device and clock hour (UTC); grey: no data."),
             chart("distribution", "Utilization distribution", "Device-hours in each 10 % utilization band."),

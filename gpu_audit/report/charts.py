@@ -21,7 +21,9 @@ CONFIG = {"displayModeBar": False, "responsive": True}
 
 
 def _label(text: str) -> str:
-    return html.escape(text, quote=False)
+    from gpu_audit.fmt import printable
+
+    return html.escape(printable(text), quote=False)
 
 
 def fragment(fig: go.Figure, div_id: str, height: int = 360) -> str:
@@ -97,7 +99,13 @@ def spend(f: dict[str, Any]) -> str | None:
     return fragment(fig, "chart-spend", height=220)
 
 
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross", "triangle-down", "pentagon", "hexagon")
+
+
 def tokens(f: dict[str, Any]) -> str | None:
+    """Cost per 1M output tokens per model and hour: one line per model, each with its own marker (two
+    models on one GPU pool can cost the same); API reference lines priced for the fleet's own mix of
+    prompt and output tokens, so that both sides count prompt and completion tokens."""
     mh = f["series"]["model_hourly"]
     rows = [dict(zip(mh["columns"], r)) for r in mh["rows"]]
     if not rows:
@@ -106,14 +114,19 @@ def tokens(f: dict[str, Any]) -> str | None:
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_model[r["model"]].append(r)
-    for model, rs in sorted(by_model.items()):
+    for k, (model, rs) in enumerate(sorted(by_model.items())):
         pts = [(r["hour"], r["cost_usd"] / r["completion_tokens"] * 1e6) for r in rs if r["completion_tokens"]]
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name=_label(model)))
-    for api in f.get("api_prices") or []:
-        fig.add_hline(y=api["output_per_1m"], line_dash="dot", line_color="#718096",
-                      annotation_text=_label(f"{api['model']} output ${api['output_per_1m']:.2f}/1M"), annotation_position="top left")
-    fig.update_yaxes(title="$ per 1M output tokens", rangemode="tozero")
-    return fragment(fig, "chart-tokens", height=340)
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=_label(model),
+                                 marker=dict(symbol=SYMBOLS[k % len(SYMBOLS)], size=7), line=dict(dash="solid" if k < 10 else "dash")))
+    prompt = sum(m["prompt_tokens"] for m in f["models"])
+    output = sum(m["completion_tokens"] for m in f["models"])
+    for api in (f.get("api_prices") or []) if output else []:
+        per_output = (prompt * api["input_per_1m"] + output * api["output_per_1m"]) / output
+        fig.add_hline(y=per_output, line_dash="dot", line_color="#718096",
+                      annotation_text=_label(f"{api['model']}: ${per_output:.2f} per 1M output tokens at this fleet's "
+                                             f"{prompt / output:.1f}:1 prompt:output mix"), annotation_position="top left")
+    fig.update_yaxes(title="$ per 1M output tokens (prompt tokens included)", rangemode="tozero")
+    return fragment(fig, "chart-tokens", height=360)
 
 
 CHARTS = {"heatmap": heatmap, "distribution": distribution, "memory": memory, "spend": spend, "tokens": tokens}

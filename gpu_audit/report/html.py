@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
+import markupsafe
 
 from gpu_audit import __version__
-from gpu_audit.fmt import NA, fmt_bytes, fmt_num, fmt_pct, fmt_usd
+from gpu_audit.fmt import NA, fmt_bytes, fmt_num, fmt_pct, fmt_usd, printable
 from gpu_audit.report.blocks import build_sections
 from gpu_audit.report.charts import CHARTS
 
@@ -36,10 +37,29 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def environment() -> jinja2.Environment:
+STRICT_ENV = "GPU_AUDIT_STRICT_TEMPLATES"
+
+
+class PoliteUndefined(jinja2.ChainableUndefined):
+    """For readers: a field a template expected but the findings lack renders as nothing (falsy, and
+    so is anything read from it), never an error page. Tests set $GPU_AUDIT_STRICT_TEMPLATES, under
+    which the same access fails loudly (jinja2.StrictUndefined)."""
+
+    def __str__(self) -> str:
+        return ""
+
+
+def environment(strict: bool | None = None) -> jinja2.Environment:
+    import os
+
+    strict = bool(os.environ.get(STRICT_ENV)) if strict is None else strict
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             undefined=jinja2.StrictUndefined if strict else PoliteUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
     env.filters.update(usd=fmt_usd, pct=fmt_pct, num=fmt_num, bytes=fmt_bytes, show=_show)
+    # Every value printed is a string by then: control and bidi characters (a name spoofed with U+202E)
+    # are shown escaped, before autoescape makes it HTML text.
+    env.finalize = lambda v: printable(v, "\n\t") if isinstance(v, str) and not isinstance(v, markupsafe.Markup) else v
     return env
 
 

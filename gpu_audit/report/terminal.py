@@ -8,68 +8,90 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gpu_audit.fmt import fmt_bytes, fmt_num, fmt_pct, fmt_usd
+from gpu_audit.fmt import fmt_bytes, fmt_num, fmt_pct, fmt_usd, printable
+
+
+MAX_RECS = 40  # recommendations listed in the terminal; the rest are counted
+
+
+def clean(text: Any) -> str:
+    """A name from a host, a log or a user, fit for the terminal: control and escape characters shown
+    escaped (an ESC or BEL in a model name never reaches the terminal raw), rich markup escaped."""
+    return escape(printable(str(text)))
 
 
 def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
     fl = f["fleet"]
     w = f["window"]
     console.print(f"[bold]gpu-audit report[/]  {w['start']} -> {w['end']} ({w['hours']:.1f} h)  "
-                  f"utilization metric: {escape(f['utilization_metric'])}")
-    t = Table("devices", "GPU-hours", "spend", "waste", "idle cost", "mean util", "coverage", title="Fleet", title_justify="left")
-    t.add_row(str(fl["devices"]), fmt_num(fl["gpu_hours"], 1), fmt_usd(fl["spend_usd"]), fmt_usd(fl["waste_usd"]),
-              fmt_usd(fl["idle_usd"]), fmt_pct(fl["mean_util_pct"]), fmt_pct(fl["coverage_pct"]))
+                  f"utilization metric: {clean(f['utilization_metric'])}")
+    t = Table("GPUs", "devices", "GPU-hours", "spend", "run-rate / month", "waste", "idle cost", "mean util", "coverage",
+              title="Fleet", title_justify="left")
+    t.add_row(str(fl.get("gpus", fl["devices"])), str(fl["devices"]), fmt_num(fl["gpu_hours"], 1), fmt_usd(fl["spend_usd"]),
+              fmt_usd(fl.get("monthly_run_rate_usd")), fmt_usd(fl["waste_usd"]), fmt_usd(fl["idle_usd"]), fmt_pct(fl["mean_util_pct"]),
+              fmt_pct(fl["coverage_pct"]))
     console.print(t)
+    if "potential_monthly_savings_usd" in fl:
+        share = fl.get("cash_share_of_run_rate_pct")
+        console.print(f"[bold]cash savings {fmt_usd(fl['potential_monthly_savings_usd'])}/month[/]"
+                      + (f" ({fmt_pct(share)} of the {fmt_usd(fl.get('monthly_run_rate_usd'))} run-rate)" if share is not None else "")
+                      + f"; capacity freed {fmt_usd(fl.get('capacity_monthly_usd'))}/month (≈ {fl.get('capacity_gpus_freed') or 0:.1f} "
+                      f"GPU-equivalents, no bill shrinks); {fl.get('behaviour_recommendations') or 0} behaviour change(s) suggested "
+                      "(in no total)", soft_wrap=True)
     if fl.get("waste_sm_active_usd") is not None:
         console.print(f"On GPUs with SM activity (GPM/DCGM), waste by util_gpu is {fmt_usd(fl['waste_util_on_sm_devices_usd'])}; "
                       f"by SM activity it is {fmt_usd(fl['waste_sm_active_usd'])}: the duty cycle hides the difference.")
     recs = f.get("recommendations") or []
     if recs:
-        t = Table("kind", "recommendation", "$ / month", "confidence", title=f"Recommendations ({len(recs)}; potential "
-                  f"{fmt_usd(fl.get('potential_monthly_savings_usd'))}/month, each device counted once)", title_justify="left")
-        for r in recs[:top]:
-            t.add_row(r["kind"], escape(r["title"]), fmt_usd(r["monthly_savings_usd"]), r["confidence"])
+        shown = recs[:MAX_RECS]
+        t = Table("class", "kind", "recommendation", "$ / month", "confidence", title=f"Recommendations ({len(recs)}; cash first, "
+                  "each device counted once in the totals)", title_justify="left")
+        for r in shown:
+            t.add_row(r.get("savings_class", ""), r["kind"], clean(r["title"]), fmt_usd(r["monthly_savings_usd"]), r["confidence"])
         console.print(t)
+        if len(recs) > len(shown):
+            console.print(f"{len(recs) - len(shown)} more recommendation(s) not shown here (the terminal lists {MAX_RECS}): "
+                          "see the findings JSON or the HTML report")
     devs = sorted([d for d in f["devices"] if d["spend_usd"] is not None], key=lambda d: -(d["waste_usd"] or 0))[:top]
     t = Table("host", "device", "GPU-hours", "spend", "waste", "idle", "mean", "p95", "peak mem", title=f"Costliest waste (top {len(devs)})", title_justify="left")
     for d in devs:
         label = (d["name"] or "?").replace("NVIDIA ", "") + " " + d["uuid"][-6:] + (f" {d['mig_profile']}" if d["mig_profile"] else "")
         if d["mig_mode"] and not d["parent_uuid"]:
             label += " (unallocated MIG slices)"
-        t.add_row(escape(d["host"]), escape(label), fmt_num(d["gpu_hours"], 1), fmt_usd(d["spend_usd"]), fmt_usd(d["waste_usd"]),
+        t.add_row(clean(d["host"]), clean(label), fmt_num(d["gpu_hours"], 1), fmt_usd(d["spend_usd"]), fmt_usd(d["waste_usd"]),
                   fmt_usd(d["idle_usd"]), fmt_pct(d["mean_util_pct"]), fmt_pct(d["p95_util_pct"], 0), fmt_bytes(d["peak_memory_bytes"]))
     console.print(t)
     if f["models"]:
-        t = Table("model", "prompt tokens", "output tokens", "cost", "$ / 1M output", "$ / 1M tokens", title=f"Models ({escape(f['token_source'] or '')})", title_justify="left")
+        t = Table("model", "prompt tokens", "output tokens", "cost", "$ / 1M output", "$ / 1M tokens", title=f"Models ({clean(f['token_source'] or '')})", title_justify="left")
         for m in sorted(f["models"], key=lambda m: -m["cost_usd"]):
-            t.add_row(escape(m["model"]), fmt_num(m["prompt_tokens"]), fmt_num(m["completion_tokens"]), fmt_usd(m["cost_usd"]),
+            t.add_row(clean(m["model"]), fmt_num(m["prompt_tokens"]), fmt_num(m["completion_tokens"]), fmt_usd(m["cost_usd"]),
                       fmt_usd(m["cost_per_1m_output_tokens"], 3), fmt_usd(m["cost_per_1m_tokens"], 3))
         console.print(t)
     if f.get("namespaces"):
         t = Table("namespace", "devices", "GPU-hours", "spend", "waste", "idle cost", title="Kubernetes namespaces", title_justify="left")
         for n in f["namespaces"][:top]:
-            t.add_row(escape(n["namespace"]) if n["namespace"] is not None else "(none)", str(n["devices"]), fmt_num(n["gpu_hours"], 1),
+            t.add_row(clean(n["namespace"]) if n["namespace"] is not None else "(none)", str(n["devices"]), fmt_num(n["gpu_hours"], 1),
                       fmt_usd(n["spend_usd"]), fmt_usd(n["waste_usd"]), fmt_usd(n["idle_usd"]))
         console.print(t)
         console.print(f"unattributed GPU cost (hosts without tokens): {fmt_usd(fl['unattributed_usd'])}")
     q = f["data_quality"]
     for d in q["unpriced_devices"]:
-        console.print(f"[yellow]unpriced:[/] {escape(d['host'])} {escape(d['name'] or '?')} ({escape(d['uuid'])}): add it to a pricing file")
+        console.print(f"[yellow]unpriced:[/] {clean(d['host'])} {clean(d['name'] or '?')} ({clean(d['uuid'])}): add it to a pricing file")
     for d in q["devices_without_evidence"]:
-        console.print(f"[yellow]no evidence:[/] {escape(d['host'])} {escape(d['name'] or '?')} {escape(d['mig_profile'] or '')}: {d['why']}")
+        console.print(f"[yellow]no evidence:[/] {clean(d['host'])} {clean(d['name'] or '?')} {clean(d['mig_profile'] or '')}: {d['why']}")
     for d in q.get("devices_with_read_errors", [])[:top]:
-        console.print(f"[yellow]read errors:[/] {escape(d['host'])} {escape(d['name'] or '?')} ({escape(d['uuid'])}): "
+        console.print(f"[yellow]read errors:[/] {clean(d['host'])} {clean(d['name'] or '?')} ({clean(d['uuid'])}): "
                       f"{d['error_hours']:.1f} h of samples could not be read (billed, no utilization)")
     for d in q.get("duplicate_or_overlapping_samples", [])[:top]:
         cut = f", {d['overlap_hours']:.2f} h of overlapping series cut to wall time" if d["overlap_hours"] else ""
-        console.print(f"[yellow]counted once:[/] {escape(d['host'])} {escape(d['uuid'])}: {d['duplicate_rows']} repeated readings{cut}")
+        console.print(f"[yellow]counted once:[/] {clean(d['host'])} {clean(d['uuid'])}: {d['duplicate_rows']} repeated readings{cut}")
     for r in q.get("rejected_samples", [])[:top]:
-        console.print(f"[yellow]rejected samples:[/] {escape(r['file'])}: {r['rows']} rows reach no sum ({r['why']})")
+        console.print(f"[yellow]rejected samples:[/] {clean(r['file'])}: {r['rows']} rows reach no sum ({r['why']})")
     for g in q["gaps"][:top]:
-        console.print(f"[yellow]gap:[/] {escape(g['host'])} {escape(g['uuid'])}: {g['missing_hours']:.1f} h without samples ({fmt_pct(g['coverage_pct'])} coverage)")
+        console.print(f"[yellow]gap:[/] {clean(g['host'])} {clean(g['uuid'])}: {g['missing_hours']:.1f} h without samples ({fmt_pct(g['coverage_pct'])} coverage)")
     rj = q["rejected_token_records"]
     if rj["count"]:
-        console.print(f"[yellow]rejected token records:[/] {rj['count']} (" + "; ".join(escape(e) for e in rj["examples"]) + ")")
+        console.print(f"[yellow]rejected token records:[/] {rj['count']} (" + "; ".join(clean(e) for e in rj["examples"]) + ")")
     for key, what in (("token_records_outside_window", "outside the window"), ("token_records_unknown_host", "from hosts without samples")):
         if q[key]:
             console.print(f"[yellow]token records not attributed:[/] {q[key]} {what}")
