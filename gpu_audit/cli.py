@@ -338,12 +338,12 @@ def report(
 @app.command()
 def prices(
     pricing: Optional[str] = typer.Option(None, help="Pricing TOML whose \\[gpu] and \\[host] prices override the catalog."),
+    store: Optional[List[str]] = typer.Option(None, "--store", help="Also list the hosts of these stores with the billing that applies to each."),
 ) -> None:
-    """The price that applies to each GPU model, and where it came from."""
-    from rich.markup import escape
+    """The price that applies to each GPU model, where it came from, and how each host is billed."""
     from rich.table import Table
 
-    from gpu_audit.analyze.pricing import load_pricing, price_table
+    from gpu_audit.analyze.pricing import billing_table, load_pricing, price_table
     from gpu_audit.fmt import fmt_usd
 
     import os
@@ -351,13 +351,20 @@ def prices(
     loaded = load_pricing(pricing)
     c = _console()
     if loaded.path:  # named once above the table, so a long path does not wrap every row
-        c.print(f"pricing file: {escape(str(loaded.path))}", soft_wrap=True)
+        c.print(f"pricing file: {_e(loaded.path)}", soft_wrap=True)
+
+    def short(source: str) -> str:
+        if loaded.path and source.startswith(str(loaded.path)):
+            return os.path.basename(str(loaded.path)) + source[len(str(loaded.path)):]
+        return source
+
     t = Table("model", "NVML name", "$ / GPU-hour", "as of", "source")
     for r in price_table(loaded):
-        source = r["source"]
-        if loaded.path and source.startswith(str(loaded.path)):
-            source = os.path.basename(str(loaded.path)) + source[len(str(loaded.path)):]
-        t.add_row(escape(r["model"]), escape(r["nvml_name"] or ""), fmt_usd(r["price_per_hour"]), r["as_of"] or "", escape(source))
+        t.add_row(_e(r["model"]), _e(r["nvml_name"] or ""), fmt_usd(r["price_per_hour"]), r["as_of"] or "", _e(short(r["source"])))
+    c.print(t)
+    t = Table("host", "billed per", "commitment", "source", title="Billing", title_justify="left")
+    for r in billing_table(loaded, store or []):
+        t.add_row(_e(r["host"]), r["unit"], r["commitment"], _e(short(r["source"])))
     c.print(t)
 
 

@@ -66,7 +66,7 @@ def test_splitting_samples_in_halves_changes_nothing(devs):
 @SETTINGS
 @given(st.lists(device, min_size=1, max_size=3),
        st.lists(st.tuples(st.sampled_from(["h1", "h2", "h3"]), st.sampled_from(["m1", "m2"]),
-                          st.integers(0, 3 * 3600), st.integers(0, 500), st.integers(0, 500)), max_size=20))
+                          st.integers(0, 3 * 3600), st.integers(0, 500), st.integers(0, 500)), min_size=1, max_size=20))
 def test_model_costs_plus_unattributed_is_total_spend(devs, toks):
     with tempfile.TemporaryDirectory() as tmp:
         write_samples(tmp, rows_of(devs))

@@ -202,6 +202,7 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     per_dev = dh[own].groupby(["host", "uuid", "hour"], as_index=False)["spend_usd"].sum().rename(columns={"uuid": "unit"})
     per_host = dh[~own].groupby(["host", "hour"], as_index=False)["spend_usd"].sum().assign(unit="*")
     cost_hours = pd.concat([per_dev, per_host], ignore_index=True)
+    cost_hours["unit"] = cost_hours["unit"].astype(str)  # an empty part would make the key a float column
     keys = ["host", "unit"]
     tok = t.groupby([*keys, "hour", "model"], as_index=False)[["prompt_tokens", "completion_tokens"]].sum()
     # Shares per unit-hour among models with output tokens in that hour.
@@ -214,9 +215,12 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     with_output = tok.loc[hour_tot > 0, [*keys, "hour"]].drop_duplicates().assign(has_tokens=True)
     ch = cost_hours.merge(with_output, on=[*keys, "hour"], how="left")
     ch["has_tokens"] = ch["has_tokens"].fillna(False).astype(bool)
-    direct = ch[ch["has_tokens"]].merge(tok[tok["share"] > 0][[*keys, "hour", "model", "share"]], on=[*keys, "hour"])
-    fallback = ch[~ch["has_tokens"]].merge(unit_model[unit_model["share"] > 0][[*keys, "model", "share"]], on=keys)
-    parts = pd.concat([direct, fallback], ignore_index=True)
+    def join(a: pd.DataFrame, b: pd.DataFrame, on: list[str]) -> pd.DataFrame:
+        return a.merge(b, on=on) if len(a) and len(b) else pd.DataFrame(columns=[*a.columns, "model", "share"])
+
+    direct = join(ch[ch["has_tokens"]], tok[tok["share"] > 0][[*keys, "hour", "model", "share"]], [*keys, "hour"])
+    fallback = join(ch[~ch["has_tokens"]], unit_model[unit_model["share"] > 0][[*keys, "model", "share"]], keys)
+    parts = pd.concat([x for x in (direct, fallback) if len(x)], ignore_index=True) if len(direct) or len(fallback) else direct
     parts["cost_usd"] = parts["spend_usd"] * parts["share"]
     attributed = float(parts["cost_usd"].sum()) if not parts.empty else 0.0
     out["unattributed_usd"] = float(dh["spend_usd"].sum()) - attributed

@@ -182,3 +182,27 @@ def price_table(pricing: Pricing) -> list[dict[str, Any]]:
     for k, v in pricing.hosts.items():
         rows.append({"model": f"host {k}", "nvml_name": None, "price_per_hour": v, "as_of": None, "source": f"{pricing.path} [host] {k!r}"})
     return rows
+
+
+def billing_table(pricing: Pricing, stores: list[str]) -> list[dict[str, Any]]:
+    """What `gpu-audit prices` prints under Billing: the default and each pattern, then (with stores)
+    every host found there with the billing that applies to it."""
+    import glob
+    import os
+
+    from gpu_audit.store.layout import decode_host
+
+    rows = [{"host": "(every host)", **_brow(pricing.billing_default)}]
+    rows += [{"host": f"pattern {p!r}", **_brow(b)} for p, b in sorted(pricing.billing_hosts.items())]
+    hosts = set()
+    for root in stores:
+        if not os.path.isdir(root):
+            raise PricingError(f"store not found: {root}")
+        for table in ("samples", "rollups"):
+            hosts |= {decode_host(os.path.basename(d)[5:]) for d in glob.glob(os.path.join(glob.escape(root), table, "host=*"))}
+    rows += [{"host": h, **_brow(pricing.billing(h))} for h in sorted(hosts)]
+    return rows
+
+
+def _brow(b: Billing) -> dict[str, str]:
+    return {"unit": b.unit, "commitment": b.commitment, "source": b.source}

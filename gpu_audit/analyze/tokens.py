@@ -36,6 +36,11 @@ TOKENS = pa.schema([
 LABELS = ("model", "host", "gpu_uuid")
 
 
+MAX_TOKENS = 10**9  # per request: beyond this a count is a logging error (and sums would overflow int64)
+MAX_NAME = 200  # characters of a model, host or GPU name; longer names are cut with a marker and counted
+CUT_MARK = "…[cut]"
+
+
 class TokenLogError(GpuAuditError):
     pass
 
@@ -46,18 +51,26 @@ class TokenLog:
     files: list[str] = field(default_factory=list)
     bad: int = 0
     bad_examples: list[str] = field(default_factory=list)  # "file:line: why"
+    names_cut: int = 0  # distinct names longer than MAX_NAME, cut with CUT_MARK
+
+
+def epoch_seconds(v: float) -> float:
+    """Epoch seconds from a number in seconds, milliseconds, microseconds or nanoseconds, told apart
+    by size (seconds reach 1e11 only in the year 5138)."""
+    a = abs(v)
+    return v / 1e9 if a >= 1e17 else v / 1e6 if a >= 1e14 else v / 1e3 if a >= 1e11 else v
 
 
 def _ts(v: Any) -> datetime:
     if isinstance(v, bool):
         raise ValueError("timestamp is a boolean")
     if isinstance(v, (int, float)):
-        return datetime.fromtimestamp(float(v), tz=timezone.utc)
+        return datetime.fromtimestamp(epoch_seconds(float(v)), tz=timezone.utc)
     if isinstance(v, datetime):
         return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
     s = str(v).strip()
     try:
-        return datetime.fromtimestamp(float(s), tz=timezone.utc)
+        return datetime.fromtimestamp(epoch_seconds(float(s)), tz=timezone.utc)
     except ValueError:
         pass
     dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
@@ -68,8 +81,10 @@ def _count(v: Any, name: str) -> int:
     if isinstance(v, bool) or v is None or v == "":
         raise ValueError(f"{name} missing")
     n = float(v)
-    if n < 0 or n != int(n):
+    if not n == n or n < 0 or n != int(n):
         raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
+    if n > MAX_TOKENS:
+        raise ValueError(f"{name} {v!r} is more than {MAX_TOKENS:,} tokens for one request")
     return int(n)
 
 
@@ -120,8 +135,17 @@ def _to_ts(col: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_timestamp(col.type):
         return col.cast(utc) if col.type.tz else pc.assume_timezone(col, "UTC").cast(utc)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-        # rounded to the microsecond as datetime.fromtimestamp rounds (a float's digits beyond it do not cast)
-        return pc.cast(pc.round(pc.multiply(pc.cast(col, pa.float64()), 1e6)), pa.int64()).cast(utc)
+        # seconds, or milliseconds/microseconds/nanoseconds told apart by size (epoch_seconds); rounded to
+        # the microsecond as datetime.fromtimestamp rounds (a float's digits beyond it do not cast)
+        x = pc.cast(col, pa.float64())
+        a = pc.abs(x)
+        scale = pc.if_else(pc.greater_equal(a, 1e17), 1e-3, pc.if_else(pc.greater_equal(a, 1e14), 1.0,
+                           pc.if_else(pc.greater_equal(a, 1e11), 1e3, 1e6)))
+        us = pc.round(pc.multiply(x, scale))
+        most = pc.max(pc.abs(us)).as_py()
+        if most is not None and most > 2.5e17:  # beyond the year 9999
+            raise ValueError("epoch time out of range")
+        return pc.cast(us, pa.int64()).cast(utc)
     if pa.types.is_null(col.type):
         return pa.chunked_array([pa.nulls(len(col), utc)])
     return pa.chunked_array([pa.array([_ts(v) if v is not None else None for v in col.to_pylist()], utc)])
@@ -137,14 +161,33 @@ def _label(col: pa.ChunkedArray | None, n: int) -> pa.ChunkedArray:
     return pc.dictionary_encode(col.cast(pa.string())).cast(LABEL)
 
 
+def _counts(col: Any) -> Any:
+    """Token counts as int64; a count that int64 cannot hold (a uint64 or double beyond it) reads as -1:
+    rejected with the other bad rows, never an overflow."""
+    if pa.types.is_integer(col.type) and col.type.bit_width <= 32 or col.type == pa.int64():
+        return col.cast(pa.int64())
+    x = pc.cast(col, pa.float64()) if not pa.types.is_null(col.type) else col
+    if pa.types.is_null(x.type):
+        return x.cast(pa.int64())
+    fits = pc.and_(pc.less_equal(pc.abs(x), 9.0e18), pc.equal(x, pc.floor(x)))
+    return pc.cast(pc.if_else(fits, x, -1.0), pa.int64())
+
+
 def _tokens_table(ts: pa.ChunkedArray, model: Any, host: Any, prompt: Any, completion: Any, gpu: Any) -> tuple[pa.Table, pa.ChunkedArray]:
     """The token table and its mask of good rows (a time, a model, a host, counts >= 0)."""
     n = len(ts)
-    out = pa.table({"ts": ts, "model": _label(model, n), "host": _label(host, n), "prompt_tokens": prompt.cast(pa.int64()),
-                    "completion_tokens": completion.cast(pa.int64()), "gpu_uuid": _label(gpu, n)}, schema=TOKENS)
+    out = pa.table({"ts": ts, "model": _label(model, n), "host": _label(host, n), "prompt_tokens": _counts(prompt),
+                    "completion_tokens": _counts(completion), "gpu_uuid": _label(gpu, n)}, schema=TOKENS)
+    def count_ok(c: str) -> Any:
+        v = pc.fill_null(out[c], -1)
+        return pc.and_(pc.greater_equal(v, 0), pc.less_equal(v, MAX_TOKENS))
+
     ok = pc.and_(pc.and_(pc.is_valid(out["ts"]), pc.and_(pc.is_valid(out["model"]), pc.is_valid(out["host"]))),
-                 pc.and_(pc.greater_equal(pc.fill_null(out["prompt_tokens"], -1), 0), pc.greater_equal(pc.fill_null(out["completion_tokens"], -1), 0)))
+                 pc.and_(count_ok("prompt_tokens"), count_ok("completion_tokens")))
     return out, ok
+
+
+PARQUET_BAD = "a missing field or a negative token count"  # (or one over MAX_TOKENS)
 
 
 def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Table:
@@ -171,10 +214,10 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
         return out  # no copy of millions of good rows
     first = [i + 1 for i in pc.indices_nonzero(bad.combine_chunks())[:max_examples].to_pylist()]
     if strict:
-        raise TokenLogError(f"bad token record at {path}:{first[0]}: a missing field or a negative token count")
+        raise TokenLogError(f"bad token record at {path}:{first[0]}: {PARQUET_BAD}")
     log.bad += nbad
     for i in first[: max_examples - len(log.bad_examples)]:
-        log.bad_examples.append(f"{path}:{i}: a missing field or a negative token count")
+        log.bad_examples.append(f"{path}:{i}: {PARQUET_BAD}")
     return out.filter(ok)
 
 
@@ -262,45 +305,78 @@ def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -
     log = TokenLog(table=TOKENS.empty_table(), files=list(paths))
     tables: list[pa.Table] = []  # vectorised reads: Parquet, and JSONL or CSV that pyarrow's readers take whole
     for path in paths:
-        ext = os.path.splitext(path)[1].lower()
-        if ext not in READERS:
-            raise TokenLogError(f"{path}: unknown token log format {ext or '(no extension)'!r}",
-                                hint="use .jsonl, .csv or .parquet")
-        if not os.path.exists(path):
-            raise TokenLogError(f"token log not found: {path}")
-        reader = READERS[ext]
-        if reader in (_rows_jsonl, _rows_csv):
-            fast = _jsonl_fast(path) if reader is _rows_jsonl else _csv_fast(path)
-            if fast is not None:
-                tables.append(fast)
-                continue
-        if reader is None:
-            try:
-                tables.append(_parquet(path, log, strict, max_examples))
-            except pa.ArrowException as e:
-                raise TokenLogError(f"{path}: not a readable Parquet token log: {e}") from None
-            continue
+        before = (len(cols["ts"]), sum(t.num_rows for t in tables), log.bad)
+        _read_one(path, cols, tables, log, strict, max_examples)
+        if (len(cols["ts"]), sum(t.num_rows for t in tables), log.bad) == before:
+            raise TokenLogError(f"{path}: empty token log: no records", hint="give a log with one record per request (docs/report.md)")
+    return _finish(cols, tables, log)
+
+
+def _read_one(path: str, cols: dict[str, list[Any]], tables: list[pa.Table], log: TokenLog, strict: bool, max_examples: int) -> None:
+    """One token log into ``cols`` (records read line by line) or ``tables`` (read whole)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in READERS:
+        raise TokenLogError(f"{path}: unknown token log format {ext or '(no extension)'!r}",
+                            hint="use .jsonl, .csv or .parquet")
+    if not os.path.exists(path):
+        raise TokenLogError(f"token log not found: {path}")
+    reader = READERS[ext]
+    if reader in (_rows_jsonl, _rows_csv):
+        fast = _jsonl_fast(path) if reader is _rows_jsonl else _csv_fast(path)
+        if fast is not None:
+            tables.append(fast)
+            return
+    if reader is None:
         try:
-            for line, raw in reader(path):
-                try:
-                    if isinstance(raw, Exception):
-                        raise raw
-                    rec = _record(raw)
-                except (ValueError, TypeError, OverflowError, OSError) as e:
-                    msg = f"{path}:{line}: {e}"
-                    if strict:
-                        raise TokenLogError(f"bad token record at {msg}") from None
-                    log.bad += 1
-                    if len(log.bad_examples) < max_examples:
-                        log.bad_examples.append(msg)
-                    continue
-                for name, v in zip(TOKENS.names, rec):
-                    cols[name].append(v)
-        except OSError as e:
-            raise TokenLogError(f"cannot read token log {path}: {e.strerror or e}") from None
+            tables.append(_parquet(path, log, strict, max_examples))
         except pa.ArrowException as e:
-            raise TokenLogError(f"{path}: not a readable Parquet file: {e}") from None
+            raise TokenLogError(f"{path}: not a readable Parquet token log: {e}") from None
+        return
+    try:
+        for line, raw in reader(path):
+            try:
+                if isinstance(raw, Exception):
+                    raise raw
+                rec = _record(raw)
+            except (ValueError, TypeError, OverflowError, OSError) as e:
+                msg = f"{path}:{line}: {e}"
+                if strict:
+                    raise TokenLogError(f"bad token record at {msg}") from None
+                log.bad += 1
+                if len(log.bad_examples) < max_examples:
+                    log.bad_examples.append(msg)
+                continue
+            for name, v in zip(TOKENS.names, rec):
+                cols[name].append(v)
+    except OSError as e:
+        raise TokenLogError(f"cannot read token log {path}: {e.strerror or e}") from None
+    except pa.ArrowException as e:
+        raise TokenLogError(f"{path}: not a readable Parquet file: {e}") from None
+
+
+def _finish(cols: dict[str, list[Any]], tables: list[pa.Table], log: TokenLog) -> TokenLog:
     rows = pa.table({n: pa.array(cols[n], pa.string() if n in LABELS else TOKENS.field(n).type) for n in TOKENS.names})
     rows = pa.table({n: pc.dictionary_encode(rows[n]).cast(LABEL) if n in LABELS else rows[n] for n in TOKENS.names}, schema=TOKENS)
-    log.table = pa.concat_tables([rows, *tables])
+    log.table, log.names_cut = cut_names(pa.concat_tables([rows, *tables]))
     return log
+
+
+def cut_names(t: pa.Table) -> tuple[pa.Table, int]:
+    """Model, host and GPU names longer than MAX_NAME characters cut, with CUT_MARK (on the dictionaries
+    only: millions of rows share a few names). Returns the table and how many distinct names were cut."""
+    cut: set[str] = set()
+    cols = {}
+    for name in LABELS:
+        chunks = []
+        for ch in t[name].chunks:
+            d = ch.dictionary
+            long = pc.greater(pc.utf8_length(d), MAX_NAME)
+            if pc.any(long).as_py():
+                cut |= {v for v, x in zip(d.to_pylist(), long.to_pylist()) if x}
+                d = pc.if_else(long, pc.binary_join_element_wise(pc.utf8_slice_codeunits(d, 0, MAX_NAME), CUT_MARK, ""), d)
+                ch = pa.DictionaryArray.from_arrays(ch.indices, d)
+            chunks.append(ch)
+        cols[name] = pa.chunked_array(chunks, LABEL)
+    if not cut:
+        return t, 0
+    return pa.table({n: cols.get(n, t[n]) for n in TOKENS.names}, schema=TOKENS), len(cut)

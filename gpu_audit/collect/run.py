@@ -82,8 +82,10 @@ def collect(
     scenario = driver = None
     if simulate:
         scenario, clock, driver = _virtual(simulate, realtime, duration_s, interval_s)
+    from gpu_audit.store.layout import check_host
+
     settings = CollectSettings(
-        out=out, host=host or (scenario.host if scenario else socket.gethostname()),
+        out=out, host=check_host(host or (scenario.host if scenario else socket.gethostname())),
         interval_s=interval_s, duration_s=duration_s,
         # A virtual day flushed every minute would be 1,440 tiny files per table: flush hourly there.
         flush_every_s=flush_every_s or (3600.0 if clock.virtual else 60.0),

@@ -202,7 +202,10 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
 
     from gpu_audit.store.writer import check_writable
 
+    from gpu_audit.store.layout import check_host
+
     check_interval(interval_s)
+    check_host(host)
     zone, zone_name = _zone(tz)
     result = ImportResult(files=list(paths), zone=zone_name)
     field_list = [f.strip() for f in fields.split(",")] if fields else None

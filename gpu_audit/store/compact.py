@@ -55,14 +55,50 @@ def compact_partition(folder: str, table: str) -> str | None:
     return path
 
 
+STALE_S = 3600.0  # a temp or probe file older than this belongs to a writer that died
+
+
+def remove_stale(folder: str, now: float | None = None) -> int:
+    """Remove temp files (``.*.tmp``) and write probes (``.probe-*``) older than an hour from
+    ``folder``: a killed or disk-full writer leaves them; no reader ever reads them."""
+    import time
+
+    now = time.time() if now is None else now
+    n = 0
+    for name in os.listdir(folder):
+        if name.startswith(".") and (name.endswith(".tmp") or name.startswith(".probe-")):
+            path = os.path.join(folder, name)
+            try:
+                if now - os.path.getmtime(path) > STALE_S:
+                    os.unlink(path)
+                    n += 1
+            except FileNotFoundError:
+                pass
+    return n
+
+
 def compact_store(root: str, tables: tuple[str, ...] = tuple(TABLES)) -> list[str]:
+    """Compact every partition of ``root``, and remove stale temp and probe files. A store that
+    cannot be written (read-only, disk full) is one line, never a traceback."""
+    from gpu_audit.store.writer import StoreError
+
+    try:
+        return _compact_store(root, tables)
+    except OSError as e:
+        raise StoreError(f"cannot compact {getattr(e, 'filename', None) or root}: {e.strerror or e}") from None
+
+
+def _compact_store(root: str, tables: tuple[str, ...]) -> list[str]:
     out = []
+    if os.path.isdir(root):
+        remove_stale(root)
     for table in tables:
         base = os.path.join(root, table)
         if not os.path.isdir(base):
             continue
         for host in sorted(os.listdir(base)):
             for date in sorted(os.listdir(os.path.join(base, host))):
+                remove_stale(os.path.join(base, host, date))
                 p = compact_partition(os.path.join(base, host, date), table)
                 if p:
                     out.append(p)

@@ -58,14 +58,20 @@ def keep_pandas_out() -> None:
 
 def check_writable(root: str) -> None:
     """Fail early, in one line, when the store root cannot be created or written."""
+    probe = os.path.join(root, f".probe-{os.getpid()}-{secrets.token_hex(3)}")
     try:
         os.makedirs(root, exist_ok=True)
-        probe = os.path.join(root, f".probe-{os.getpid()}-{secrets.token_hex(3)}")
         with open(probe, "wb") as f:
             f.write(b"x")
-        os.unlink(probe)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk fails here, not later
     except OSError as e:
         raise StoreError(f"cannot write to store {root!r}: {e.strerror or e}") from None
+    finally:
+        try:
+            os.unlink(probe)  # never left behind, even when the write failed
+        except OSError:
+            pass
 
 
 def write_text_atomic(text: str, path: str) -> None:
@@ -179,7 +185,7 @@ class StoreWriter:
             for date in list(left):
                 part = groups[date]
                 self._seq += 1
-                name = f"{encode_host(self.host)}-{self.run_id}-{self._seq:05d}.parquet"
+                name = f"{encode_host(self.host)[:60]}-{self.run_id}-{self._seq:05d}.parquet"
                 path = os.path.join(partition_dir(self.root, table, self.host, date), name)
                 write_parquet_atomic(part, path)
                 written.append(path)
