@@ -56,6 +56,7 @@ def _schedule_files(cron: bool, systemd: bool, store: str, report_to: str, inter
         raise GpuAuditError("give exactly one of --cron and --systemd")
     _seconds(interval, "--interval")
     _seconds(keep, "--keep")
+    check_threshold(fail_on, "--fail-on")
     s = ScheduleSettings(store=store, report_to=report_to, interval=interval, keep=keep, fail_on=fail_on, pricing=pricing, user=user,
                          settings=settings)
     return cron_files(s) if cron else systemd_files(s)
@@ -164,6 +165,14 @@ def _console(stderr: bool = False):  # imported lazily: rich costs import time
     if not c.is_terminal and "COLUMNS" not in os.environ:
         c.width = 120  # logs and pipes: wide enough for the report's tables
     return c
+
+
+def check_threshold(value: float | None, flag: str) -> None:
+    """A money threshold: finite and >= 0 (NaN compares false with everything: it would never fire)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise GpuAuditError(f"{flag} must be a number of USD >= 0, got {value}")
 
 
 def _e(value: object) -> str:
@@ -316,11 +325,13 @@ def report(
     settings: Optional[str] = typer.Option(None, "--settings", help="Settings TOML: \\[report] and the rules' \\[recommend] thresholds (default $GPU_AUDIT_SETTINGS)."),
 ) -> int:
     """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
-    from gpu_audit.analyze.findings import build, write_json
+    from gpu_audit.analyze.findings import ReportRequest, build, write_json
     from gpu_audit.report.terminal import render
 
+    check_threshold(fail_on, "--fail-on")
+    req = ReportRequest(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings)
     with _stage_progress() as step:
-        findings = build(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings, step)
+        findings = build(req, step)
     if json_out:
         write_json(findings, json_out)
     render(findings, _console())

@@ -105,7 +105,7 @@ def demo_start(start: str | float | None, duration_s: float) -> float:
 
 def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool = True,
              step: Callable[[str], None] | None = None, start: str | float | None = None) -> DemoResult:
-    from gpu_audit.analyze.findings import build, write_json
+    from gpu_audit.analyze.findings import ReportRequest, build, write_json
 
     say = step or (lambda _msg: None)
     if not hours > 0 or not interval_s > 0:  # checked before anything in the folder is touched
@@ -138,7 +138,7 @@ def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool
     pricing = str(outp / "pricing.toml")
     shutil.copyfile(PKG / "data" / "demo-pricing.toml", pricing)
     say("analyzing")
-    findings = build([str(store)], pricing, [tokens], None, None)
+    findings = build(ReportRequest([str(store)], pricing, [tokens], None, None))
     js = str(outp / "findings.json")
     write_json(findings, js)
     html_path = None

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import ASSETS
-from gpu_audit.analyze.findings import build
+from gpu_audit.analyze.findings import ReportRequest, build
 from storefix import T0, at, series, write_samples
 
 PRICING = str(ASSETS / "pricing.toml")
@@ -39,7 +39,7 @@ def test_two_devices_two_hours_one_model_per_host(tmp_path):
         {"timestamp": T0 + 200, "model": "m-b", "host": "host-b", "prompt_tokens": 1000, "completion_tokens": 2000},
         {"timestamp": T0 + 4000, "model": "m-b", "host": "host-b", "prompt_tokens": 0, "completion_tokens": 500},
     ])
-    f = build([store], PRICING, [toks], None, None)
+    f = build(ReportRequest([store], PRICING, [toks], None, None))
     a, b = dev(f, "GPU-a"), dev(f, "GPU-b")
     assert a["gpu_hours"] == pytest.approx(2) and a["spend_usd"] == pytest.approx(6)
     assert a["waste_usd"] == pytest.approx(3 * (1 * 0.5 + 1 * 1.0))  # 4.5
@@ -85,7 +85,7 @@ def test_shared_host_hours_without_tokens_and_unattributed(tmp_path):
         {"timestamp": T0 + 20, "model": "m2", "host": "host-a", "prompt_tokens": 1, "completion_tokens": 100},
         {"timestamp": T0 + H + 5, "model": "m2", "host": "host-a", "prompt_tokens": 1, "completion_tokens": 200},
     ])
-    f = build([store], PRICING, [toks], None, None)
+    f = build(ReportRequest([store], PRICING, [toks], None, None))
     assert model(f, "m1")["cost_usd"] == pytest.approx(7 * 0.75 + 7 * 0.5)
     assert model(f, "m2")["cost_usd"] == pytest.approx(7 * 0.25 + 7 + 7 * 0.5)
     assert f["fleet"]["unattributed_usd"] == pytest.approx(3)
@@ -100,7 +100,7 @@ def test_token_records_outside_the_window_or_from_unknown_hosts_are_counted(tmp_
         {"timestamp": T0 + 7200, "model": "m1", "host": "host-a", "prompt_tokens": 1, "completion_tokens": 10},
         {"timestamp": T0 + 20, "model": "m1", "host": "host-z", "prompt_tokens": 1, "completion_tokens": 10},
     ])
-    f = build([store], PRICING, [toks], None, None)
+    f = build(ReportRequest([store], PRICING, [toks], None, None))
     assert f["data_quality"]["token_records_outside_window"] == 1
     assert f["data_quality"]["token_records_unknown_host"] == 1
     assert model(f, "m1")["completion_tokens"] == 10
@@ -113,7 +113,7 @@ def test_mig_devices_are_billed_by_their_share(tmp_path):
     rows += series("h", "MIG-3", name, 0, 600, [None] * 6, parent_uuid="GPU-p", mig_profile="3g.40gb", sm_active_pct=40.0)
     rows += series("h", "MIG-2", name, 0, 600, [None] * 6, parent_uuid="GPU-p", mig_profile="2g.20gb")
     write_samples(store, rows)
-    f = build([store], PRICING, [], None, None)
+    f = build(ReportRequest([store], PRICING, [], None, None))
     m3, m2, p = dev(f, "MIG-3"), dev(f, "MIG-2"), dev(f, "GPU-p")
     assert m3["gpu_hours"] == pytest.approx(3 / 7) and m3["spend_usd"] == pytest.approx(3)
     assert m3["waste_usd"] == pytest.approx(3 * 0.6) and m3["utilization_metric"] == "sm_active_pct"
@@ -132,7 +132,7 @@ def test_unpriced_device_is_listed_never_free(tmp_path):
     store = str(tmp_path / "store")
     write_samples(store, series("h", "GPU-x", "NVIDIA GeForce RTX 4090", 0, 600, [10] * 6)
                   + series("h", "GPU-y", L4, 0, 600, [10] * 6))
-    f = build([store], PRICING, [], None, None)
+    f = build(ReportRequest([store], PRICING, [], None, None))
     x = dev(f, "GPU-x")
     assert x["spend_usd"] is None and x["price_per_hour"] is None
     assert f["data_quality"]["unpriced_devices"] == [{"host": "h", "uuid": "GPU-x", "name": "NVIDIA GeForce RTX 4090"}]
@@ -143,7 +143,7 @@ def test_host_price_wins_and_catalog_fills_in(tmp_path):
     store = str(tmp_path / "store")
     write_samples(store, series("special-host", "GPU-s", H100, 0, 600, [10] * 6)
                   + series("h", "GPU-t", "Tesla T4", 0, 600, [10] * 6))
-    f = build([store], PRICING, [], None, None)
+    f = build(ReportRequest([store], PRICING, [], None, None))
     assert dev(f, "GPU-s")["price_per_hour"] == 10.0
     assert dev(f, "GPU-t")["price_per_hour"] == 0.53 and "catalog T4" in dev(f, "GPU-t")["price_source"]
 
@@ -151,7 +151,7 @@ def test_host_price_wins_and_catalog_fills_in(tmp_path):
 def test_since_until_select_ts_in_half_open_window(tmp_path):
     store = str(tmp_path / "store")
     write_samples(store, series("h", "GPU-a", H100, 0, 600, [10] * 6 + [50] * 6 + [90] * 6))
-    f = build([store], PRICING, [], "2026-11-28T01:00:00Z", "2026-11-28T02:00:00Z")
+    f = build(ReportRequest([store], PRICING, [], "2026-11-28T01:00:00Z", "2026-11-28T02:00:00Z"))
     a = dev(f, "GPU-a")
     assert a["gpu_hours"] == pytest.approx(1) and a["mean_util_pct"] == pytest.approx(50)
     assert f["window"] == {"start": "2026-11-28T01:00:00Z", "end": "2026-11-28T02:00:00Z", "hours": 1.0}
@@ -163,7 +163,7 @@ def test_coverage_and_gaps(tmp_path):
     # interval): 40 samples -> 40 minutes covered out of 60.
     rows = series("h", "GPU-a", H100, 0, 60, [30] * 20) + series("h", "GPU-a", H100, 2400, 60, [30] * 20)
     write_samples(store, rows)
-    f = build([store], PRICING, [], "2026-11-28T00:00:00Z", "2026-11-28T01:00:00Z")
+    f = build(ReportRequest([store], PRICING, [], "2026-11-28T00:00:00Z", "2026-11-28T01:00:00Z"))
     assert dev(f, "GPU-a")["coverage_pct"] == pytest.approx(100 * 40 / 60)
     assert f["data_quality"]["gaps"][0]["missing_hours"] == pytest.approx(20 / 60)
     assert dev(f, "GPU-a")["spend_usd"] == pytest.approx(3 * 40 / 60)  # missing coverage is not billed
@@ -172,8 +172,8 @@ def test_coverage_and_gaps(tmp_path):
 def test_idle_below_threshold(tmp_path):
     store = str(tmp_path / "store")
     write_samples(store, series("h", "GPU-a", H100, 0, 600, [4, 5, 6, 9, 10, 11]))
-    assert dev(build([store], PRICING, [], None, None), "GPU-a")["idle_hours"] == pytest.approx(1 / 6)
-    assert dev(build([store], PRICING, [], None, None, idle_below=10), "GPU-a")["idle_hours"] == pytest.approx(4 / 6)
+    assert dev(build(ReportRequest([store], PRICING, [], None, None)), "GPU-a")["idle_hours"] == pytest.approx(1 / 6)
+    assert dev(build(ReportRequest([store], PRICING, [], None, None, idle_below=10)), "GPU-a")["idle_hours"] == pytest.approx(4 / 6)
 
 
 def test_older_schema_files_are_read(tmp_path):
@@ -188,7 +188,7 @@ def test_older_schema_files_are_read(tmp_path):
                     "interval_s": pa.array([600.0, 600.0], pa.float32())})
     pq.write_table(old, folder / "old.parquet")
     write_samples(str(tmp_path / "store"), series("h", "GPU-n", H100, 0, 600, [60, 60]))
-    f = build([str(tmp_path / "store")], PRICING, [], None, None)
+    f = build(ReportRequest([str(tmp_path / "store")], PRICING, [], None, None))
     assert dev(f, "GPU-o")["mean_util_pct"] == pytest.approx(30) and dev(f, "GPU-o")["peak_memory_bytes"] is None
     assert dev(f, "GPU-n")["mean_util_pct"] == pytest.approx(60)
 
@@ -198,7 +198,7 @@ def test_host_names_that_look_like_values_stay_strings(tmp_path, host):
     """host=<name> folders must not be type-inferred (DuckDB read `host=inf` as a DATE once)."""
     store = str(tmp_path / "store")
     write_samples(store, series(host, "GPU-a", H100, 0, 600, [50] * 6))
-    f = build([store], PRICING, [], None, None)
+    f = build(ReportRequest([store], PRICING, [], None, None))
     assert [d["host"] for d in f["devices"]] == [host]
 
 
@@ -208,7 +208,7 @@ def test_large_fleets_write_hourly_series_per_host(tmp_path, monkeypatch):
     monkeypatch.setattr(fmod, "AGGREGATE_ABOVE", 1)
     store = str(tmp_path / "store")
     write_samples(store, series("h", "GPU-a", H100, 0, 600, [20] * 6) + series("h", "GPU-b", H100, 0, 600, [60] * 3 + [None] * 3))
-    f = build([store], PRICING, [], None, None)
+    f = build(ReportRequest([store], PRICING, [], None, None))
     assert f["series"]["device_hourly_level"] == "host"
     (row,) = f["series"]["device_hourly"]["rows"]
     cols = f["series"]["device_hourly"]["columns"]
@@ -248,7 +248,7 @@ def test_parquet_token_logs_with_different_dictionaries_and_a_bad_row(tmp_path):
     pq.write_table(pa.table({"created": [T0 + 180, T0 + 240], "model": pa.array(["m-b", "m-b"], pa.large_string()),
                              "host": pa.array(["h", "h"], pa.large_string()), "prompt_tokens": [5, 7],
                              "completion_tokens": [100, -1], "gpu_uuid": ["GPU-a", None]}), tmp_path / "b.parquet")
-    f = build([store], PRICING, [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")], None, None)
+    f = build(ReportRequest([store], PRICING, [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")], None, None))
     a, b = model(f, "m-a"), model(f, "m-b")
     assert (a["prompt_tokens"], a["completion_tokens"], b["prompt_tokens"], b["completion_tokens"]) == (30, 300, 5, 100)
     assert a["cost_usd"] == 0 and b["cost_usd"] == pytest.approx(3.0)
@@ -264,7 +264,7 @@ def test_rows_with_a_read_error_are_billed_without_utilization_and_listed(tmp_pa
     store = str(tmp_path / "store")
     write_samples(store, series("h", "GPU-a", H100, 0, 600, [40] * 4)
                   + series("h", "GPU-a", H100, 2400, 600, [None] * 2, error="GPU is lost"))
-    f = build([store], PRICING, [], None, None)
+    f = build(ReportRequest([store], PRICING, [], None, None))
     d = dev(f, "GPU-a")
     assert d["spend_usd"] == pytest.approx(3.0)                 # every row is billed
     assert d["waste_usd"] == pytest.approx(3.0 * 4 / 6 * 0.6)   # only rows with evidence: 1.20
@@ -298,7 +298,7 @@ def test_cost_per_kubernetes_namespace_by_hand_and_after_a_rollup(tmp_path):
         {"namespace": "team-b", "devices": 1, "gpu_hours": 0.5, "spend_usd": 1.5, "waste_usd": 1.5, "idle_usd": 1.5},
         {"namespace": None, "devices": 1, "gpu_hours": 1.0, "spend_usd": 1.0, "waste_usd": 0.0, "idle_usd": 0.0},
     ]
-    f = build([store], PRICING, [], None, None)
+    f = build(ReportRequest([store], PRICING, [], None, None))
     assert f["namespaces"] == [{k: pytest.approx(v) if isinstance(v, float) else v for k, v in e.items()} for e in expect]
     assert sum(n["spend_usd"] for n in f["namespaces"]) == pytest.approx(f["fleet"]["spend_usd"])
     from rich.console import Console
@@ -318,7 +318,7 @@ def test_cost_per_kubernetes_namespace_by_hand_and_after_a_rollup(tmp_path):
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     rollup(store, 0, 60, now=datetime(2026, 11, 29, 0, 0, 1, tzinfo=timezone.utc))
     assert not list((tmp_path / "store" / "samples").rglob("*.parquet"))  # read from the rollups now
-    after = build([store], PRICING, [], None, None)["namespaces"]
+    after = build(ReportRequest([store], PRICING, [], None, None))["namespaces"]
     assert [(n["namespace"], n["devices"]) for n in after] == [(e["namespace"], e["devices"]) for e in expect]
     for a, e in zip(after, expect):
         for k in ("gpu_hours", "spend_usd", "waste_usd", "idle_usd"):
@@ -328,7 +328,7 @@ def test_cost_per_kubernetes_namespace_by_hand_and_after_a_rollup(tmp_path):
 def test_no_namespace_in_the_store_means_no_namespace_list(tmp_path):
     store = str(tmp_path / "store")
     write_samples(store, series("h", "GPU-a", H100, 0, 600, [50] * 6))
-    assert build([store], PRICING, [], None, None)["namespaces"] == []
+    assert build(ReportRequest([store], PRICING, [], None, None))["namespaces"] == []
 
 
 def test_cost_per_model_at_device_level_where_the_logs_name_the_gpu(tmp_path):
@@ -340,7 +340,7 @@ def test_cost_per_model_at_device_level_where_the_logs_name_the_gpu(tmp_path):
                   + series("inf", "GPU-c", H100, 0, 600, [0] * 6))
     recs = [{"timestamp": T0 + 60, "model": "m-a", "host": "inf", "prompt_tokens": 100, "completion_tokens": 1000, "gpu_uuid": "GPU-a"},
             {"timestamp": T0 + 120, "model": "m-b", "host": "inf", "prompt_tokens": 100, "completion_tokens": 10, "gpu_uuid": "GPU-b"}]
-    f = build([store], PRICING, [write_tokens(tmp_path / "t.jsonl", recs)], None, None)
+    f = build(ReportRequest([store], PRICING, [write_tokens(tmp_path / "t.jsonl", recs)], None, None))
     a, b = model(f, "m-a"), model(f, "m-b")
     assert a["cost_usd"] == pytest.approx(3.0) and b["cost_usd"] == pytest.approx(3.0)
     assert a["attribution"] == b["attribution"] == "device"
@@ -350,6 +350,6 @@ def test_cost_per_model_at_device_level_where_the_logs_name_the_gpu(tmp_path):
     (te,) = [r for r in f["recommendations"] if r["kind"] == "token_economics" and r["targets"][0]["model"] == "m-b"
              and r["evidence"].get("api")]
     assert te["evidence"]["serving_util_pct"] == pytest.approx(50.0)
-    host = build([store], PRICING, [write_tokens(tmp_path / "h.jsonl", [{k: v for k, v in r.items() if k != "gpu_uuid"} for r in recs])],
-                 None, None)
+    host = build(ReportRequest([store], PRICING, [write_tokens(tmp_path / "h.jsonl", [{k: v for k, v in r.items() if k != "gpu_uuid"} for r in recs])],
+                 None, None))
     assert model(host, "m-a")["cost_usd"] == pytest.approx(9 * 1000 / 1010) and model(host, "m-a")["attribution"] == "host"

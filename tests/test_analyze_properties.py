@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ASSETS
-from gpu_audit.analyze.findings import build
+from gpu_audit.analyze.findings import ReportRequest, build
 from storefix import T0, at, write_samples
 
 PRICING = str(ASSETS / "pricing.toml")
@@ -43,7 +43,7 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 def test_spend_is_the_sum_over_devices_and_waste_at_most_spend(devs):
     with tempfile.TemporaryDirectory() as tmp:
         write_samples(tmp, rows_of(devs))
-        f = build([tmp], PRICING, [], None, None)
+        f = build(ReportRequest([tmp], PRICING, [], None, None))
     fl = f["fleet"]
     assert fl["spend_usd"] == pytest.approx(sum(d["spend_usd"] for d in f["devices"]))
     assert fl["waste_usd"] == pytest.approx(sum(d["waste_usd"] for d in f["devices"]))
@@ -58,7 +58,7 @@ def test_splitting_samples_in_halves_changes_nothing(devs):
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         write_samples(a, rows_of(devs))
         write_samples(b, rows_of(devs, split=True))
-        fa, fb = build([a], PRICING, [], None, None), build([b], PRICING, [], None, None)
+        fa, fb = build(ReportRequest([a], PRICING, [], None, None)), build(ReportRequest([b], PRICING, [], None, None))
     for k in ("spend_usd", "waste_usd", "idle_usd", "gpu_hours"):
         assert fa["fleet"][k] == pytest.approx(fb["fleet"][k], abs=1e-9)
 
@@ -74,6 +74,6 @@ def test_model_costs_plus_unattributed_is_total_spend(devs, toks):
         with open(path, "w") as fh:
             for host, m, t, p, c in toks:
                 fh.write(json.dumps({"timestamp": T0 + t, "model": m, "host": host, "prompt_tokens": p, "completion_tokens": c}) + "\n")
-        f = build([tmp], PRICING, [path], None, None)
+        f = build(ReportRequest([tmp], PRICING, [path], None, None))
     total = sum(m["cost_usd"] for m in f["models"]) + f["fleet"]["unattributed_usd"]
     assert total == pytest.approx(f["fleet"]["spend_usd"], abs=1e-9)

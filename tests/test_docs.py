@@ -43,13 +43,13 @@ def test_every_command_has_help_and_a_docs_section():
 
 def test_every_findings_field_is_documented(tmp_path):
     from conftest import ASSETS
-    from gpu_audit.analyze.findings import build
+    from gpu_audit.analyze.findings import ReportRequest, build
     from storefix import series, write_samples
 
     write_samples(str(tmp_path), series("h", "GPU-a", "NVIDIA H100 80GB HBM3", 0, 600, [50] * 6))
     t = tmp_path / "t.jsonl"
     t.write_text('{"timestamp": 1795824100, "model": "m", "host": "h", "prompt_tokens": 1, "completion_tokens": 2}\n')
-    f = build([str(tmp_path)], str(ASSETS / "pricing.toml"), [str(t)], None, None)
+    f = build(ReportRequest([str(tmp_path)], str(ASSETS / "pricing.toml"), [str(t)], None, None))
     text = (DOCS / "findings.md").read_text()
     keys = set(f) | set(f["fleet"]) | set(f["devices"][0]) | set(f["models"][0]) | set(f["data_quality"]) | set(f["series"])
     missing = sorted(k for k in keys if f"`{k}`" not in text)

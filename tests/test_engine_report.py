@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ASSETS
 from findfix import device, findings
-from gpu_audit.analyze.findings import build
+from gpu_audit.analyze.findings import ReportRequest, build
 from gpu_audit.recommend.base import RecommendSettings
 from gpu_audit.recommend.serving import batching, quantization
 from gpu_audit.store.writer import StoreWriter
@@ -33,7 +33,7 @@ def test_engine_counters_are_the_token_source_with_resets(tmp_path):
         {"ts": at(5400), "model": "m", "generation_tokens_total": 150.0, "prompt_tokens_total": 1500.0, "requests_waiting": 2.0, "kv_cache_usage_pct": 30.0},
         {"ts": at(100), "model": None, "error": "scrape failed: timed out"},
     ])
-    f = build([store], PRICING, [], None, None)
+    f = build(ReportRequest([store], PRICING, [], None, None))
     assert f["token_source"] == "engine counters"
     (m,) = f["models"]
     assert m["completion_tokens"] == 350 and m["prompt_tokens"] == 2000 + 500 + 1000
@@ -49,7 +49,7 @@ def test_token_logs_win_over_engine_counters(tmp_path):
     write_engine(store, [{"ts": at(0), "model": "m", "generation_tokens_total": 1.0}, {"ts": at(60), "model": "m", "generation_tokens_total": 9.0}])
     t = tmp_path / "t.jsonl"
     t.write_text('{"timestamp": 1795824100, "model": "m", "host": "inf", "prompt_tokens": 1, "completion_tokens": 2}\n')
-    f = build([store], PRICING, [str(t)], None, None)
+    f = build(ReportRequest([store], PRICING, [str(t)], None, None))
     assert f["token_source"] == "token logs" and f["models"][0]["completion_tokens"] == 2
     assert f["models"][0]["engine"]["scrapes"] == 2
 
@@ -83,5 +83,5 @@ def test_html_shows_engine_evidence(tmp_path):
     write_samples(store, series("inf", "GPU-a", "NVIDIA H100 80GB HBM3", 0, 600, [40] * 6))
     write_engine(store, [{"ts": at(0), "model": "m<x>", "generation_tokens_total": 1.0, "requests_running": 6.0, "kv_cache_usage_pct": 42.0},
                          {"ts": at(60), "model": "m<x>", "generation_tokens_total": 9.0, "requests_running": 8.0, "kv_cache_usage_pct": 44.0}])
-    html = render_html(build([store], PRICING, [], None, None))
+    html = render_html(build(ReportRequest([store], PRICING, [], None, None)))
     assert 'id="engine-table"' in html and "<td>m&lt;x&gt;</td><td>vllm</td>" in html and "7.0 / 8" in html

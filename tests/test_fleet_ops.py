@@ -88,18 +88,18 @@ def test_prune_removes_old_days_only(tmp_path, run_cli):
 
 
 def test_compact_merges_and_keeps_every_row(tmp_path, run_cli):
-    from gpu_audit.analyze.findings import build
+    from gpu_audit.analyze.findings import ReportRequest, build
 
     store = str(tmp_path / "s")
     for k in range(5):  # five flushes, five files
         write_samples(store, series("h", "GPU-a", "NVIDIA L4", 3600 * k, 600, [10 * k] * 6))
-    before = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    before = build(ReportRequest([store], str(ASSETS / "pricing.toml"), [], None, None))
     assert len(list(Path(store).glob("samples/*/*/*.parquet"))) == 5
     code, out, _ = run_cli("compact", store)
     assert code == 0 and "compacted 1 partition(s)" in out
     files = list(Path(store).glob("samples/*/*/*.parquet"))
     assert len(files) == 1 and files[0].name.startswith("compact-")
     assert read_table(store, "samples").num_rows == 30
-    after = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    after = build(ReportRequest([store], str(ASSETS / "pricing.toml"), [], None, None))
     flat = lambda f: {k: v for k, v in f["fleet"].items() if not isinstance(v, dict)}  # noqa: E731
     assert flat(after) == pytest.approx(flat(before)) and after["fleet"]["spend_split"] == pytest.approx(before["fleet"]["spend_split"])

@@ -76,9 +76,9 @@ def test_unknown_zone_and_missing_file(run_cli, tmp_path):
 def test_imported_samples_are_analyzed(run_cli, tmp_path):
     store = str(tmp_path / "s")
     run_cli("import", "nvidia-smi", QUIRKS, "--host", "n1", "--tz", "UTC", "--out", store)
-    from gpu_audit.analyze.findings import build
+    from gpu_audit.analyze.findings import ReportRequest, build
 
-    f = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    f = build(ReportRequest([store], str(ASSETS / "pricing.toml"), [], None, None))
     a = next(d for d in f["devices"] if d["uuid"] == "GPU-a")
     assert a["gpu_hours"] == pytest.approx(6 / 3600) and a["mean_util_pct"] == pytest.approx(35)
     assert a["spend_usd"] == pytest.approx(6 / 3600 * 1.0)

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from conftest import read_table, shared_or_skip
-from gpu_audit.analyze.findings import build
+from gpu_audit.analyze.findings import ReportRequest, build
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 STEP = 60
@@ -120,7 +120,7 @@ def test_import_matches_the_file(prometheus, tmp_path, run_cli):
     # The engine counter is stored as scraped; the report's deltas handle the reset.
     eng = read_table(store, "engine").to_pylist()
     assert [e["generation_tokens_total"] for e in eng][:3] == [0, 1000, 2000] and eng[0]["model"] == "m"
-    f = build([store], None, [], None, None)
+    f = build(ReportRequest([store], None, [], None, None))
     assert f["token_source"] == "engine counters"
     # 1000 per minute for minutes 1..59, then the reset at 60 (delta 0), then 1000 per minute 61..119.
     assert f["models"][0]["completion_tokens"] == 59 * 1000 + 0 + 59 * 1000

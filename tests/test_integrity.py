@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ASSETS, read_table, shared_or_skip
 from storefix import at, series, write_samples
-from gpu_audit.analyze.findings import build
+from gpu_audit.analyze.findings import ReportRequest, build
 from gpu_audit.store.schema import SAMPLES, with_version
 
 PRICING = str(ASSETS / "pricing.toml")
@@ -33,7 +33,7 @@ def log(path, ks, **kw) -> str:
 
 
 def report(store: str, **kw):
-    return build([store], PRICING, [], None, None, **kw)
+    return build(ReportRequest([store], PRICING, [], None, None, **kw))
 
 
 def dev(f, uuid="GPU-a"):
@@ -327,7 +327,7 @@ def test_the_real_dcgm_mig_sample_of_30_seconds_makes_no_claim(run_cli, tmp_path
     assert code == 0, err
     pricing = tmp_path / "p.toml"
     pricing.write_text('[host]\n"ub20-a100-k8s" = 1.80\n')  # the series carry no modelName: priced by host
-    f = build([store], str(pricing), [], None, None)
+    f = build(ReportRequest([store], str(pricing), [], None, None))
     assert f["fleet"]["spend_usd"] > 0 and f["fleet"]["unallocated_usd"] > 0  # the instance is listed: 6/7 unallocated
     assert [r for r in f["recommendations"] if r["kind"] == "mig"] == []  # but 30 s is no month
     assert any("observed 0.01 h < 1 h" in x["why"] for x in f["data_quality"]["devices_not_assessed"])

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ASSETS, ROOT, SCENARIOS
-from gpu_audit.analyze.findings import build
+from gpu_audit.analyze.findings import ReportRequest, build
 from gpu_audit.collect.run import collect
 
 BUCKET = "audit"
@@ -92,8 +92,8 @@ def test_two_hosts_into_one_bucket_and_report_equals_a_local_copy(moto, tmp_path
     assert not [k for k in keys if os.path.basename(k).startswith(".")]  # nothing half-written
     local = tmp_path / "copy"
     pafs.copy_files(f"{BUCKET}/store", str(local), source_filesystem=s3(), destination_filesystem=pafs.LocalFileSystem())
-    remote_f = build([uri], str(ASSETS / "pricing.toml"), [], None, None)
-    local_f = build([str(local)], str(ASSETS / "pricing.toml"), [], None, None)
+    remote_f = build(ReportRequest([uri], str(ASSETS / "pricing.toml"), [], None, None))
+    local_f = build(ReportRequest([str(local)], str(ASSETS / "pricing.toml"), [], None, None))
     from test_rollup import numbers
 
     a, b = dict(numbers(remote_f)), dict(numbers(local_f))
@@ -151,7 +151,7 @@ def test_import_into_a_bucket_and_unreachable_report(moto, tmp_path, run_cli):
     code, out, err = run_cli("import", "nvidia-smi", str(ASSETS / "nvsmi_quirks.csv"), "--host", "n1", "--tz", "UTC", "--out", uri)
     assert code == 0, err
     assert "uploaded 1 file(s) to s3://audit/imp" in out
-    f = build([uri], str(ASSETS / "pricing.toml"), [], None, None)
+    f = build(ReportRequest([uri], str(ASSETS / "pricing.toml"), [], None, None))
     assert f["fleet"]["devices"] == 2
     moto.stop()
     code, _, err = run_cli("report", uri)

@@ -179,8 +179,8 @@ def test_duckdb_spills_to_a_private_folder_that_goes_away():
 
 
 def test_build_reports_every_stage_in_order(store):
-    from gpu_audit.analyze.findings import build, report_stages
+    from gpu_audit.analyze.findings import ReportRequest, build, report_stages
 
     seen = []
-    build([store], PRICING, [], None, None, step=seen.append)
+    build(ReportRequest([store], PRICING, [], None, None), step=seen.append)
     assert seen == list(report_stages()) and len(seen) == 7

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ASSETS, SCENARIOS
-from gpu_audit.analyze.findings import build
+from gpu_audit.analyze.findings import ReportRequest, build
 from gpu_audit.collect.run import collect
 from gpu_audit.store.rollup import rollup
 
@@ -44,11 +44,11 @@ def store(tmp_path):
 
 
 def test_report_from_rollups_agrees_with_raw(store, tmp_path):
-    before = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    before = build(ReportRequest([store], str(ASSETS / "pricing.toml"), [], None, None))
     done = rollup(store, 0, 60, now=datetime(2026, 11, 29, 0, 0, 1, tzinfo=timezone.utc))
     assert len(done) == 6 and all(raw > rows for _, _, raw, rows in done)  # 3 hosts x 2 days
     assert not list(Path(store).glob("samples/*/*/*.parquet"))
-    after = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    after = build(ReportRequest([store], str(ASSETS / "pricing.toml"), [], None, None))
     a, b = dict(numbers(before)), dict(numbers(after))
     assert a.keys() == b.keys()
     diffs = [(k, a[k], b[k]) for k in a if isinstance(a[k], float)
@@ -61,7 +61,7 @@ def test_only_whole_days_past_the_cutoff_and_raw_kept_until_written(store):
     done = rollup(store, 0, 60, now=datetime(2026, 11, 28, 12, tzinfo=timezone.utc))
     assert {d for _, d, _, _ in done} == {"2026-11-27"}
     assert list(Path(store).glob("samples/*/date=2026-11-28/*.parquet"))
-    f = build([store], str(ASSETS / "pricing.toml"), [], None, None)  # raw and rollups together
+    f = build(ReportRequest([store], str(ASSETS / "pricing.toml"), [], None, None))  # raw and rollups together
     assert f["window"]["hours"] == pytest.approx(48, abs=0.01)
 
 
@@ -89,10 +89,10 @@ def test_a_version_1_rollup_without_k8s_namespace_is_read(store):
     """Schema version 1 rollups have no k8s_namespace column: they read as before, with no namespaces."""
     import pyarrow.parquet as pq
 
-    before = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    before = build(ReportRequest([store], str(ASSETS / "pricing.toml"), [], None, None))
     rollup(store, 0, 60, now=datetime(2026, 11, 29, 0, 0, 1, tzinfo=timezone.utc))
     for f in Path(store, "rollups").rglob("*.parquet"):
         t = pq.read_table(f)
         pq.write_table(t.drop_columns(["k8s_namespace"]), f)
-    after = build([store], str(ASSETS / "pricing.toml"), [], None, None)
+    after = build(ReportRequest([store], str(ASSETS / "pricing.toml"), [], None, None))
     assert after["namespaces"] == [] and after["fleet"]["spend_usd"] == pytest.approx(before["fleet"]["spend_usd"], rel=1e-9)

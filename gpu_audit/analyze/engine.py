@@ -517,6 +517,7 @@ def _models_stage(r: _Run) -> None:
     }
     r.quality.update({
         "rejected_token_records": ({"count": tokens.bad, "examples": tokens.bad_examples} if tokens is not None else {"count": 0, "examples": []}),
+        "names_cut": tokens.names_cut if tokens is not None else 0,
         "token_records_outside_window": att["records_outside_window"],
         "token_records_unknown_host": att["records_unknown_host"],
         "rollup_idle_below_pct": [x for x in r.rollup_idle if x != s.idle_below],

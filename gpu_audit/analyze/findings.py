@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gpu_audit.analyze.hourly import AGGREGATE_ABOVE, HourlyColumns
@@ -40,20 +41,35 @@ def report_stages() -> tuple[str, ...]:
     return ("reading token logs", *ANALYZE_STAGES, "recommendation rules", "series for the charts")
 
 
-def build(stores: list[str], pricing_path: str | None, token_paths: list[str], since: str | None, until: str | None,
-          idle_below: float | None = None, strict: bool = False, s3_endpoint: str | None = None,
-          memory_limit: str | None = None, settings_path: str | None = None,
-          step: Callable[[str], None] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ReportRequest:
+    """What a report is asked for: the one argument of ``build`` (flags win over the settings file,
+    which wins over the defaults)."""
+
+    stores: list[str]
+    pricing: str | None = None
+    tokens: list[str] = field(default_factory=list)
+    since: str | None = None
+    until: str | None = None
+    idle_below: float | None = None
+    strict: bool = False
+    s3_endpoint: str | None = None
+    memory_limit: str | None = None
+    settings: str | None = None
+
+
+def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Everything `report` needs, from the user's inputs: the one library call behind the command.
 
-    ``idle_below`` and ``memory_limit`` given here (flags) win over the settings file, which wins
-    over the defaults. ``step`` is told each of report_stages() as it starts (a progress display)."""
+    ``step`` is told each of report_stages() as it starts (a progress display)."""
     from gpu_audit.analyze.engine import AnalyzeSettings, analyze
     from gpu_audit.analyze.pricing import load_pricing
     from gpu_audit.analyze.tokens import load_tokens
     from gpu_audit.settings import load_settings
     from gpu_audit.units import parse_time
 
+    stores, pricing_path, token_paths, since, until = req.stores, req.pricing, list(req.tokens or []), req.since, req.until
+    idle_below, strict, s3_endpoint, memory_limit, settings_path = req.idle_below, req.strict, req.s3_endpoint, req.memory_limit, req.settings
     settings = load_settings(settings_path)
     idle_below = settings.idle_below if idle_below is None else idle_below
     memory_limit = settings.memory_limit if memory_limit is None else memory_limit

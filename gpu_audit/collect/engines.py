@@ -172,10 +172,27 @@ class Endpoint:
     scrapes: int = 0
 
 
+MAX_BODY = 8 * 2**20
+
+
 def fetch(url: str, timeout_s: float) -> str:
+    """The body of ``url`` within a total deadline of ``timeout_s``: the socket timeout alone restarts
+    with every byte, so an endpoint that trickles one byte every 0.2 s would never time out."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
     req = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
     with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 - the user's own endpoint
-        return r.read(8 * 2**20).decode("utf-8", errors="replace")
+        chunks, size = [], 0
+        while size < MAX_BODY:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete answer within {timeout_s:g} s")
+            chunk = r.read1(min(65536, MAX_BODY - size)) if hasattr(r, "read1") else r.read(min(65536, MAX_BODY - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 def scrape_once(url: str, timeout_s: float) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ _QUIET = (
 )
 
 
+GPM_COLUMNS = ("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_active_pct")
+
 class NvmlUnavailable(GpuAuditError):
     """NVML cannot be used on this machine at all (no driver, no permission)."""
 
@@ -218,7 +220,13 @@ class Nvml:
             row["throttle_reasons"] = q(("nvmlDeviceGetCurrentClocksEventReasons",
                                          "nvmlDeviceGetCurrentClocksThrottleReasons"), h)
         if d.gpm_supported and not d.mig_mode:
-            row.update(self._gpm(d))
+            try:
+                row.update(self._gpm(d))
+            except DeviceError:
+                # A GPM failure (e.g. after a clock step) loses the GPM columns of this tick, not the
+                # NVML fields read above; GPM needs two good samples again.
+                d.gpm_prev = None
+                row.update(dict.fromkeys(GPM_COLUMNS))
         return row
 
     def _gpm(self, d: Device) -> dict[str, float | None]:
@@ -252,7 +260,7 @@ class Nvml:
             raise DeviceError(f"GPM metrics: {e}") from None
         # 0.1 % resolution: finer digits mean nothing for a share of a tick and cost disk.
         vals = [round(req.metrics[k].value, 1) if req.metrics[k].nvmlReturn == 0 else None for k in range(len(ids))]
-        return dict(zip(("sm_active_pct", "sm_occupancy_pct", "tensor_active_pct", "dram_active_pct"), vals))
+        return dict(zip(GPM_COLUMNS, vals))
 
     def processes(self, d: Device) -> list[dict[str, Any]]:
         """Compute and graphics processes on ``d``: pid, name, type, used memory, SM utilization."""

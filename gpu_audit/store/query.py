@@ -61,7 +61,9 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_p
     from gpu_audit.store.schema import SAMPLES
 
     src = read_sql(files)
-    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    types = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    have = set(types)
+    _check_types(types, files)
     for col in REQUIRED:
         if col not in have:
             raise StoreFileError(f"cannot read {files[0]}: a samples file without the column {col!r}",
@@ -86,6 +88,30 @@ def rollups_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     missing = [f'CAST(NULL AS {DUCK_TYPES[str(f.type)]}) AS "{f.name}"' for f in ROLLUPS if f.name not in have]
     return src if not missing else f"(SELECT *, {', '.join(missing)} FROM {src})"
+
+
+_NUMERIC = {"FLOAT", "DOUBLE", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT", "UINTEGER", "UBIGINT", "USMALLINT",
+            "UTINYINT", "DECIMAL"}
+
+
+def _check_types(types: dict[str, str], files: list[str]) -> None:
+    """A numeric column that some file stores as text (utilization as "50 %") would fail deep in a
+    query with no file named: name the file and the column here, in one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gpu_audit.store.schema import SAMPLES
+
+    for f in SAMPLES:
+        want, got = DUCK_TYPES[str(f.type)], types.get(f.name)
+        if got is None or want not in _NUMERIC or got.split("(")[0] in _NUMERIC:
+            continue
+        for path in files:
+            schema = pq.read_schema(path)
+            if f.name in schema.names and not (pa.types.is_integer(schema.field(f.name).type) or pa.types.is_floating(schema.field(f.name).type)
+                                               or pa.types.is_decimal(schema.field(f.name).type) or pa.types.is_null(schema.field(f.name).type)):
+                raise StoreFileError(f"cannot read {path}: column {f.name!r} is {schema.field(f.name).type}, expected a number",
+                                     hint="a damaged or foreign file in the store: move it aside and run again")
 
 
 def missing_columns(files: list[str]) -> dict[str, list[str]]:
