@@ -56,10 +56,17 @@ def environment(strict: bool | None = None) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined if strict else PoliteUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(usd=fmt_usd, pct=fmt_pct, num=fmt_num, bytes=fmt_bytes, show=_show)
+    def missing_is_none(fn: Callable[..., str]) -> Callable[..., str]:
+        return lambda v, *a: fn(None if isinstance(v, jinja2.Undefined) else v, *a)
+
+    env.filters.update(usd=missing_is_none(fmt_usd), pct=missing_is_none(fmt_pct), num=missing_is_none(fmt_num),
+                       bytes=missing_is_none(fmt_bytes), show=missing_is_none(_show),
+                       scaled=lambda v, k: None if v is None or isinstance(v, jinja2.Undefined) else v * k)
     # Every value printed is a string by then: control and bidi characters (a name spoofed with U+202E)
     # are shown escaped, before autoescape makes it HTML text.
-    env.finalize = lambda v: printable(v, "\n\t") if isinstance(v, str) and not isinstance(v, markupsafe.Markup) else v
+    # A value a template prints that the findings do not have (None) reads N/A, like every number.
+    env.finalize = lambda v: (NA if v is None else printable(v, "\n\t") if isinstance(v, str) and not isinstance(v, markupsafe.Markup)
+                              else v)
     return env
 
 
