@@ -569,6 +569,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     except _CLICK_ERRORS as e:
         e.show()  # type: ignore[attr-defined]
         return e.exit_code  # type: ignore[attr-defined]
+    if rv == 130:  # click turned a Ctrl-C into its abort code: say so in the same one line
+        _console(stderr=True).print("interrupted: nothing was written", soft_wrap=True)
     return rv if isinstance(rv, int) else 0
 
 
