@@ -381,7 +381,7 @@ def prices(
 
 @import_app.command("nvidia-smi")
 def import_nvidia_smi(
-    files: List[str] = typer.Argument(..., help="Logs written by nvidia-smi --query-gpu=... --format=csv \\[-l N]."),
+    files: List[str] = typer.Argument(..., help="Logs written by nvidia-smi --query-gpu=... --format=csv \\[-l N], or nvidia-smi -q -x XML dumps (told apart by content)."),
     host: str = typer.Option(..., help="The host the logs came from (written into every row)."),
     out: Optional[str] = typer.Option(None, "--out", help="Store folder (default as for collect)."),
     tz: Optional[str] = typer.Option(None, help="Time zone of the logs' timestamps (IANA name; default: this machine's)."),
@@ -389,8 +389,9 @@ def import_nvidia_smi(
     interval: Optional[str] = typer.Option(None, help="The -l interval; default: each series' median gap."),
     strict: bool = typer.Option(False, help="A bad line is an error and nothing is written."),
     s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for --out s3://..."),
+    at: Optional[str] = typer.Option(None, "--at", help="Time of a log without a timestamp field (a one-shot query; with --interval for several samples per GPU)."),
 ) -> None:
-    """Import nvidia-smi CSV logs into a store (source = nvidia-smi)."""
+    """Import nvidia-smi CSV logs or XML dumps into a store (source = nvidia-smi, nvidia-smi-xml)."""
     from gpu_audit.sources.nvidia_smi import import_nvidia_smi as run_import
 
     local, uri = _store_target(out)
@@ -404,13 +405,17 @@ def import_nvidia_smi(
         task = progress.add_task("import", total=1)
         progress.start()
     try:
+        from gpu_audit.units import parse_time
+
         res = run_import(files, local, host, tz, fields, _seconds(interval, "--interval"), strict,
-                         progress=(lambda path, done, total: progress.update(task, completed=done, total=total)) if progress else None)
+                         progress=(lambda path, done, total: progress.update(task, completed=done, total=total)) if progress else None,
+                         at=parse_time(at, "--at") if at else None)
     finally:
         if progress:
             progress.stop()
     c = _console()
-    c.print(f"imported {res.rows:,} rows ({res.series} GPU series) from {len(res.files)} file(s); times read as {res.zone}")
+    how = f" ({', '.join(sorted(res.time_formats))})" if res.time_formats else ""
+    c.print(f"imported {res.rows:,} rows ({res.series} GPU series) from {len(res.files)} file(s); times read as {res.zone}{how}")
     for line in res.tally.summary():
         c.print(line)
     if res.bad:
@@ -465,15 +470,20 @@ def import_prometheus_text(
     at: Optional[str] = typer.Option(None, help="Time of samples without a timestamp (default: each file's modification time)."),
     interval: Optional[str] = typer.Option(None, help="Seconds each sample stands for; default: each series' median gap."),
     s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for --out s3://..."),
+    host: Optional[str] = typer.Option(None, "--host", help="Host of series whose labels name none (an inference engine's /metrics dump)."),
 ) -> None:
     """Import saved exporter scrapes (one point in time per file, or OpenMetrics with timestamps)."""
     from gpu_audit.sources.prometheus import import_prometheus_text as run_import
     from gpu_audit.units import parse_time
 
     local, uri = _store_target(out)
-    res = run_import(files, local, parse_time(at, "--at") if at else None, _seconds(interval, "--interval"))
+    res = run_import(files, local, parse_time(at, "--at") if at else None, _seconds(interval, "--interval"), host)
     _console().print(f"imported {res.rows:,} samples of {res.devices} devices on {len(res.hosts)} host(s) and {res.engine_rows:,} engine rows",
                      soft_wrap=True)
+    for h in res.engine_hosts_without_samples:
+        _console(stderr=True).print(f"[yellow]note:[/] engine rows of host {_e(h)} match no GPU samples in the store: their tokens "
+                                    "will not be attributed until samples of that host are there (collect, or import with --host)",
+                                    soft_wrap=True)
     if res.single_point:
         _console(stderr=True).print(f"[yellow]warning:[/] {res.single_point} device(s) have one point in time: each sample stands for "
                                     "0 s and costs nothing; give --interval (the exporter's scrape interval, e.g. 30s) to count it",

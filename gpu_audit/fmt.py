@@ -63,3 +63,17 @@ def fmt_duration(seconds: float | None) -> str:
     m, s = divmod(s, 60)
     parts = [f"{d}d"] * bool(d) + [f"{h}h"] * bool(h) + [f"{m}m"] * bool(m) + [f"{s}s"] * bool(s)
     return " ".join(parts[:2]) or "0s"
+
+
+def short_id(uuid: str | None) -> str:
+    """A device id short enough for a label: the last 6 characters of a GPU or MIG UUID; for the ids
+    an import makes up (``nvidia-smi:index:0``, ``nvidia-smi:pci:...``) what they name ("index 0")."""
+    if not uuid:
+        return "?"
+    if uuid.startswith("nvidia-smi:"):
+        kind, _, value = uuid[len("nvidia-smi:"):].partition(":")
+        return f"{kind} {value}"
+    if "/GI-" in uuid:  # a MIG instance named by its GPU and instance id (DCGM, XML imports)
+        gpu, _, gi = uuid.partition("/")
+        return f"{gpu[-6:]}/{gi}"
+    return uuid[-6:]

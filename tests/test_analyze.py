@@ -135,7 +135,8 @@ def test_unpriced_device_is_listed_never_free(tmp_path):
     f = build(ReportRequest([store], PRICING, [], None, None))
     x = dev(f, "GPU-x")
     assert x["spend_usd"] is None and x["price_per_hour"] is None
-    assert f["data_quality"]["unpriced_devices"] == [{"host": "h", "uuid": "GPU-x", "name": "NVIDIA GeForce RTX 4090"}]
+    assert f["data_quality"]["unpriced_devices"] == [{"host": "h", "uuid": "GPU-x", "name": "NVIDIA GeForce RTX 4090",
+                                                      "why": "no price for this GPU model: add it to a pricing file ([gpu] or [host])"}]
     assert f["fleet"]["spend_usd"] == pytest.approx(1) and f["fleet"]["unpriced_gpu_hours"] == pytest.approx(1)
 
 

@@ -214,7 +214,8 @@ def test_a_single_scrape_without_a_model_name_reports_without_a_claim(run_cli, t
     assert code == 0 and "Traceback" not in err, err
     f = json.loads(out.read_text())
     assert f["data_quality"]["devices_without_evidence"][0]["why"].startswith("its samples stand for no time")
-    assert f["data_quality"]["unpriced_devices"] == [{"host": "node-1", "uuid": "GPU-aaaaaaaa-0000-0000-0000-000000000000", "name": None}]
+    assert f["data_quality"]["unpriced_devices"] == [{"host": "node-1", "uuid": "GPU-aaaaaaaa-0000-0000-0000-000000000000", "name": None,
+                                                      "why": "its source gives no GPU name: price it with [host]"}]
 
     store2 = str(tmp_path / "s2")
     code, _, err = run_cli("import", "prometheus-text", str(p), "--at", "2026-11-28T00:00:00Z", "--interval", "30s", "--out", store2)

@@ -61,6 +61,7 @@ def token_hours(con: duckdb.DuckDBPyConnection, tokens: pa.Table, hosts: set[str
     return con.execute(f"""
         SELECT host, gpu_uuid, model, CAST(epoch_us(ts) // 3600000000 AS BIGINT) AS hour, min(epoch_us(ts)) AS _ts,
                CAST(sum(prompt_tokens) AS BIGINT) AS prompt_tokens, CAST(sum(completion_tokens) AS BIGINT) AS completion_tokens,
+               CAST(sum(cached_tokens) AS BIGINT) AS cached_tokens, CAST(sum(reasoning_tokens) AS BIGINT) AS reasoning_tokens,
                count(*) AS records, ({_in_window(start, end)}) AS in_window, ({_KNOWN_HOST}) AS known_host
         FROM tokens_in GROUP BY ALL
     """).df()
@@ -158,6 +159,10 @@ def window_of(dh: pd.DataFrame, s: AnalyzeSettings) -> tuple[float, float]:
     return start, end
 
 
+def _int_or_none(v: Any) -> int | None:
+    return None if v is None or pd.isna(v) else int(v)
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -226,15 +231,19 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     out["unattributed_usd"] = float(dh["spend_usd"].sum()) - attributed
     cost = parts.groupby("model")["cost_usd"].sum() if not parts.empty else pd.Series(dtype=float)
     counts = t.groupby("model")[["prompt_tokens", "completion_tokens"]].sum()
+    extra = {c: t.groupby("model")[c].sum(min_count=1) for c in ("cached_tokens", "reasoning_tokens") if c in t}
     levels = t.assign(dev=t["unit"] != "*").groupby("model")["dev"].agg(["all", "any"])
     for model in sorted(set(counts.index) | set(cost.index)):
         c = float(cost.get(model, 0.0))
         p = int(counts.loc[model, "prompt_tokens"]) if model in counts.index else 0
         o = int(counts.loc[model, "completion_tokens"]) if model in counts.index else 0
         lv = levels.loc[model] if model in levels.index else None
+        cached, reasoning = (_int_or_none(extra[c].get(model)) if c in extra else None for c in ("cached_tokens", "reasoning_tokens"))
         out["models"].append({
             "model": model, "attribution": None if lv is None else "device" if lv["all"] else "mixed" if lv["any"] else "host",
             "prompt_tokens": p, "completion_tokens": o, "cost_usd": c,
+            "cached_tokens": cached, "reasoning_tokens": reasoning,
+            "cache_hit_pct": 100 * cached / p if cached is not None and p else None,
             "cost_per_1m_output_tokens": c / o * 1e6 if o else None,
             "cost_per_1m_tokens": c / (p + o) * 1e6 if (p + o) else None,
         })
@@ -407,7 +416,9 @@ def _devices_stage(r: _Run) -> None:
         }
         devices.append(d)
         if pr is None:
-            unpriced.append({"host": x.host, "uuid": x.uuid, "name": d["name"]})
+            unpriced.append({"host": x.host, "uuid": x.uuid, "name": d["name"],
+                             "why": "its source gives no GPU name: price it with [host]" if d["name"] is None else
+                             "no price for this GPU model: add it to a pricing file ([gpu] or [host])"})
         if parent_in_mig and x.blind_dt > 0:
             no_evidence.append({"host": x.host, "uuid": x.uuid, "name": d["name"], "mig_profile": None,
                                 "why": BLIND_WHY.format(source=_blind_source(r, x.host, x.uuid))})
@@ -518,6 +529,7 @@ def _models_stage(r: _Run) -> None:
     r.quality.update({
         "rejected_token_records": ({"count": tokens.bad, "examples": tokens.bad_examples} if tokens is not None else {"count": 0, "examples": []}),
         "names_cut": tokens.names_cut if tokens is not None else 0,
+        "streamed_chunks_without_usage": tokens.chunks_without_usage if tokens is not None else 0,
         "token_records_outside_window": att["records_outside_window"],
         "token_records_unknown_host": att["records_unknown_host"],
         "rollup_idle_below_pct": [x for x in r.rollup_idle if x != s.idle_below],

@@ -32,6 +32,8 @@ TOKENS = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("gpu_uuid", LABEL),
+    ("cached_tokens", pa.int64()),  # prompt tokens served from a prefix or prompt cache, where the log says
+    ("reasoning_tokens", pa.int64()),  # completion tokens spent on reasoning, where the log says
 ])
 LABELS = ("model", "host", "gpu_uuid")
 
@@ -52,6 +54,7 @@ class TokenLog:
     bad: int = 0
     bad_examples: list[str] = field(default_factory=list)  # "file:line: why"
     names_cut: int = 0  # distinct names longer than MAX_NAME, cut with CUT_MARK
+    chunks_without_usage: int = 0  # streamed chunks that carry no usage (skipped, not errors)
 
 
 def epoch_seconds(v: float) -> float:
@@ -88,10 +91,38 @@ def _count(v: Any, name: str) -> int:
     return int(n)
 
 
-def _record(r: dict[str, Any]) -> tuple[datetime, str, str, int, int, str | None]:
+class NoUsage(Exception):
+    """A streamed chunk without usage (only the final chunk of a stream carries it): skipped, counted."""
+
+
+def _get(d: Any, *path: str) -> Any:
+    for k in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _opt(v: Any, name: str) -> int | None:
+    return None if v is None else _count(v, name)
+
+
+def _record(r: dict[str, Any]) -> tuple[Any, ...]:
+    """One request from any usage shape: flat fields; an OpenAI-style body (``usage`` with
+    ``prompt_tokens_details.cached_tokens`` and ``completion_tokens_details.reasoning_tokens``, or
+    DeepSeek's ``prompt_cache_hit_tokens``); an Anthropic-style ``usage`` (``input_tokens``,
+    ``output_tokens``, ``cache_read_input_tokens``, ``cache_creation_input_tokens``: the prompt is
+    their sum); OpenTelemetry GenAI span attributes (``gen_ai.request.model``,
+    ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``, flat or under ``attributes``)."""
     if not isinstance(r, dict):
         raise ValueError("not an object")
-    usage = r.get("usage") if isinstance(r.get("usage"), dict) else r
+    attrs = r.get("attributes") if isinstance(r.get("attributes"), dict) else r
+    if any(k.startswith("gen_ai.") for k in attrs):
+        return _otel(r, attrs)
+    usage = r.get("usage") if isinstance(r.get("usage"), dict) else None
+    if usage is None and ("choices" in r or r.get("object") == "chat.completion.chunk") and "prompt_tokens" not in r:
+        raise NoUsage()
+    u = usage if usage is not None else r
     when = r.get("timestamp", r.get("created"))
     if when is None:
         raise ValueError("no timestamp or created")
@@ -101,8 +132,38 @@ def _record(r: dict[str, Any]) -> tuple[datetime, str, str, int, int, str | None
     if not host or not isinstance(host, str):
         raise ValueError("no host")
     gpu = r.get("gpu_uuid")
-    return (_ts(when), model, host, _count(usage.get("prompt_tokens"), "prompt_tokens"),
-            _count(usage.get("completion_tokens"), "completion_tokens"), str(gpu) if gpu else None)
+    if "input_tokens" in u and "prompt_tokens" not in u:  # Anthropic: input_tokens excludes what the cache served
+        read = _opt(u.get("cache_read_input_tokens"), "cache_read_input_tokens") or 0
+        made = _opt(u.get("cache_creation_input_tokens"), "cache_creation_input_tokens") or 0
+        prompt = _count(u.get("input_tokens"), "input_tokens") + read + made
+        completion = _count(u.get("output_tokens"), "output_tokens")
+        cached, reasoning = (read if "cache_read_input_tokens" in u else None), None
+    else:
+        prompt, completion = _count(u.get("prompt_tokens"), "prompt_tokens"), _count(u.get("completion_tokens"), "completion_tokens")
+        cached = _opt(_get(u, "prompt_tokens_details", "cached_tokens"), "cached_tokens")
+        if cached is None:
+            cached = _opt(u.get("prompt_cache_hit_tokens", u.get("cached_tokens")), "cached_tokens")
+        reasoning = _opt(_get(u, "completion_tokens_details", "reasoning_tokens"), "reasoning_tokens")
+        if reasoning is None:
+            reasoning = _opt(u.get("reasoning_tokens"), "reasoning_tokens")
+    return (_ts(when), model, host, prompt, completion, str(gpu) if gpu else None, cached, reasoning)
+
+
+def _otel(r: dict[str, Any], a: dict[str, Any]) -> tuple[Any, ...]:
+    model = a.get("gen_ai.request.model") or a.get("gen_ai.response.model")
+    if not model or not isinstance(model, str):
+        raise ValueError("no gen_ai.request.model")
+    when = next((v for v in (r.get("timestamp"), r.get("start_time"), r.get("startTimeUnixNano"), r.get("start_time_unix_nano"),
+                             r.get("created")) if v is not None), None)
+    if when is None:
+        raise ValueError("no timestamp or start time")
+    host = r.get("host") or a.get("host.name") or _get(r, "resource", "host.name")
+    if not host or not isinstance(host, str):
+        raise ValueError("no host (host, or the resource attribute host.name)")
+    cached = _opt(a.get("gen_ai.usage.cache_read_input_tokens", a.get("gen_ai.usage.cached_tokens")), "cached_tokens")
+    reasoning = _opt(a.get("gen_ai.usage.reasoning_tokens"), "reasoning_tokens")
+    return (_ts(when), model, host, _count(a.get("gen_ai.usage.input_tokens"), "gen_ai.usage.input_tokens"),
+            _count(a.get("gen_ai.usage.output_tokens"), "gen_ai.usage.output_tokens"), r.get("gpu_uuid"), cached, reasoning)
 
 
 def _rows_jsonl(path: str) -> Iterable[tuple[int, Any]]:
@@ -173,11 +234,14 @@ def _counts(col: Any) -> Any:
     return pc.cast(pc.if_else(fits, x, -1.0), pa.int64())
 
 
-def _tokens_table(ts: pa.ChunkedArray, model: Any, host: Any, prompt: Any, completion: Any, gpu: Any) -> tuple[pa.Table, pa.ChunkedArray]:
+def _tokens_table(ts: pa.ChunkedArray, model: Any, host: Any, prompt: Any, completion: Any, gpu: Any,
+                  cached: Any = None, reasoning: Any = None) -> tuple[pa.Table, pa.ChunkedArray]:
     """The token table and its mask of good rows (a time, a model, a host, counts >= 0)."""
     n = len(ts)
     out = pa.table({"ts": ts, "model": _label(model, n), "host": _label(host, n), "prompt_tokens": _counts(prompt),
-                    "completion_tokens": _counts(completion), "gpu_uuid": _label(gpu, n)}, schema=TOKENS)
+                    "completion_tokens": _counts(completion), "gpu_uuid": _label(gpu, n),
+                    "cached_tokens": _counts(cached) if cached is not None else pa.nulls(n, pa.int64()),
+                    "reasoning_tokens": _counts(reasoning) if reasoning is not None else pa.nulls(n, pa.int64())}, schema=TOKENS)
     def count_ok(c: str) -> Any:
         v = pc.fill_null(out[c], -1)
         return pc.and_(pc.greater_equal(v, 0), pc.less_equal(v, MAX_TOKENS))
@@ -185,6 +249,15 @@ def _tokens_table(ts: pa.ChunkedArray, model: Any, host: Any, prompt: Any, compl
     ok = pc.and_(pc.and_(pc.is_valid(out["ts"]), pc.and_(pc.is_valid(out["model"]), pc.is_valid(out["host"]))),
                  pc.and_(count_ok("prompt_tokens"), count_ok("completion_tokens")))
     return out, ok
+
+
+def _extras(t: pa.Table) -> tuple[Any, Any]:
+    """The flat cached_tokens and reasoning_tokens columns, where a file has them (integers)."""
+    out = []
+    for c in ("cached_tokens", "reasoning_tokens"):
+        col = t[c] if c in t.column_names else None
+        out.append(col if col is not None and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) else None)
+    return out[0], out[1]
 
 
 PARQUET_BAD = "a missing field or a negative token count"  # (or one over MAX_TOKENS)
@@ -200,14 +273,15 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
     missing = [c for c in ("model", "host", "prompt_tokens", "completion_tokens") if c not in names]
     if when is None or missing:
         raise TokenLogError(f"{path}: token log lacks column(s) {', '.join(missing + ['timestamp'] * (when is None))}")
-    wanted = [c for c in (when, "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid") if c in names]
+    wanted = [c for c in (when, "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid", "cached_tokens", "reasoning_tokens")
+              if c in names]
     t = pq.read_table(path, columns=wanted, read_dictionary=[c for c in LABELS if c in names])
     try:
         ts = _to_ts(t[when])
     except ValueError as e:
         raise TokenLogError(f"{path}: {when}: {e}") from None
     out, ok = _tokens_table(ts, t["model"], t["host"], t["prompt_tokens"], t["completion_tokens"],
-                            t["gpu_uuid"] if "gpu_uuid" in names else None)
+                            t["gpu_uuid"] if "gpu_uuid" in names else None, *_extras(t))
     bad = pc.invert(ok)
     nbad = pc.sum(bad).as_py() or 0
     if not nbad:
@@ -221,7 +295,8 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
     return out.filter(ok)
 
 
-def _whole(t: pa.Table, prompt: pa.ChunkedArray, completion: pa.ChunkedArray) -> pa.Table | None:
+def _whole(t: pa.Table, prompt: pa.ChunkedArray, completion: pa.ChunkedArray, cached: Any = None,
+           reasoning: Any = None) -> pa.Table | None:
     """The token table of a file a vectorised reader took whole, or None (for the line reader) where a
     time cannot be read or any record would be rejected."""
     try:
@@ -231,7 +306,9 @@ def _whole(t: pa.Table, prompt: pa.ChunkedArray, completion: pa.ChunkedArray) ->
     if not times:
         return None
     ts = times[0] if len(times) == 1 else pc.coalesce(*times)
-    out, ok = _tokens_table(ts, t["model"], t["host"], prompt, completion, t["gpu_uuid"] if "gpu_uuid" in t.column_names else None)
+    flat_cached, flat_reasoning = _extras(t)
+    out, ok = _tokens_table(ts, t["model"], t["host"], prompt, completion, t["gpu_uuid"] if "gpu_uuid" in t.column_names else None,
+                            cached if cached is not None else flat_cached, reasoning if reasoning is not None else flat_reasoning)
     return out if pc.all(ok).as_py() is not False else None
 
 
@@ -248,6 +325,12 @@ def _jsonl_fast(path: str) -> pa.Table | None:
         return None
     names = set(t.column_names)
     usage = t["usage"] if "usage" in names and pa.types.is_struct(t["usage"].type) else None
+    plain = {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details", "completion_tokens_details",
+             "prompt_cache_hit_tokens", "prompt_cache_miss_tokens"}
+    if names & {"choices", "object", "attributes"} or any(k.startswith("gen_ai.") for k in names) or (
+            usage is not None and {usage.type.field(i).name for i in range(usage.type.num_fields)} - plain) or (
+            "usage" in names and usage is None):
+        return None  # streamed chunks, usage details, Anthropic or OpenTelemetry shapes: the line reader knows them
 
     def count(name: str) -> pa.ChunkedArray | None:
         top = t[name] if name in names else None
@@ -268,7 +351,23 @@ def _jsonl_fast(path: str) -> pa.Table | None:
             or not all(pa.types.is_string(c.type) for c in labels)
             or ("gpu_uuid" in names and not (pa.types.is_string(t["gpu_uuid"].type) or pa.types.is_null(t["gpu_uuid"].type)))):
         return None
-    return _whole(t, prompt, completion)
+    cached = _nested(usage, "prompt_tokens_details", "cached_tokens")
+    if cached is None:
+        cached = _nested(usage, "prompt_cache_hit_tokens")
+    reasoning = _nested(usage, "completion_tokens_details", "reasoning_tokens")
+    if any(c is not None and not (pa.types.is_integer(c.type) or pa.types.is_null(c.type)) for c in (cached, reasoning)):
+        return None
+    return _whole(t, prompt, completion, cached, reasoning)
+
+
+def _nested(col: Any, *path: str) -> Any:
+    """A field inside struct columns (``usage.prompt_tokens_details.cached_tokens``), or None."""
+    for name in path:
+        if col is None or not pa.types.is_struct(col.type) or col.type.get_field_index(name) < 0:
+            return None
+        i = col.type.get_field_index(name)
+        col = pa.chunked_array([pc.struct_field(c, [i]) for c in col.chunks], col.type.field(i).type)
+    return col
 
 
 def _csv_fast(path: str) -> pa.Table | None:
@@ -305,9 +404,9 @@ def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -
     log = TokenLog(table=TOKENS.empty_table(), files=list(paths))
     tables: list[pa.Table] = []  # vectorised reads: Parquet, and JSONL or CSV that pyarrow's readers take whole
     for path in paths:
-        before = (len(cols["ts"]), sum(t.num_rows for t in tables), log.bad)
+        before = (len(cols["ts"]), sum(t.num_rows for t in tables), log.bad, log.chunks_without_usage)
         _read_one(path, cols, tables, log, strict, max_examples)
-        if (len(cols["ts"]), sum(t.num_rows for t in tables), log.bad) == before:
+        if (len(cols["ts"]), sum(t.num_rows for t in tables), log.bad, log.chunks_without_usage) == before:
             raise TokenLogError(f"{path}: empty token log: no records", hint="give a log with one record per request (docs/report.md)")
     return _finish(cols, tables, log)
 
@@ -338,6 +437,9 @@ def _read_one(path: str, cols: dict[str, list[Any]], tables: list[pa.Table], log
                 if isinstance(raw, Exception):
                     raise raw
                 rec = _record(raw)
+            except NoUsage:
+                log.chunks_without_usage += 1
+                continue
             except (ValueError, TypeError, OverflowError, OSError) as e:
                 msg = f"{path}:{line}: {e}"
                 if strict:

@@ -63,6 +63,7 @@ class RecommendSettings:
     target_util_for_token_cost_pct: float = 70.0
     long_tail_ratio: float = 8.0  # completion p99 / p50 above this: set max_tokens
     long_prompt_ratio: float = 10.0  # median prompt / median completion above this: prefix caching
+    cached_prompt_share_pct: float = 50.0  # prompts already served this much from a cache: no prefix-caching advice
     short_request_tokens: int = 64
     # catalog key -> ($/GPU-hour, provider), from the pricing file or the catalog; right_size compares a
     # device only with GPUs priced by the same provider (no AWS list price against a neocloud's).

@@ -20,6 +20,8 @@ total.
 
 from __future__ import annotations
 
+from gpu_audit.fmt import short_id
+
 from collections import defaultdict
 from dataclasses import replace
 from typing import Any
@@ -159,10 +161,10 @@ def _fit_action(r: Recommendation, devs: list[dict[str, Any]], nodes: dict[str, 
     """The rule's action, made to fit its target: a MIG instance, part of a node, a committed GPU."""
     parts = [r.action]
     for d in notes["mig"]:
-        parts = [f"{d['host']}: {d['uuid'][-6:]} is a MIG instance ({d.get('mig_profile')} of GPU {str(d['parent_uuid'])[-6:]}): "
+        parts = [f"{d['host']}: {short_id(d['uuid'])} is a MIG instance ({d.get('mig_profile')} of GPU {short_id(str(d['parent_uuid']))}): "
                  "destroy or resize the instance and give its slices to other work; no bill shrinks unless that work "
                  "would otherwise need another GPU."] if r.kind == "idle" else parts + [
-                 f"{d['uuid'][-6:]} is a MIG instance: resize it rather than release a GPU."]
+                 f"{short_id(d['uuid'])} is a MIG instance: resize it rather than release a GPU."]
     for d in notes["node_partial"]:
         others = len(nodes[d["host"]]) - 1
         parts.append(f"{d['host']} is billed per node: this only saves if its other {others} GPU(s) are freed too (or the work "

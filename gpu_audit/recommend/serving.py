@@ -268,18 +268,21 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
                 settings={"long_tail_ratio": s.long_tail_ratio},
             ))
         pp = m.get("prompt_p50")
-        if pp and p50 and pp / p50 >= s.long_prompt_ratio:
+        # Measured cache hits first: the token logs' cached prompt tokens, else the engine's hit rate.
+        measured = m.get("cache_hit_pct")
+        hit = measured if measured is not None else (m.get("engine") or {}).get("prefix_cache_hit_pct")
+        if pp and p50 and pp / p50 >= s.long_prompt_ratio and not (hit is not None and hit >= s.cached_prompt_share_pct):
+            source = "the token logs' cached prompt tokens" if measured is not None else "the engine"
             out.append(Recommendation(
                 savings_class="behaviour", kind="token_economics", title=f"{m['model']}: prompts are {pp / p50:.0f}x longer than completions: cache prefixes",
                 targets=({"model": m["model"], "lever": "prefix_cache"},),
-                evidence={**evidence_base, "prompt_p50": pp, "completion_p50": p50,
-                          "prefix_cache_hit_pct": (m.get("engine") or {}).get("prefix_cache_hit_pct")},
+                evidence={**evidence_base, "prompt_p50": pp, "completion_p50": p50, "prefix_cache_hit_pct": hit,
+                          "prefix_cache_hit_source": source if hit is not None else None},
                 monthly_savings_usd=0.0, confidence="low",
                 action=("Enable prefix caching (on by default in vLLM V1; SGLang RadixAttention: up to 5x on shared prefixes) and "
-                        "shorten system prompts. " + (f"The engine reports a {(m.get('engine') or {}).get('prefix_cache_hit_pct'):.0f}% "
-                        "prefix-cache hit rate now." if (m.get("engine") or {}).get("prefix_cache_hit_pct") is not None else
-                        "No dollar figure without the engine's prefix-cache hit rate (collect --scrape).")),
-                settings={"long_prompt_ratio": s.long_prompt_ratio},
+                        "shorten system prompts. " + (f"{hit:.0f}% of prompt tokens hit the cache now ({source})." if hit is not None else
+                        "No dollar figure without a measured cache hit rate (cached tokens in the logs, or collect --scrape).")),
+                settings={"long_prompt_ratio": s.long_prompt_ratio, "cached_prompt_share_pct": s.cached_prompt_share_pct},
             ))
     # A costly model serving short requests that a cheaper model could take.
     if len(models) >= 2:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gpu_audit.fmt import short_id
+
 from collections import defaultdict
 from typing import Any
 
@@ -40,7 +42,7 @@ def right_size(findings: dict[str, Any], s: RecommendSettings) -> list[Recommend
         price, m = best
         saving = (d["price_per_hour"] - price) * d["gpu_hours"]
         out.append(Recommendation(
-            kind="right_size", title=f"{d['host']}: move {cur.key} {d['uuid'][-6:]} to a {m.key} (${d['price_per_hour']:.2f} -> ${price:.2f}/h)",
+            kind="right_size", title=f"{d['host']}: move {cur.key} {short_id(d['uuid'])} to a {m.key} (${d['price_per_hour']:.2f} -> ${price:.2f}/h)",
             targets=(target(d),),
             evidence={"current": cur.key, "proposed": m.key, "peak_memory_bytes": d["peak_memory_bytes"],
                       "proposed_memory_bytes": m.memory_bytes, "p95_util_pct": d["p95_util_pct"],
@@ -106,7 +108,7 @@ def mig(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
         if freed < 1:
             continue
         spend = sum(d["spend_usd"] for d, _ in items)
-        layout = [[f"{items[i][0]['host']}/{items[i][0]['uuid'][-6:]} -> {items[i][1].name}" for i in g] for g in plan]
+        layout = [[f"{items[i][0]['host']}/{short_id(items[i][0]['uuid'])} -> {items[i][1].name}" for i in g] for g in plan]
         out.append(Recommendation(
             kind="mig", title=f"MIG: {len(items)} under-used {key} fit as slices on {len(plan)} GPU(s), freeing {freed}",
             targets=tuple(target(d) for d, _ in items),
@@ -135,7 +137,7 @@ def mig(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
         cost = free + sum(k["spend_usd"] or 0 for k in unused)
         what = [f"{len(unused)} unused slice(s)"] * bool(unused) + ["unallocated slices"] * (free > 0)
         out.append(Recommendation(
-            kind="mig", title=f"{parent['host']}: MIG GPU {parent['uuid'][-6:]} has {' and '.join(what)}",
+            kind="mig", title=f"{parent['host']}: MIG GPU {short_id(parent['uuid'])} has {' and '.join(what)}",
             targets=(target(parent), *(target(k) for k in unused)),
             evidence={"unused_slices": [{"uuid": k["uuid"], "mig_profile": k["mig_profile"], "mean_util_pct": k["mean_util_pct"],
                                          "spend_usd": k["spend_usd"]} for k in unused],
@@ -196,7 +198,7 @@ def consolidation(findings: dict[str, Any], s: RecommendSettings) -> list[Recomm
         if freed < 1:
             continue
         spend = sum(d["spend_usd"] for d in devs)
-        plan = [{"workloads": [f"{x['host']}/{x['uuid'][-6:]}" for x in group],
+        plan = [{"workloads": [f"{x['host']}/{short_id(x['uuid'])}" for x in group],
                  "peak_hourly_util_pct": float(u.max()) if len(u) else 0.0, "peak_hourly_memory_pct": float(m.max()) if len(m) else 0.0}
                 for u, m, group in bins]
         out.append(Recommendation(

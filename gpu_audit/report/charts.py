@@ -14,6 +14,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from gpu_audit.fmt import short_id
+
 from gpu_audit.analyze.hourly import AGGREGATE_ABOVE  # devices: above this, the heatmap shows hosts
 
 COLORS = {"productive": "#2f855a", "underused": "#d69e2e", "idle": "#c53030"}
@@ -48,7 +50,7 @@ def heatmap(f: dict[str, Any]) -> str | None:
         d = names.get((r["host"], r["uuid"]))
         if r["mean_util_pct"] is None or (d is None and not aggregate):
             continue
-        key = r["host"] if aggregate else f"{r['host']} · {(d['name'] or '').replace('NVIDIA ', '')} {d['mig_profile'] or ''} …{r['uuid'][-6:]}"
+        key = r["host"] if aggregate else f"{r['host']} · {(d['name'] or '').replace('NVIDIA ', '')} {d['mig_profile'] or ''} …{short_id(r['uuid'])}"
         cells[(key, r["hour"])].append(r["mean_util_pct"])
     ys = sorted({k for k, _ in cells})
     xs = sorted({h for _, h in cells})
@@ -74,7 +76,7 @@ def memory(f: dict[str, Any]) -> str | None:
     if not devs:
         return None
     devs = sorted(devs, key=lambda d: d["peak_memory_bytes"] / d["memory_total_bytes"])[-60:]
-    labels = [_label(f"{d['host']} …{d['uuid'][-6:]} {d['mig_profile'] or ''}") for d in devs]
+    labels = [_label(f"{d['host']} …{short_id(d['uuid'])} {d['mig_profile'] or ''}") for d in devs]
     gib = 2**30
     fig = go.Figure([
         go.Bar(y=labels, x=[d["memory_total_bytes"] / gib for d in devs], name="total", orientation="h", marker_color="#e2e8f0"),

@@ -13,7 +13,7 @@ import jinja2
 import markupsafe
 
 from gpu_audit import __version__
-from gpu_audit.fmt import NA, fmt_bytes, fmt_num, fmt_pct, fmt_usd, printable
+from gpu_audit.fmt import NA, fmt_bytes, fmt_num, fmt_pct, fmt_usd, printable, short_id
 from gpu_audit.report.blocks import build_sections
 from gpu_audit.report.charts import CHARTS
 
@@ -61,7 +61,7 @@ def environment(strict: bool | None = None) -> jinja2.Environment:
 
     env.filters.update(usd=missing_is_none(fmt_usd), pct=missing_is_none(fmt_pct), num=missing_is_none(fmt_num),
                        bytes=missing_is_none(fmt_bytes), show=missing_is_none(_show),
-                       scaled=lambda v, k: None if v is None or isinstance(v, jinja2.Undefined) else v * k)
+                       short_id=short_id, scaled=lambda v, k: None if v is None or isinstance(v, jinja2.Undefined) else v * k)
     # Every value printed is a string by then: control and bidi characters (a name spoofed with U+202E)
     # are shown escaped, before autoescape makes it HTML text.
     # A value a template prints that the findings do not have (None) reads N/A, like every number.

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gpu_audit.fmt import fmt_bytes, fmt_num, fmt_pct, fmt_usd, printable
+from gpu_audit.fmt import fmt_bytes, fmt_num, fmt_pct, fmt_usd, printable, short_id
 
 
 MAX_RECS = 40  # recommendations listed in the terminal; the rest are counted
@@ -55,7 +55,7 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
     devs = sorted([d for d in f["devices"] if d["spend_usd"] is not None], key=lambda d: -(d["waste_usd"] or 0))[:top]
     t = Table("host", "device", "GPU-hours", "spend", "waste", "idle", "mean", "p95", "peak mem", title=f"Costliest waste (top {len(devs)})", title_justify="left")
     for d in devs:
-        label = (d["name"] or "?").replace("NVIDIA ", "") + " " + d["uuid"][-6:] + (f" {d['mig_profile']}" if d["mig_profile"] else "")
+        label = (d["name"] or "?").replace("NVIDIA ", "") + " " + short_id(d["uuid"]) + (f" {d['mig_profile']}" if d["mig_profile"] else "")
         if d["mig_mode"] and not d["parent_uuid"]:
             label += " (unallocated MIG slices)"
         t.add_row(clean(d["host"]), clean(label), fmt_num(d["gpu_hours"], 1), fmt_usd(d["spend_usd"]), fmt_usd(d["waste_usd"]),
@@ -76,7 +76,8 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
         console.print(f"unattributed GPU cost (hosts without tokens): {fmt_usd(fl['unattributed_usd'])}")
     q = f["data_quality"]
     for d in q["unpriced_devices"]:
-        console.print(f"[yellow]unpriced:[/] {clean(d['host'])} {clean(d['name'] or '?')} ({clean(d['uuid'])}): add it to a pricing file")
+        console.print(f"[yellow]unpriced:[/] {clean(d['host'])} {clean(d['name'] or '?')} ({clean(d['uuid'])}): "
+                      f"{d.get('why') or 'add it to a pricing file'}")
     for d in q["devices_without_evidence"]:
         console.print(f"[yellow]no evidence:[/] {clean(d['host'])} {clean(d['name'] or '?')} {clean(d['mig_profile'] or '')}: {d['why']}")
     for d in q.get("devices_with_read_errors", [])[:top]:

@@ -59,6 +59,7 @@ class ImportResult:
     single_sample_series: int = 0
     zone: str = ""
     tally: Tally = field(default_factory=Tally)
+    time_formats: set[str] = field(default_factory=set)  # how the times were read: nvidia-smi's own, ISO 8601, epoch ...
 
 
 def _zone(tz: str | None) -> tuple[tzinfo, str]:
@@ -79,7 +80,8 @@ def _header_name(h: str) -> str:
 
 
 def _lines(path: str) -> Iterator[tuple[int, str, int]]:
-    with open(path, encoding="utf-8", errors="replace", newline=None) as f:
+    # utf-8-sig: a byte-order mark (Windows editors, PowerShell's Out-File) is not part of the header
+    with open(path, encoding="utf-8-sig", errors="replace", newline=None) as f:
         pos = 0
         for i, line in enumerate(f, 1):
             pos += len(line)
@@ -87,20 +89,25 @@ def _lines(path: str) -> Iterator[tuple[int, str, int]]:
 
 
 class _Parser:
-    def __init__(self, path: str, fields: list[str] | None, zone: tzinfo) -> None:
+    def __init__(self, path: str, fields: list[str] | None, zone: tzinfo, at: float | None = None) -> None:
         self.path = path
         self.zone = zone
+        self.at = at  # --at: the time of a log without a timestamp field
+        self.time_formats: set[str] = set()
+        self.counts: dict[str, int] = {}
+        self.step = 0.0
         self.cols: list[str] | None = None
         if fields:
             self._set_columns(fields, path, 0)
 
     def _set_columns(self, names: list[str], path: str, line: int) -> None:
         names = [_header_name(n) for n in names]
-        missing = [n for n in ("timestamp", "utilization.gpu") if n not in names]
+        missing = [n for n in ("timestamp", "utilization.gpu") if n not in names and not (n == "timestamp" and self.at is not None)]
         if missing:
             where = f"{path}:{line}" if line else "--fields"
             raise ImportError_(f"{where}: the log has no {' and no '.join(missing)} field",
-                               hint="gpu-audit needs at least --query-gpu=timestamp,utilization.gpu")
+                               hint="gpu-audit needs at least --query-gpu=timestamp,utilization.gpu "
+                                    "(a log without a time: --at TIME, and --interval if it holds several samples per GPU)")
         self.cols = names
 
     def parse(self, lineno: int, line: str) -> dict[str, Any] | None:
@@ -109,7 +116,7 @@ class _Parser:
             return None
         parts = [p.strip() for p in line.split(",")]
         if self.cols is None:
-            if not any(_header_name(p) == "timestamp" or _header_name(p) == "utilization.gpu" for p in parts):
+            if not any(_header_name(p) in ("timestamp", "utilization.gpu") for p in parts):
                 raise ImportError_(f"{self.path}:{lineno}: no header line, and no --fields",
                                    hint="for logs written with --format=csv,noheader, give --fields timestamp,uuid,utilization.gpu,...")
             self._set_columns(parts, self.path, lineno)
@@ -148,15 +155,40 @@ class _Parser:
                     raise ValueError(f"{name}: {raw} is outside 0-100 %")
                 else:
                     row[col] = v
+        if "ts" not in row:  # no timestamp field: --at, then one --interval per further sample of the device
+            k = _key(row)
+            n = self.counts.get(k, 0)
+            self.counts[k] = n + 1
+            if n and not self.step:
+                raise ImportError_(f"{self.path}:{lineno}: a second sample of {k} and no time in the log",
+                                   hint="give --interval (the -l interval) with --at")
+            row["ts"] = self.at + n * self.step
+            self.time_formats.add("--at")
         return row
 
     def _ts(self, raw: str) -> float:
+        """nvidia-smi's own format, ISO 8601 (naive: --tz), or epoch seconds or milliseconds (a
+        hand-rolled ``$(date +%s),`` prefix); the formats seen are said in the summary."""
         for fmt in ("%Y/%m/%d %H:%M:%S.%f", "%Y/%m/%d %H:%M:%S"):
             try:
-                return datetime.strptime(raw, fmt).replace(tzinfo=self.zone).timestamp()
+                t = datetime.strptime(raw, fmt).replace(tzinfo=self.zone).timestamp()
+                self.time_formats.add("nvidia-smi's own")
+                return t
             except ValueError:
                 continue
-        raise ValueError(f"timestamp: cannot read {raw!r}")
+        if re.fullmatch(r"\d+(\.\d+)?", raw):
+            from gpu_audit.analyze.tokens import epoch_seconds
+
+            v = float(raw)
+            t = epoch_seconds(v)
+            self.time_formats.add("epoch seconds" if t == v else "epoch milliseconds" if v >= 1e11 and v < 1e14 else "epoch")
+            return t
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"timestamp: cannot read {raw!r}") from None
+        self.time_formats.add("ISO 8601")
+        return (dt if dt.tzinfo else dt.replace(tzinfo=self.zone)).timestamp()
 
 
 def _key(row: dict[str, Any]) -> str:
@@ -167,10 +199,16 @@ def _key(row: dict[str, Any]) -> str:
     return f"nvidia-smi:index:{row.get('index', 0)}"
 
 
+def _parser(path: str, fields: list[str] | None, zone: tzinfo, at: float | None, interval_s: float | None) -> _Parser:
+    p = _Parser(path, fields, zone, at)
+    p.step = interval_s or 0.0
+    return p
+
+
 def _scan(path: str, fields: list[str] | None, zone: tzinfo, result: ImportResult, strict: bool,
-          progress: Callable[[int], None] | None) -> dict[str, list[int]]:
+          progress: Callable[[int], None] | None, at: float | None = None, interval_s: float | None = None) -> dict[str, list[int]]:
     """Pass 1: check every line; return each series' instants (µs), in file order."""
-    p = _Parser(path, fields, zone)
+    p = _parser(path, fields, zone, at, interval_s)
     times: dict[str, list[int]] = {}
     for lineno, line, pos in _lines(path):
         try:
@@ -189,12 +227,13 @@ def _scan(path: str, fields: list[str] | None, zone: tzinfo, result: ImportResul
         times.setdefault(_key(row), []).append(to_us(row["ts"]))
     if p.cols is None:
         raise ImportError_(f"{path}: empty log: no header and no rows")
+    result.time_formats |= p.time_formats
     return times
 
 
 def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = None, fields: str | None = None,
                       interval_s: float | None = None, strict: bool = False,
-                      progress: Callable[[str, int, int], None] | None = None) -> ImportResult:
+                      progress: Callable[[str, int, int], None] | None = None, at: datetime | None = None) -> ImportResult:
     """Import the logs into the store at ``out`` for ``host``. Each series is sorted by time and each
     instant kept once (sink.series_times); rows the store already holds are skipped. Raises
     NothingImported when no row was stored."""
@@ -204,9 +243,12 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
 
     from gpu_audit.store.layout import check_host
 
+    from gpu_audit.sources.nvidia_smi_xml import is_xml
+
     check_interval(interval_s)
     check_host(host)
     zone, zone_name = _zone(tz)
+    at_s = at.timestamp() if at else None
     result = ImportResult(files=list(paths), zone=zone_name)
     field_list = [f.strip() for f in fields.split(",")] if fields else None
     sizes = {}
@@ -224,7 +266,9 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
 
     plan: dict[str, dict[str, tuple[Any, Any, Any]]] = {}
     for path in paths:  # pass 1 over every file before anything is written (strict stops here)
-        times = _scan(path, field_list, zone, result, strict, lambda pos, p=path: tick(p, pos))
+        if is_xml(path):
+            continue
+        times = _scan(path, field_list, zone, result, strict, lambda pos, p=path: tick(p, pos), at_s, interval_s)
         plan[path] = {}
         for k, ts in times.items():
             uniq, dt, dups, nominal = series_times(np.asarray(ts, dtype=np.int64), interval_s)
@@ -235,7 +279,10 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
     stored = StoredKeys(out, "samples", host)
     writer = StoreWriter(out, host)
     for path in paths:
-        p = _Parser(path, field_list, zone)
+        if is_xml(path):
+            _import_xml(path, zone, interval_s, stored, writer, result)
+            continue
+        p = _parser(path, field_list, zone, at_s, interval_s)
         for lineno, line, pos in _lines(path):
             try:
                 row = p.parse(lineno, line)
@@ -270,3 +317,46 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
     if not result.rows:
         raise result.tally.nothing_stored(", ".join(paths))
     return result
+
+
+def _import_xml(path: str, zone: tzinfo, interval_s: float | None, stored: StoredKeys, writer: StoreWriter,
+                result: ImportResult) -> None:
+    """One XML file (one dump or many appended): sorted per device, each instant once, rows already
+    stored skipped; processes to the processes table."""
+    import numpy as np
+
+    from gpu_audit.sources.nvidia_smi_xml import parse, ts_utc
+
+    try:
+        text = open(path, encoding="utf-8-sig", errors="replace").read()
+    except OSError as e:
+        raise ImportError_(f"cannot read {path}: {e.strerror}") from None
+    try:
+        samples, procs = parse(text, path, zone)
+    except ValueError as e:
+        raise ImportError_(str(e)) from None
+    result.time_formats.add("nvidia-smi XML <timestamp>")
+    by_dev: dict[str, list[dict[str, Any]]] = {}
+    for r in samples:
+        by_dev.setdefault(r["uuid"], []).append(r)
+    for uuid, rows in by_dev.items():
+        ts = np.array([to_us(r["ts"]) for r in rows], dtype=np.int64)
+        uniq, dt, dups, nominal = series_times(ts, interval_s)
+        result.tally.duplicate_instants += dups
+        result.single_sample_series += nominal == 0.0
+        result.series += 1
+        seen = set()
+        for r in rows:
+            t_us = to_us(r["ts"])
+            if t_us in seen:
+                continue
+            seen.add(t_us)
+            i = int(np.searchsorted(uniq, t_us))
+            when = ts_utc(t_us / 1e6)
+            if stored.has(uuid, when.strftime("%Y-%m-%d"), t_us):
+                result.tally.already_stored += 1
+                continue
+            writer.add("samples", {**r, "ts": when, "host": writer.host, "interval_s": float(dt[i]), "source": "nvidia-smi-xml"})
+            result.rows += 1
+    for pr in procs:
+        writer.add("processes", {**pr, "ts": ts_utc(pr["ts"]), "host": writer.host})

@@ -69,6 +69,7 @@ class PromImport:
     metrics_found: list[str] = field(default_factory=list)
     single_point: int = 0  # devices with one point in time and no --interval: their samples stand for 0 s
     tally: Tally = field(default_factory=Tally)
+    engine_hosts_without_samples: list[str] = field(default_factory=list)
 
 
 def _host(labels: dict[str, str]) -> str:
@@ -98,10 +99,11 @@ def _device(labels: dict[str, str]) -> tuple[str, str, dict[str, Any]] | None:
 class Assembler:
     """Points (metric, labels, ts, value) -> samples rows per device and engine rows per endpoint."""
 
-    def __init__(self, engine_source: str = "import") -> None:
+    def __init__(self, engine_source: str = "import", host: str | None = None) -> None:
         from gpu_audit.collect.engines import engine_metric_names
 
         self.engine_source = engine_source
+        self.host = host  # --host: for series whose labels name no host (engine dumps, exporters without Hostname)
         self.engine_names = engine_metric_names() | {n[: -len("_total")] for n in engine_metric_names() if n.endswith("_total")}
         self.dev: dict[tuple[str, str], dict[float, dict[str, Any]]] = defaultdict(dict)
         self.ident: dict[tuple[str, str], dict[str, Any]] = {}
@@ -117,6 +119,8 @@ class Assembler:
             if d is None:
                 return
             host, uuid, ident = d
+            if self.host and host == "unknown":
+                host = self.host
             self.found.add(name)
             self.ident.setdefault((host, uuid), ident)
             ts = to_us(ts) / 1e6  # the store's resolution: one instant per microsecond
@@ -131,7 +135,27 @@ class Assembler:
                 self.duplicates += 1
             row[col] = v
         elif name in self.engine_names:
-            self.engine_points[(_host(labels), labels.get("instance", ""), ts)].append((name, labels, value))
+            host = _host(labels)
+            if self.host and (host == "unknown" or not (labels.get("Hostname") or labels.get("hostname"))):
+                host = self.host  # an engine's own /metrics names no host: the user says which
+            self.engine_points[(host, labels.get("instance", ""), ts)].append((name, labels, value))
+
+    def _name_mig_series(self) -> None:
+        """DCGM series without ``modelName`` (NVIDIA's own MIG example): a MIG instance takes its GPU's
+        name from the parent's series in the same data, else from its profile where that names one model;
+        a parent without a name takes its instances'. Otherwise the name stays null (priced by [host])."""
+        by_uuid: dict[str, str] = {}
+        for (host, uuid), ident in self.ident.items():
+            if ident.get("name") and not ident.get("parent_uuid"):
+                by_uuid[uuid] = ident["name"]
+        for (host, uuid), ident in self.ident.items():
+            if ident.get("parent_uuid") and not ident.get("name"):
+                ident["name"] = by_uuid.get(ident["parent_uuid"]) or name_from_profile(ident.get("mig_profile"))
+                if ident["name"]:
+                    by_uuid.setdefault(ident["parent_uuid"], ident["name"])
+        for (host, uuid), ident in self.ident.items():
+            if not ident.get("parent_uuid") and not ident.get("name"):
+                ident["name"] = by_uuid.get(uuid)
 
     def write(self, out: str, interval_s: float | None) -> PromImport:
         """Write everything, one writer per host so that each row lands under its own host= folder."""
@@ -151,6 +175,7 @@ class Assembler:
         res.tally.duplicate_instants, res.tally.rejected, res.tally.first_rejection = self.duplicates, self.rejected, self.first_rejection
         stored: dict[str, StoredKeys] = {}
         parents = {i["parent_uuid"] for i in self.ident.values() if i.get("parent_uuid")}
+        self._name_mig_series()
         for (host, uuid), points in sorted(self.dev.items()):
             uniq, dts, _, nominal = series_times(np.array([to_us(t) for t in points], dtype=np.int64), interval_s)
             res.single_point += not nominal
@@ -189,7 +214,22 @@ class Assembler:
         for wr in writers.values():
             wr.flush()
         res.tally.rows = res.rows + res.engine_rows
+        from gpu_audit.store.layout import encode_host
+
+        engine_hosts = {h for h, _, _ in self.engine_points}
+        res.engine_hosts_without_samples = sorted(h for h in engine_hosts
+                                                  if not os.path.isdir(os.path.join(out, "samples", f"host={encode_host(h)}")))
         return res
+
+
+def name_from_profile(profile: str | None) -> str | None:
+    """The GPU model a MIG profile belongs to where only one model has it (``1g.5gb``: an A100 40GB)."""
+    from gpu_audit.catalog import MODELS
+
+    if not profile:
+        return None
+    models = [m for m in MODELS if any(p.name == profile for p in m.mig_profiles)]
+    return models[0].nvml_name if len(models) == 1 else None
 
 
 def _get(url: str, params: dict[str, str], timeout_s: float) -> dict[str, Any]:
@@ -250,13 +290,19 @@ def import_prometheus(url: str, out: str, since: datetime, until: datetime, step
     return res
 
 
-def import_prometheus_text(paths: list[str], out: str, at: datetime | None = None, interval_s: float | None = None) -> PromImport:
-    """Saved exporter scrapes: each sample's own timestamp, else ``at``, else the file's mtime."""
+def import_prometheus_text(paths: list[str], out: str, at: datetime | None = None, interval_s: float | None = None,
+                           host: str | None = None) -> PromImport:
+    """Saved exporter scrapes: each sample's own timestamp, else ``at``, else the file's mtime. ``host``
+    names the host of series whose labels name none (an engine's /metrics dump)."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
     from prometheus_client.parser import text_string_to_metric_families as prom
 
     check_writable(out)
-    asm = Assembler()
+    if host is not None:
+        from gpu_audit.store.layout import check_host
+
+        check_host(host)
+    asm = Assembler(host=host)
     for path in paths:
         try:
             text = open(path, encoding="utf-8", errors="replace").read()
