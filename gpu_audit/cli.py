@@ -425,6 +425,34 @@ def import_nvidia_smi(
     _finish_upload(uri, s3_endpoint)
 
 
+@import_app.command("table")
+def import_table(
+    files: List[str] = typer.Argument(..., help="CSV or Parquet tables of samples (wide, or long: one metric per file)."),
+    map_: List[str] = typer.Option(..., "--map", help="STORE_COLUMN=FILE_COLUMN, or STORE_COLUMN=FILE:COLUMN for one file. "
+                                                     "ts and uuid are needed (time, device). Repeatable."),
+    host: Optional[str] = typer.Option(None, "--host", help="The host of every row (else --map host=COLUMN)."),
+    gpu_name: Optional[str] = typer.Option(None, "--gpu-name", help="GPU model of every device, for pricing (e.g. 'NVIDIA A10')."),
+    memory_unit: str = typer.Option("bytes", "--memory-unit", help="Unit of memory columns: bytes, KiB, MiB, GiB."),
+    util_unit: str = typer.Option("percent", "--util-unit", help="Unit of utilization columns: percent, or ratio (0-1)."),
+    interval: Optional[str] = typer.Option(None, help="Seconds each sample stands for; default: each device's median gap."),
+    tz: Optional[str] = typer.Option(None, help="Time zone of ISO times without an offset (default UTC)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Store folder (default as for collect)."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for --out s3://..."),
+) -> None:
+    """Import samples from any table (cluster traces, home-grown exporters) with a column mapping (source = table)."""
+    from gpu_audit.sources.table import import_table as run_import
+
+    local, uri = _store_target(out)
+    res = run_import(files, local, map_, host, gpu_name, memory_unit, util_unit, _seconds(interval, "--interval"), tz)
+    c = _console()
+    c.print(f"imported {res.rows:,} rows of {res.devices} devices on {len(res.hosts)} host(s) from {len(files)} file(s)", soft_wrap=True)
+    for line in res.tally.summary():
+        c.print(line)
+    if res.rejected:
+        c.print(f"[yellow]{res.rejected} row(s) rejected[/]: utilization outside 0-100 % (is --util-unit right?)")
+    _finish_upload(uri, s3_endpoint)
+
+
 @import_app.command("prometheus")
 def import_prometheus(
     url: str = typer.Option(..., "--url", help="Prometheus base URL, e.g. http://prometheus:9090."),

@@ -1,0 +1,183 @@
+"""Import tables of samples from elsewhere: CSV or Parquet, wide (one row per device and time, a
+column per metric) or long (one metric per file: ``value, timestamp, pod``), several files joined
+on (time, device).
+
+A mapping names the store column each file column feeds: ``--map util_gpu_pct=value`` applies to
+every file that has a ``value`` column; ``--map util_gpu_pct=duty.csv:value`` to that file only (by
+name or path). ``ts`` and ``uuid`` must be mapped (the time and the device); ``host`` may be mapped
+or given with ``--host``; ``name`` (the GPU model, for pricing) may be mapped or given with
+``--gpu-name``. Times may be epoch seconds or milliseconds, or ISO 8601 (naive: ``--tz``). Memory
+columns take ``--memory-unit`` (bytes, MiB, GiB), utilization columns ``--util-unit`` (percent, or
+ratio for 0-1). The same idempotence and checks as every import (gpu_audit.sources.sink).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpu_audit.errors import GpuAuditError
+from gpu_audit.sources.sink import StoredKeys, Tally, check_interval, series_times
+from gpu_audit.store.schema import SAMPLES
+
+MEMORY_UNITS = {"bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+UTIL_UNITS = {"percent": 1.0, "ratio": 100.0}
+MEMORY_COLUMNS = {"mem_used_bytes", "mem_total_bytes"}
+UTIL_COLUMNS = {c for c in SAMPLES.names if c.endswith("_pct")}
+KEYS = ("ts", "uuid", "host", "name")
+MAPPABLE = set(SAMPLES.names) - {"interval_s", "source", "error"}
+
+
+class TableError(GpuAuditError):
+    pass
+
+
+@dataclass
+class TableImport:
+    rows: int = 0
+    devices: int = 0
+    hosts: list[str] = field(default_factory=list)
+    rejected: int = 0
+    tally: Tally = field(default_factory=Tally)
+
+
+def parse_maps(maps: list[str]) -> list[tuple[str, str | None, str]]:
+    """``STORE=COLUMN`` or ``STORE=FILE:COLUMN`` -> (store column, file or None, file column)."""
+    out = []
+    for m in maps:
+        store, sep, src = m.partition("=")
+        store = store.strip()
+        if not sep or not src.strip() or not store:
+            raise TableError(f"--map {m!r}: expected STORE_COLUMN=FILE_COLUMN (or STORE_COLUMN=FILE:COLUMN)")
+        if store not in MAPPABLE:
+            raise TableError(f"--map {m!r}: {store!r} is not a samples column", hint="see docs/store.md for the columns")
+        file, _, col = src.rpartition(":") if ":" in src else ("", "", src)
+        out.append((store, file or None, col))
+    return out
+
+
+def _read(path: str) -> Any:
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise TableError(f"file not found: {path}")
+    try:
+        if path.lower().endswith(".parquet"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, encoding="utf-8-sig")
+    except Exception as e:  # pandas raises many types for a file it cannot read
+        raise TableError(f"{path}: cannot read it as CSV or Parquet: {str(e).splitlines()[0]}") from None
+
+
+def _times(col: Any, tz: str | None, path: str) -> Any:
+    """Epoch seconds (or ms, µs) or ISO 8601 strings -> epoch µs (int64)."""
+    import numpy as np
+    import pandas as pd
+
+    from gpu_audit.analyze.tokens import epoch_seconds
+
+    if pd.api.types.is_numeric_dtype(col):
+        v = col.astype(float).to_numpy()
+        sec = np.vectorize(epoch_seconds, otypes=[float])(v) if len(v) else v
+        return pd.Series(np.round(sec * 1e6), index=col.index).astype("Int64")
+    t = pd.to_datetime(col, errors="coerce", utc=False)
+    if getattr(t.dt, "tz", None) is None:
+        t = t.dt.tz_localize(tz or "UTC", ambiguous="NaT", nonexistent="NaT")
+    if t.isna().all() and len(t):
+        raise TableError(f"{path}: cannot read the time column as epoch seconds or ISO 8601 (first value {col.iloc[0]!r})")
+    return (t.dt.tz_convert("UTC").astype("int64") // 1000).where(t.notna()).astype("Int64")
+
+
+def import_table(paths: list[str], out: str, maps: list[str], host: str | None = None, gpu_name: str | None = None,
+                 memory_unit: str = "bytes", util_unit: str = "percent", interval_s: float | None = None,
+                 tz: str | None = None) -> TableImport:
+    import numpy as np
+    import pandas as pd
+
+    from gpu_audit.store.layout import check_host
+    from gpu_audit.store.writer import StoreWriter, check_writable
+
+    check_interval(interval_s)
+    if host is not None:
+        check_host(host)
+    if memory_unit not in MEMORY_UNITS:
+        raise TableError(f"--memory-unit: expected one of {', '.join(MEMORY_UNITS)}, got {memory_unit!r}")
+    if util_unit not in UTIL_UNITS:
+        raise TableError(f"--util-unit: expected percent or ratio, got {util_unit!r}")
+    spec = parse_maps(maps)
+    frames = []
+    for path in paths:
+        df = _read(path)
+        cols = {}
+        for store, file, col in spec:
+            if file is not None and file not in (path, os.path.basename(path)):
+                continue
+            if col not in df.columns:
+                if file is not None:
+                    raise TableError(f"{path}: no column {col!r} (from --map {store}={file}:{col}); it has {', '.join(map(str, df.columns))}")
+                continue
+            cols[store] = df[col]
+        missing = [k for k in ("ts", "uuid") if k not in cols]
+        if missing:
+            raise TableError(f"{path}: no column mapped to {' and '.join(missing)}",
+                             hint="map the time and the device: --map ts=COLUMN --map uuid=COLUMN")
+        if "host" not in cols and host is None:
+            raise TableError(f"{path}: no host: give --host NAME or --map host=COLUMN")
+        f = pd.DataFrame({"ts": _times(cols.pop("ts"), tz, path), "uuid": cols.pop("uuid").astype(str),
+                          "host": cols.pop("host").astype(str) if "host" in cols else host,
+                          "name": cols.pop("name").astype(str) if "name" in cols else gpu_name})
+        for store, s in cols.items():
+            v = pd.to_numeric(s, errors="coerce") if store not in ("parent_uuid", "mig_profile", "k8s_pod", "k8s_namespace",
+                                                                    "k8s_container") else s.astype(str)
+            if store in MEMORY_COLUMNS:
+                v = v * MEMORY_UNITS[memory_unit]
+            elif store in UTIL_COLUMNS:
+                v = v * UTIL_UNITS[util_unit]
+            f[store] = v
+        frames.append(f.dropna(subset=["ts"]))
+    data = pd.concat(frames, ignore_index=True)
+    res = TableImport()
+    # Values outside their range never reach the store: the row is dropped and counted.
+    bad = np.zeros(len(data), dtype=bool)
+    for c in UTIL_COLUMNS & set(data.columns):
+        v = data[c].astype(float)
+        bad |= (v.notna() & ~v.between(0, 100)).to_numpy()
+    res.rejected = int(bad.sum())
+    data = data[~bad]
+    # Long format: each file gives some columns of a (host, device, time); the first value of each wins.
+    metrics = [c for c in data.columns if c not in KEYS]
+    merged = data.groupby(["host", "uuid", "ts"], as_index=False, sort=True).agg(
+        {**{c: "first" for c in metrics}, "name": "first"})
+    res.tally.duplicate_instants = int(sum(len(f) - len(f.drop_duplicates(["host", "uuid", "ts"])) for f in frames))
+    check_writable(out)
+    writers: dict[str, StoreWriter] = {}
+    from datetime import datetime, timezone
+
+    for (h, uuid), g in merged.groupby(["host", "uuid"], sort=True):
+        ts = g["ts"].astype("int64").to_numpy()
+        uniq, dt, _, _ = series_times(ts, interval_s)
+        keys = StoredKeys(out, "samples", h)
+        w = writers.setdefault(h, StoreWriter(out, h))
+        res.devices += 1
+        for row, t_us, d in zip(g.to_dict("records"), ts.tolist(), dt.tolist()):
+            when = datetime.fromtimestamp(t_us / 1e6, tz=timezone.utc)
+            if keys.has(uuid, when.strftime("%Y-%m-%d"), t_us):
+                res.tally.already_stored += 1
+                continue
+            clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for c in ("mem_used_bytes", "mem_total_bytes", "index", "sm_clock_mhz", "sm_clock_max_mhz", "temp_c", "throttle_reasons"):
+                if clean.get(c) is not None:
+                    clean[c] = int(round(clean[c]))
+            w.add("samples", {**clean, "ts": when, "host": h, "uuid": uuid, "interval_s": d, "source": "table"})
+            res.rows += 1
+    for w in writers.values():
+        w.flush()
+    res.hosts = sorted(writers)
+    res.tally.rows, res.tally.rejected = res.rows, res.rejected
+    if res.rejected and not res.tally.first_rejection:
+        res.tally.first_rejection = "a utilization outside 0-100 % (check --util-unit)"
+    if not res.rows:
+        raise res.tally.nothing_stored(", ".join(paths))
+    return res
