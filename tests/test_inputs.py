@@ -174,6 +174,19 @@ def test_every_usage_shape_with_cached_and_reasoning_tokens(tmp_path):
     assert m["claude"]["cache_hit_pct"] == pytest.approx(90.0)
     assert (m["otel"]["prompt_tokens"], m["otel"]["completion_tokens"], m["otel"]["cached_tokens"]) == (7, 3, None)
     assert f["data_quality"]["streamed_chunks_without_usage"] == 1 and f["data_quality"]["rejected_token_records"]["count"] == 0
+    # shown per model in the terminal and the HTML
+    import io
+
+    from rich.console import Console
+
+    from gpu_audit.report.html import render_html
+    from gpu_audit.report.terminal import render
+
+    buf = io.StringIO()
+    render(f, Console(file=buf, width=200))
+    assert "4,012" in buf.getvalue() and "256" in buf.getvalue()
+    html = render_html(f)
+    assert ">4,012<" in html and ">256<" in html
 
 
 def test_measured_cache_hits_silence_the_prefix_caching_advice():

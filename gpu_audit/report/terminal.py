@@ -62,9 +62,11 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
                   fmt_usd(d["idle_usd"]), fmt_pct(d["mean_util_pct"]), fmt_pct(d["p95_util_pct"], 0), fmt_bytes(d["peak_memory_bytes"]))
     console.print(t)
     if f["models"]:
-        t = Table("model", "prompt tokens", "output tokens", "cost", "$ / 1M output", "$ / 1M tokens", title=f"Models ({clean(f['token_source'] or '')})", title_justify="left")
+        t = Table("model", "per", "prompt tokens", "cached", "output tokens", "reasoning", "cost", "$ / 1M output", "$ / 1M tokens",
+                  title=f"Models ({clean(f['token_source'] or '')})", title_justify="left")
         for m in sorted(f["models"], key=lambda m: -m["cost_usd"]):
-            t.add_row(clean(m["model"]), fmt_num(m["prompt_tokens"]), fmt_num(m["completion_tokens"]), fmt_usd(m["cost_usd"]),
+            t.add_row(clean(m["model"]), m.get("attribution") or "", fmt_num(m["prompt_tokens"]), fmt_num(m.get("cached_tokens")),
+                      fmt_num(m["completion_tokens"]), fmt_num(m.get("reasoning_tokens")), fmt_usd(m["cost_usd"]),
                       fmt_usd(m["cost_per_1m_output_tokens"], 3), fmt_usd(m["cost_per_1m_tokens"], 3))
         console.print(t)
     if f.get("namespaces"):
