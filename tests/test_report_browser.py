@@ -61,7 +61,7 @@ def test_demo_report_renders_with_every_chart_and_exact_headline(browser, demo):
     page, problems, _ = load(browser, demo.html)
     assert problems == []
     charts = page.eval_on_selector_all(".chart", "els => els.map(e => [e.id, e.querySelectorAll('svg.main-svg').length])")
-    assert len(charts) == 5 and all(n > 0 for _, n in charts), charts
+    assert len(charts) == 6 and all(n > 0 for _, n in charts), charts
     f = demo.findings
     fl = f["fleet"]
     expect = {"fleet.spend_usd": fmt_usd(fl["spend_usd"]), "fleet.waste_usd": fmt_usd(fl["waste_usd"]),
@@ -71,7 +71,9 @@ def test_demo_report_renders_with_every_chart_and_exact_headline(browser, demo):
               "fleet.coverage_pct": fmt_pct(fl["coverage_pct"]),
               "fleet.monthly_run_rate_usd": fmt_usd(fl["monthly_run_rate_usd"]),
               "fleet.capacity_monthly_usd": fmt_usd(fl["capacity_monthly_usd"]),
-              "fleet.behaviour_recommendations": str(fl["behaviour_recommendations"])}
+              "fleet.behaviour_recommendations": str(fl["behaviour_recommendations"]),
+              "fleet.energy_kwh": f"{fl['energy_kwh']:,.1f} kWh", "fleet.energy_usd": fmt_usd(fl["energy_usd"]),
+              "fleet.idle_energy_share_pct": fmt_pct(fl["idle_energy_share_pct"]), "fleet.kgco2e": f"{fl['kgco2e']:,.1f} kgCO2e"}
     # the run-rate is spend x 730 / window hours, beside every monthly figure
     assert fl["monthly_run_rate_usd"] == pytest.approx(fl["spend_usd"] * 730 / f["window"]["hours"])
     shown = dict(page.eval_on_selector_all("[data-kpi]", "els => els.map(e => [e.dataset.kpi, e.textContent.trim()])"))
@@ -92,7 +94,7 @@ def test_report_is_self_contained_and_under_15_mb(demo):
     text = open(demo.html, encoding="utf-8").read()
     # plotly.js mentions its CDN as a config default; no element loads anything (the browser test
     # also fails on any request that is not file:, data: or about:).
-    assert text.count("Plotly.newPlot") == 5 and "<script src=" not in text and "<link " not in text
+    assert text.count("Plotly.newPlot") == 6 and "<script src=" not in text and "<link " not in text
     assert os.path.getsize(demo.html) < 15 * 2**20
 
 

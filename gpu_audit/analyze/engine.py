@@ -159,6 +159,15 @@ def window_of(dh: pd.DataFrame, s: AnalyzeSettings) -> tuple[float, float]:
     return start, end
 
 
+def _model_energy(energy: dict[str, pd.Series], model: str, output: int) -> dict[str, Any]:
+    """A model's attributed kWh, Wh and gCO2e per 1M output tokens, output tokens per kWh."""
+    kwh = float(energy["kwh"].get(model, 0.0)) if "kwh" in energy else None
+    co2 = float(energy["kgco2e"].get(model, 0.0)) if "kgco2e" in energy else None
+    return {"energy_kwh": kwh, "wh_per_1m_output_tokens": kwh * 1000 / output * 1e6 if kwh and output else None,
+            "gco2e_per_1m_output_tokens": co2 * 1000 / output * 1e6 if co2 and output else None,
+            "output_tokens_per_kwh": output / kwh if kwh else None}
+
+
 def _int_or_none(v: Any) -> int | None:
     return None if v is None or pd.isna(v) else int(v)
 
@@ -204,8 +213,9 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     t["unit"] = ["*" if g is None or (isinstance(g, float) and g != g) or (h, g) not in devs else g for h, g in zip(t["host"], gpu)]
     claimed = set(zip(t.loc[t["unit"] != "*", "host"], t.loc[t["unit"] != "*", "unit"]))
     own = pd.Series([k in claimed for k in zip(dh["host"], dh["uuid"])], index=dh.index, dtype=bool)
-    per_dev = dh[own].groupby(["host", "uuid", "hour"], as_index=False)["spend_usd"].sum().rename(columns={"uuid": "unit"})
-    per_host = dh[~own].groupby(["host", "hour"], as_index=False)["spend_usd"].sum().assign(unit="*")
+    vals = [c for c in ("spend_usd", "kwh", "kgco2e") if c in dh]  # energy is attributed like cost
+    per_dev = dh[own].groupby(["host", "uuid", "hour"], as_index=False)[vals].sum().rename(columns={"uuid": "unit"})
+    per_host = dh[~own].groupby(["host", "hour"], as_index=False)[vals].sum().assign(unit="*")
     cost_hours = pd.concat([per_dev, per_host], ignore_index=True)
     cost_hours["unit"] = cost_hours["unit"].astype(str)  # an empty part would make the key a float column
     keys = ["host", "unit"]
@@ -227,9 +237,12 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     fallback = join(ch[~ch["has_tokens"]], unit_model[unit_model["share"] > 0][[*keys, "model", "share"]], keys)
     parts = pd.concat([x for x in (direct, fallback) if len(x)], ignore_index=True) if len(direct) or len(fallback) else direct
     parts["cost_usd"] = parts["spend_usd"] * parts["share"]
+    for c in vals[1:]:
+        parts[c] = parts[c].astype(float) * parts["share"].astype(float)
     attributed = float(parts["cost_usd"].sum()) if not parts.empty else 0.0
     out["unattributed_usd"] = float(dh["spend_usd"].sum()) - attributed
     cost = parts.groupby("model")["cost_usd"].sum() if not parts.empty else pd.Series(dtype=float)
+    energy = {c: parts.groupby("model")[c].sum() for c in vals[1:]} if not parts.empty else {}
     counts = t.groupby("model")[["prompt_tokens", "completion_tokens"]].sum()
     extra = {c: t.groupby("model")[c].sum(min_count=1) for c in ("cached_tokens", "reasoning_tokens") if c in t}
     levels = t.assign(dev=t["unit"] != "*").groupby("model")["dev"].agg(["all", "any"])
@@ -244,6 +257,7 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
             "prompt_tokens": p, "completion_tokens": o, "cost_usd": c,
             "cached_tokens": cached, "reasoning_tokens": reasoning,
             "cache_hit_pct": 100 * cached / p if cached is not None and p else None,
+            **_model_energy(energy, model, o),
             "cost_per_1m_output_tokens": c / o * 1e6 if o else None,
             "cost_per_1m_tokens": c / (p + o) * 1e6 if (p + o) else None,
         })
@@ -339,6 +353,34 @@ def _scan_stage(r: _Run) -> None:
             raise EmptyStore(f"no samples in {', '.join(r.roots)} between --since and --until")
 
 
+def _energy_columns(dh: pd.DataFrame, pricing: Pricing) -> None:
+    """Per device-hour: kWh (a MIG instance takes its share of its GPU's energy in that hour, the GPU in
+    MIG mode the rest), idle kWh (physical GPUs), and energy $ and kgCO2e where the pricing file gives
+    them for the host (x PUE). Energy $ is beside spend, never in it."""
+    inst = dh["parent_uuid"].notna()
+    parents = dh[~inst & dh["mig_mode"].astype(bool)][["host", "uuid", "hour", "energy_j"]]
+    share_j = dh["energy_j"].copy()
+    if inst.any() and not parents.empty:
+        pe = dh[inst][["host", "parent_uuid", "hour"]].merge(
+            parents.rename(columns={"uuid": "parent_uuid", "energy_j": "pe"}), on=["host", "parent_uuid", "hour"], how="left")
+        share_j[inst] = (pe["pe"].fillna(0.0).to_numpy() * dh.loc[inst, "share"].astype(float).to_numpy())
+        kids = pd.DataFrame({"host": dh.loc[inst, "host"], "uuid": dh.loc[inst, "parent_uuid"], "hour": dh.loc[inst, "hour"],
+                             "kid_j": share_j[inst]}).groupby(["host", "uuid", "hour"], as_index=False)["kid_j"].sum()
+        back = dh[["host", "uuid", "hour"]].merge(kids, on=["host", "uuid", "hour"], how="left")["kid_j"].fillna(0.0).to_numpy()
+        share_j = share_j.where(inst, (share_j - back).clip(lower=0.0))
+    dh["kwh"] = share_j / 3.6e6
+    dh["idle_kwh"] = np.where(inst, 0.0, dh["idle_energy_j"] / 3.6e6)
+    e = {h: pricing.energy(h) for h in dh["host"].unique()}
+    pue = dh["host"].map({h: x.pue for h, x in e.items()}).astype(float)
+    usd = dh["host"].map({h: x.usd_per_kwh for h, x in e.items()}).astype(float)
+    grid = dh["host"].map({h: x.grid_gco2_per_kwh for h, x in e.items()}).astype(float)
+    dh["energy_usd"] = (dh["kwh"] * pue * usd).fillna(0.0)
+    dh["kgco2e"] = (dh["kwh"] * pue * grid / 1000).fillna(0.0)
+    dh["has_energy_usd"], dh["has_co2"] = usd.notna(), grid.notna()
+    if inst.any():
+        dh.loc[inst, "has_energy"] = dh.loc[inst, "kwh"] > 0
+
+
 def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
     r.hist, mem = device_distributions(r.con, r.sc.rows, r.w, r.rfiles)
@@ -357,6 +399,7 @@ def _percentiles_stage(r: _Run) -> None:
     dh["idle_usd"] = p * (dh["idle_share_dt"] + dh["free_dt"]) / 3600
     dh["unalloc_usd"] = p * dh["free_dt"] / 3600
     dh["sm_waste_usd"] = p * dh["sm_waste_share_dt"] / 3600
+    _energy_columns(dh, r.pricing)
     g = dh.groupby(["host", "uuid"], as_index=False)
     dev = g.agg(
         parent_uuid=("parent_uuid", "first"), name=("name", "first"), mig_profile=("mig_profile", "first"),
@@ -366,6 +409,9 @@ def _percentiles_stage(r: _Run) -> None:
         unalloc_usd=("unalloc_usd", "sum"), sm_share_dt=("sm_share_dt", "sum"), sm_waste_usd=("sm_waste_usd", "sum"),
         error_dt=("error_dt", "sum"), mem_max=("mem_max", "max"), mem_total=("mem_total", "max"),
         m_util=("m_util_dt", "sum"), m_gr=("m_gr_dt", "sum"), m_sm=("m_sm_dt", "sum"), n=("n", "sum"), bad_n=("bad_n", "sum"),
+        kwh=("kwh", "sum"), idle_kwh=("idle_kwh", "sum"), energy_usd=("energy_usd", "sum"), kgco2e=("kgco2e", "sum"),
+        counter_dt=("counter_dt", "sum"), has_energy=("has_energy", "max"), has_energy_usd=("has_energy_usd", "max"),
+        has_co2=("has_co2", "max"),
     )
     dev = dev.merge(weighted_p95(r.hist), on=["host", "uuid"], how="left").merge(mem, on=["host", "uuid"], how="left")
     r.dev = dev.sort_values(["host", "uuid"]).reset_index(drop=True)
@@ -409,6 +455,12 @@ def _devices_stage(r: _Run) -> None:
             "unallocated_usd": x.unalloc_usd if pr and parent_in_mig else None,
             "mig_instances_visible": (x.blind_dt <= 0) if parent_in_mig else None,
             "waste_sm_active_usd": x.sm_waste_usd if pr and x.sm_share_dt > 0 else None,
+            "energy_kwh": x.kwh if x.has_energy else None,
+            "idle_energy_kwh": x.idle_kwh if x.has_energy and not (x.parent_uuid is not None and not pd.isna(x.parent_uuid)) else None,
+            "energy_source": (None if not x.has_energy else "share of the GPU's energy" if d_is_mig(x) else
+                              "counter" if x.counter_dt >= 0.99 * x.dt_s else "power x dt" if x.counter_dt == 0 else "counter and power x dt"),
+            "energy_usd": x.energy_usd if x.has_energy and x.has_energy_usd else None,
+            "kgco2e": x.kgco2e if x.has_energy and x.has_co2 else None,
             "billing": {"unit": bill.unit, "commitment": bill.commitment, "source": bill.source},
             "coverage_pct": min(100.0, 100 * x.dt_s / window_s) if window_s > 0 else None,
             "covered_hours": x.dt_s / 3600,
@@ -443,6 +495,11 @@ def _devices_stage(r: _Run) -> None:
     hours = (r.end - r.start) / 3600
     # The monthly run-rate beside every monthly saving (DESIGN.md "Monthly"): spend x 730 / window hours.
     r.fleet["monthly_run_rate_usd"] = r.fleet["spend_usd"] * 730 / hours if hours > 0 else None
+    r.fleet.update(_fleet_energy(r.dh, hours))
+
+
+def d_is_mig(x: Any) -> bool:
+    return x.parent_uuid is not None and not pd.isna(x.parent_uuid)
 
 
 def _blind_source(r: _Run, host: str, uuid: str) -> str:
@@ -483,6 +540,21 @@ def _fleet(dh: pd.DataFrame, devices: list[dict[str, Any]]) -> dict[str, Any]:
     fleet["spend_split"] = {"productive_usd": fleet["spend_usd"] - fleet["waste_usd"], "idle_usd": fleet["idle_usd"],
                             "underused_usd": max(0.0, fleet["waste_usd"] - fleet["idle_usd"])}
     return fleet
+
+
+def _fleet_energy(dh: pd.DataFrame, hours: float) -> dict[str, Any]:
+    """Fleet energy: kWh (board power of the physical GPUs), idle kWh and share, per day; $ and kgCO2e
+    where the pricing file gives them."""
+    if not dh["has_energy"].any():
+        return {"energy_kwh": None, "idle_energy_kwh": None, "idle_energy_share_pct": None, "energy_kwh_per_day": None,
+                "energy_usd": None, "kgco2e": None, "kgco2e_per_day": None}
+    kwh, idle = float(dh["kwh"].sum()), float(dh["idle_kwh"].sum())
+    usd = float(dh["energy_usd"].sum()) if dh["has_energy_usd"].any() else None
+    co2 = float(dh["kgco2e"].sum()) if dh["has_co2"].any() else None
+    day = 24 / hours if hours > 0 else None
+    return {"energy_kwh": kwh, "idle_energy_kwh": idle, "idle_energy_share_pct": 100 * idle / kwh if kwh else None,
+            "energy_kwh_per_day": kwh * day if day else None, "energy_usd": usd, "kgco2e": co2,
+            "kgco2e_per_day": co2 * day if co2 is not None and day else None}
 
 
 def _models_stage(r: _Run) -> None:

@@ -58,6 +58,17 @@ class Billing:
         return self.commitment == "on-demand"
 
 
+@dataclass(frozen=True)
+class Energy:
+    """What a host's energy costs (DESIGN.md "Energy"): $ per kWh and grid intensity, each optional,
+    times the facility's PUE (default 1.0)."""
+
+    usd_per_kwh: float | None = None
+    pue: float = 1.0
+    grid_gco2_per_kwh: float | None = None
+    source: str = "none"
+
+
 @dataclass
 class Pricing:
     path: str | None = None
@@ -66,6 +77,15 @@ class Pricing:
     api: dict[str, ApiPrice] = field(default_factory=dict)
     billing_default: Billing = field(default_factory=Billing)
     billing_hosts: dict[str, Billing] = field(default_factory=dict)  # shell-style pattern -> billing
+    energy_default: Energy = field(default_factory=Energy)
+    energy_hosts: dict[str, Energy] = field(default_factory=dict)  # shell-style pattern -> energy
+
+    def energy(self, host: str) -> Energy:
+        """The energy prices of ``host``: the longest ``[energy.host."pattern"]`` that matches, else ``[energy]``."""
+        from fnmatch import fnmatchcase
+
+        hits = [p for p in self.energy_hosts if fnmatchcase(host, p)]
+        return self.energy_hosts[max(hits, key=len)] if hits else self.energy_default
 
     def billing(self, host: str) -> Billing:
         """The billing of ``host``: the longest ``[billing.host."pattern"]`` that matches, else ``[billing]``."""
@@ -111,10 +131,10 @@ def load_pricing(path: str | None) -> Pricing:
     currency = raw.get("currency", "USD")
     if currency != "USD":
         raise bad("currency", f"currency {currency!r} is not supported: gpu-audit works in USD only")
-    unknown = set(raw) - {"currency", "gpu", "host", "api", "billing"}
+    unknown = set(raw) - {"currency", "gpu", "host", "api", "billing", "energy"}
     if unknown:
         k = sorted(unknown)[0]
-        raise bad(k, f"unknown section or key {k!r} (expected currency, [gpu], [host], [api.\"MODEL\"], [billing])")
+        raise bad(k, f"unknown section or key {k!r} (expected currency, [gpu], [host], [api.\"MODEL\"], [billing], [energy])")
     p = Pricing(path=path)
     for section, target in (("gpu", p.gpus), ("host", p.hosts)):
         tbl = raw.get(section, {})
@@ -146,7 +166,33 @@ def load_pricing(path: str | None) -> Pricing:
             raise bad(pattern, f"[billing.host.{pattern!r}] must be a table (unit, commitment)")
         p.billing_hosts[pattern] = _billing(spec, f"[billing.host.{pattern!r}]", bad,
                                             Billing(p.billing_default.unit, p.billing_default.commitment, f"{path} [billing.host.{pattern!r}]"))
+    energy = raw.get("energy", {})
+    if not isinstance(energy, dict):
+        raise bad("energy", "[energy] must be a table (usd_per_kwh, pue, grid_gco2_per_kwh, and [energy.host.\"PATTERN\"])")
+    p.energy_default = _energy(energy, "[energy]", bad, Energy(source=f"{path} [energy]"))
+    for pattern, spec in (energy.get("host") or {}).items():
+        if not isinstance(spec, dict):
+            raise bad(pattern, f"[energy.host.{pattern!r}] must be a table (usd_per_kwh, pue, grid_gco2_per_kwh)")
+        d = p.energy_default
+        p.energy_hosts[pattern] = _energy(spec, f"[energy.host.{pattern!r}]", bad,
+                                          Energy(d.usd_per_kwh, d.pue, d.grid_gco2_per_kwh, f"{path} [energy.host.{pattern!r}]"))
     return p
+
+
+def _energy(spec: dict[str, Any], where: str, bad: Any, base: Energy) -> Energy:
+    allowed = {"usd_per_kwh", "pue", "grid_gco2_per_kwh"} | ({"host"} if where == "[energy]" else set())
+    extra = set(spec) - allowed
+    if extra:
+        k = sorted(extra)[0]
+        raise bad(k, f"{where}: unknown key {k!r} (expected usd_per_kwh, pue, grid_gco2_per_kwh)")
+    vals = {}
+    for k, most in (("usd_per_kwh", 100.0), ("pue", 5.0), ("grid_gco2_per_kwh", 5000.0)):
+        if k in spec:
+            if not _price_ok(spec[k], most) or (k == "pue" and spec[k] < 1):
+                raise bad(k, f"{where} {k}: expected a finite number from {1 if k == 'pue' else 0} to {most:g}, got {spec[k]!r}")
+            vals[k] = float(spec[k])
+    return Energy(vals.get("usd_per_kwh", base.usd_per_kwh), vals.get("pue", base.pue),
+                  vals.get("grid_gco2_per_kwh", base.grid_gco2_per_kwh), base.source)
 
 
 def _price_ok(v: Any, most: float) -> bool:

@@ -153,7 +153,8 @@ def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) ->
            sum(util_gpu_dt_s) AS m_util_dt, sum(gr_engine_dt_s) AS m_gr_dt, sum(sm_active_dt_s) AS m_sm_dt,
            max(mem_max_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
            min(epoch_us(first_ts)) AS first_us, max(epoch_us(end_ts)) AS last_us, sum(free_dt_s) AS roll_free_dt,
-           coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below
+           coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below,
+           sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, coalesce(sum(energy_counter_dt_s), 0) AS counter_dt
     FROM {rollups_source(con, files)} {window_where(w.since, w.until)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
     """).df()
 
@@ -176,6 +177,7 @@ def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame
         dh = both.groupby(["host", "uuid", "hour"], as_index=False, dropna=False).agg(agg)
     else:
         dh = dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0)
+    dh["has_energy"] = dh["energy_j"].notna()  # null: no power reading and no counter (not 0 kWh)
     for col in SUM_COLUMNS:
         dh[col] = dh[col].astype(float).fillna(0.0)
     sh = dh["share"].astype(float)

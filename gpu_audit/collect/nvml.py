@@ -213,6 +213,8 @@ class Nvml:
         if d.parent_uuid is None:
             power = q("nvmlDeviceGetPowerUsage", h)
             row["power_w"] = round(power / 1000, 2) if power is not None else None  # 10 mW resolution
+            # mJ since the driver loaded (Volta and newer); nvidia-smi has no --query-gpu twin
+            row["energy_mj"] = q("nvmlDeviceGetTotalEnergyConsumption", h)
             row["power_limit_w"] = d.power_limit_w
             row["sm_clock_mhz"] = q("nvmlDeviceGetClockInfo", h, pynvml.NVML_CLOCK_SM)
             row["sm_clock_max_mhz"] = d.sm_clock_max_mhz

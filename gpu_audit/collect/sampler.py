@@ -66,6 +66,7 @@ class Sampler:
         self.stop_reason: str | None = None
         self.flush_requested = False
         self._last: dict[str, float] = {}  # uuid -> ts of its previous sample in this run
+        self._energy: dict[str, int] = {}  # uuid -> its energy counter at its previous sample
         self._first_seen: dict[str, float] = {}
         self._names: dict[int, str | None] = {}
         self._owners: dict[int, dict[str, Any]] = {}
@@ -87,6 +88,18 @@ class Sampler:
             return self.s.interval_s
         gap = t - prev
         return gap if 0 < gap <= 3 * self.s.interval_s else self.s.interval_s
+
+    def _energy_j(self, uuid: str, mj: int | None, gap_is_dt: bool) -> float | None:
+        """The counter's delta since the previous sample, where that sample's gap is its dt; a counter
+        that went back (a driver reload, a wrap) gives None: the analysis takes power x dt there."""
+        prev = self._energy.get(uuid)
+        if mj is None:
+            self._energy.pop(uuid, None)
+            return None
+        self._energy[uuid] = mj
+        if prev is None or not gap_is_dt or mj < prev:
+            return None
+        return (mj - prev) / 1000
 
     def _device_rows(self, t: float) -> None:
         assert self.writer is not None
@@ -124,7 +137,9 @@ class Sampler:
                 d.gpm_prev = None  # GPM needs two good samples again
                 self.stats.error_samples += 1
             row.update(base)
+            prev = self._last.get(d.uuid)
             row["interval_s"] = self._dt(d.uuid, t)
+            row["energy_j"] = self._energy_j(d.uuid, row.get("energy_mj"), prev is not None and row["interval_s"] == t - prev)
             w.add("samples", row)
             self.stats.device_samples += 1
             for p in procs:

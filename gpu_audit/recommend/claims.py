@@ -74,6 +74,7 @@ def classify(findings: dict[str, Any], recs: list[Recommendation]) -> list[Recom
     for r in recs:
         devs = [devices[(t["host"], t["uuid"])] for t in r.targets if (t.get("host"), t.get("uuid")) in devices]
         level, why = confidence(findings, devs)
+        r = _with_energy(findings, r, devs)
         if LEVELS.index(r.confidence) < LEVELS.index(level):
             level, why = r.confidence, why + f"; the {r.kind} rule rates this {r.confidence}"
         ev = dict(r.evidence)
@@ -95,6 +96,34 @@ def classify(findings: dict[str, Any], recs: list[Recommendation]) -> list[Recom
                            monthly_savings_usd=cash if cash_frac > 0 else capacity,
                            confidence=level, action=action, evidence={**ev, "confidence_why": why}))
     return out
+
+
+def _with_energy(findings: dict[str, Any], r: Recommendation, devs: list[dict[str, Any]]) -> Recommendation:
+    """Idle, consolidation and right-size cards add the energy they would save a month (board energy;
+    kgCO2e where the pricing file gives a grid intensity): idle, the device's idle kWh; consolidation,
+    the freed GPUs at the lowest mean power of the group (what an emptied GPU would still draw);
+    right-size, the device's kWh x (1 - the proposed GPU's power limit / the current one's)."""
+    from gpu_audit.catalog import find_model, model_by_key
+
+    hours = findings["window"]["hours"]
+    if r.kind not in ("idle", "consolidation", "right_size") or not devs or hours <= 0 or any(d.get("energy_kwh") is None for d in devs):
+        return r
+    month = 730 / hours
+    if r.kind == "idle":
+        kwh = sum(d.get("idle_energy_kwh") or 0.0 for d in devs)
+    elif r.kind == "consolidation":
+        power_kw = min((d["energy_kwh"] / d["gpu_hours"]) for d in devs if d.get("gpu_hours"))
+        kwh = _freed(r, len(devs)) * power_kw * hours
+    else:
+        cur, new = find_model(devs[0].get("name") or ""), model_by_key(r.evidence.get("proposed") or "")
+        if cur is None or new is None or not cur.power_limit_w:
+            return r
+        kwh = devs[0]["energy_kwh"] * max(0.0, 1 - new.power_limit_w / cur.power_limit_w)
+    co2 = [d["kgco2e"] / d["energy_kwh"] for d in devs if d.get("kgco2e") is not None and d.get("energy_kwh")]
+    ev = {**r.evidence, "energy_saved_kwh_month": kwh * month}
+    if co2:
+        ev["kgco2e_saved_month"] = kwh * month * sum(co2) / len(co2)
+    return replace(r, evidence=ev)
 
 
 def _cash_fraction(r: Recommendation, devs: list[dict[str, Any]], nodes: dict[str, set[str]],

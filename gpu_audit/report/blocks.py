@@ -115,6 +115,12 @@ def build_sections(f: dict[str, Any], charts: dict[str, str]) -> list[Section]:
         Section("spend", "Where the money goes", [chart("spend", "Spend: productive, under-used, idle")]
                 + ([Block("namespaces", data={"namespaces": f["namespaces"]})] if f.get("namespaces") else [])),
         Section("tokens", "Cost per token", [chart("tokens", "Cost per 1M output tokens per model, by hour"), models_table(f)]),
+        *([Section("energy", "Energy and carbon", [Block("energy", data={"fleet": f["fleet"], "window": f["window"],
+                                                                         "models": [m for m in f["models"] if m.get("energy_kwh")]}),
+                                                  chart("energy", "Energy per 1M output tokens")],
+                   "GPU board energy (NVML's or DCGM's energy counter, else power × time); $ and CO2e with the pricing "
+                   "file's [energy], × PUE. Energy $ is shown beside spend, never added to it.")]
+          if f["fleet"].get("energy_kwh") is not None else []),
         Section("devices", "Devices", [device_table(f)], "Click a column to sort; type to filter."),
         Section("method", "How these numbers are computed", [definitions(f)]),
         Section("quality", "Data quality", [data_quality(f)]),

@@ -131,4 +131,22 @@ def tokens(f: dict[str, Any]) -> str | None:
     return fragment(fig, "chart-tokens", height=360)
 
 
-CHARTS = {"heatmap": heatmap, "distribution": distribution, "memory": memory, "spend": spend, "tokens": tokens}
+def energy(f: dict[str, Any]) -> str | None:
+    """Wh per 1M output tokens per model (attributed like cost); without token data, kWh per device."""
+    models = [m for m in f["models"] if m.get("wh_per_1m_output_tokens")]
+    if models:
+        ms = sorted(models, key=lambda m: -m["wh_per_1m_output_tokens"])
+        fig = go.Figure(go.Bar(x=[_label(m["model"]) for m in ms], y=[m["wh_per_1m_output_tokens"] for m in ms], marker_color="#2f855a",
+                               hovertemplate="%{x}: %{y:,.0f} Wh per 1M output tokens<extra></extra>"))
+        fig.update_yaxes(title="Wh per 1M output tokens (GPU board energy)")
+        return fragment(fig, "chart-energy", height=320)
+    devs = sorted([d for d in f["devices"] if d.get("energy_kwh") and not d.get("parent_uuid")], key=lambda d: -d["energy_kwh"])[:40]
+    if not devs:
+        return None
+    fig = go.Figure(go.Bar(x=[_label(f"{d['host']} …{short_id(d['uuid'])}") for d in devs], y=[d["energy_kwh"] for d in devs],
+                           marker_color="#2f855a"))
+    fig.update_yaxes(title="kWh in the window")
+    return fragment(fig, "chart-energy", height=320)
+
+
+CHARTS = {"heatmap": heatmap, "distribution": distribution, "memory": memory, "spend": spend, "tokens": tokens, "energy": energy}

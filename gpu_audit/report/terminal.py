@@ -38,6 +38,11 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
                       + f"; capacity freed {fmt_usd(fl.get('capacity_monthly_usd'))}/month (≈ {fl.get('capacity_gpus_freed') or 0:.1f} "
                       f"GPU-equivalents, no bill shrinks); {fl.get('behaviour_recommendations') or 0} behaviour change(s) suggested "
                       "(in no total)", soft_wrap=True)
+    if fl.get("energy_kwh") is not None:
+        extra = [f"{fmt_usd(fl['energy_usd'])} of energy (beside spend, not in it)"] if fl.get("energy_usd") is not None else []
+        extra += [f"{fl['kgco2e']:,.1f} kgCO2e"] if fl.get("kgco2e") is not None else []
+        console.print(f"energy: {fl['energy_kwh']:,.1f} kWh ({fmt_pct(fl.get('idle_energy_share_pct'))} while idle)"
+                      + ("; " + ", ".join(extra) if extra else ""), soft_wrap=True)
     if fl.get("waste_sm_active_usd") is not None:
         console.print(f"On GPUs with SM activity (GPM/DCGM), waste by util_gpu is {fmt_usd(fl['waste_util_on_sm_devices_usd'])}; "
                       f"by SM activity it is {fmt_usd(fl['waste_sm_active_usd'])}: the duty cycle hides the difference.")

@@ -37,6 +37,7 @@ DCGM: dict[str, tuple[str, float]] = {
     "DCGM_FI_DEV_FB_FREE": ("_fb_free", MIB),
     "DCGM_FI_DEV_FB_RESERVED": ("_fb_reserved", MIB),
     "DCGM_FI_DEV_POWER_USAGE": ("power_w", 1),
+    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": ("energy_mj", 1),  # mJ since boot, like NVML's counter
     "DCGM_FI_DEV_SM_CLOCK": ("sm_clock_mhz", 1),
     "DCGM_FI_DEV_GPU_TEMP": ("temp_c", 1),
     "DCGM_FI_PROF_SM_ACTIVE": ("sm_active_pct", 100),
@@ -45,7 +46,7 @@ DCGM: dict[str, tuple[str, float]] = {
     "DCGM_FI_PROF_DRAM_ACTIVE": ("dram_active_pct", 100),
     "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ("gr_engine_active_pct", 100),
 }
-INT_COLS = {"mem_used_bytes", "sm_clock_mhz", "temp_c"}
+INT_COLS = {"mem_used_bytes", "sm_clock_mhz", "temp_c", "energy_mj"}
 PCT_COLS = {c for c, _ in DCGM.values() if c.endswith("_pct")}
 MAX_POINTS = 10_000
 
@@ -114,6 +115,8 @@ class Assembler:
         self.first_rejection = ""
 
     def add(self, name: str, labels: dict[str, str], ts: float, value: float) -> None:
+        if name not in DCGM and name.endswith("_total") and name[: -len("_total")] in DCGM:
+            name = name[: -len("_total")]  # a counter's sample as prometheus_client names it (the exporter writes no _total)
         if name in DCGM:
             d = _device(labels)
             if d is None:
@@ -181,7 +184,13 @@ class Assembler:
             res.single_point += not nominal
             ident = self.ident[(host, uuid)]
             keys = stored.setdefault(host, StoredKeys(out, "samples", host))
+            prev_t = prev_mj = None
             for t_us, dt in zip(uniq.tolist(), dts.tolist()):
+                mj = points[t_us / 1e6].get("energy_mj")
+                # the counter's delta where the gap is this sample's dt and the counter did not go back
+                energy_j = ((mj - prev_mj) / 1000 if mj is not None and prev_mj is not None and mj >= prev_mj
+                            and prev_t is not None and abs((t_us - prev_t) / 1e6 - dt) < 1e-6 else None)
+                prev_t, prev_mj = t_us, mj
                 t = t_us / 1e6
                 when = datetime.fromtimestamp(t, tz=timezone.utc)
                 if keys.has(uuid, when.strftime("%Y-%m-%d"), t_us):
@@ -193,7 +202,7 @@ class Assembler:
                 for c in INT_COLS:
                     if r.get(c) is not None:
                         r[c] = int(round(r[c]))
-                w(host).add("samples", {**r, **ident, "ts": when, "host": host,
+                w(host).add("samples", {**r, **ident, "ts": when, "host": host, "energy_j": energy_j,
                                        "uuid": uuid, "mem_total_bytes": total, "interval_s": dt, "source": "dcgm",
                                        "mig_mode": True if uuid in parents else None})
                 res.rows += 1

@@ -53,7 +53,11 @@ def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: 
            coalesce(sum(CASE WHEN metric = 1 THEN dt END), 0) AS util_gpu_dt_s,
            coalesce(sum(CASE WHEN metric = 2 THEN dt END), 0) AS gr_engine_dt_s,
            coalesce(sum(CASE WHEN metric = 3 THEN dt END), 0) AS sm_active_dt_s,
-           sum(free_dt) AS free_dt_s, sum(blind_dt) AS blind_dt_s, max(mem_used_bytes) AS mem_max_bytes,
+           sum(free_dt) AS free_dt_s, sum(blind_dt) AS blind_dt_s,
+           sum(coalesce(energy_j, power_w * dt)) AS energy_j,
+           sum(CASE WHEN u < {idle_below} THEN coalesce(energy_j, power_w * dt) END) AS idle_energy_j,
+           coalesce(sum(CASE WHEN energy_j IS NOT NULL THEN dt END), 0) AS energy_counter_dt_s,
+           max(mem_used_bytes) AS mem_max_bytes,
            max(mem_total_bytes) AS mem_total_bytes,
            make_timestamptz(CAST(min(ts_us - dt / w * 1e6) AS BIGINT)) AS first_ts, make_timestamptz(max(ts_us)) AS end_ts
     FROM f WHERE ts_us IS NOT NULL AND uuid IS NOT NULL GROUP BY host, uuid, ts_us // {res_us}, k8s_namespace

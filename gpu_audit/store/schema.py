@@ -8,6 +8,8 @@ there.
 History:
 - 1: first version.
 - 2: rollups keep k8s_namespace (older files read it as null).
+- 4: samples keep the energy counter (energy_mj) and the energy each sample stands for (energy_j);
+  rollups keep energy_j and idle_energy_j (older files read them as null: energy from power x dt).
 - 3: rollups keep blind_dt_s, the time of a GPU in MIG mode whose source showed no instances (older
   files read it as null: none).
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TS = pa.timestamp("us", tz="UTC")
 
 SAMPLES = pa.schema(
@@ -34,6 +36,8 @@ SAMPLES = pa.schema(
         ("mem_used_bytes", pa.int64()),
         ("mem_total_bytes", pa.int64()),
         ("power_w", pa.float32()),
+        ("energy_mj", pa.int64()),  # the GPU's total energy counter (mJ since driver load), as read
+        ("energy_j", pa.float64()),  # the energy this sample stands for: the counter's delta since the previous sample
         ("power_limit_w", pa.float32()),
         ("sm_clock_mhz", pa.int32()),
         ("sm_clock_max_mhz", pa.int32()),
@@ -146,6 +150,9 @@ ROLLUPS = pa.schema(
         ("sm_active_dt_s", pa.float64()),
         ("free_dt_s", pa.float64()),
         ("blind_dt_s", pa.float64()),  # MIG-mode GPU time with no instances visible: billed, no evidence
+        ("energy_j", pa.float64()),  # Σ energy of a physical GPU's samples (counter deltas, else power x dt)
+        ("idle_energy_j", pa.float64()),  # the same over idle samples
+        ("energy_counter_dt_s", pa.float64()),  # Σ dt of the samples whose energy came from the counter
         ("mem_max_bytes", pa.int64()),
         ("mem_total_bytes", pa.int64()),
         ("first_ts", TS),

@@ -269,6 +269,19 @@ class VirtualNvml:
             return impl
 
         fn("nvmlDeviceGetPowerUsage", c_int, c_void_p, P(c_uint))(uint_metric("power", lambda d: self._st(d)["power_mw"]))
+        energy: dict[int, tuple[float, float]] = {}  # device -> (virtual time, mJ) of the last reading
+
+        def energy_mj(d: VDevice) -> int:
+            """The total energy counter, consistent with the power readings: it advances by the power at
+            each reading times the time since the previous one (mW x s = mJ), from an offset as if the
+            driver had loaded long before."""
+            now, p = self._now(), self._st(d)["power_mw"]
+            t0, e = energy.get(id(d), (now, 1e9 * (1 + d.index)))
+            e += p * max(0.0, now - t0)
+            energy[id(d)] = (now, e)
+            return int(e)
+
+        fn("nvmlDeviceGetTotalEnergyConsumption", c_int, c_void_p, P(c_ulonglong))(uint_metric("energy", energy_mj))
         fn("nvmlDeviceGetEnforcedPowerLimit", c_int, c_void_p, P(c_uint))(uint_metric("power", lambda d: d.model.power_limit_w * 1000))
         for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
             fn(name, c_int, c_void_p, P(c_ulonglong))(uint_metric("throttle", lambda d: self._st(d)["throttle"]))
