@@ -410,7 +410,7 @@ def _percentiles_stage(r: _Run) -> None:
         error_dt=("error_dt", "sum"), mem_max=("mem_max", "max"), mem_total=("mem_total", "max"),
         m_util=("m_util_dt", "sum"), m_gr=("m_gr_dt", "sum"), m_sm=("m_sm_dt", "sum"), n=("n", "sum"), bad_n=("bad_n", "sum"),
         kwh=("kwh", "sum"), idle_kwh=("idle_kwh", "sum"), energy_usd=("energy_usd", "sum"), kgco2e=("kgco2e", "sum"),
-        counter_dt=("counter_dt", "sum"), has_energy=("has_energy", "max"), has_energy_usd=("has_energy_usd", "max"),
+        counter_n=("counter_n", "sum"), has_energy=("has_energy", "max"), has_energy_usd=("has_energy_usd", "max"),
         has_co2=("has_co2", "max"),
     )
     dev = dev.merge(weighted_p95(r.hist), on=["host", "uuid"], how="left").merge(mem, on=["host", "uuid"], how="left")
@@ -458,7 +458,7 @@ def _devices_stage(r: _Run) -> None:
             "energy_kwh": x.kwh if x.has_energy else None,
             "idle_energy_kwh": x.idle_kwh if x.has_energy and not (x.parent_uuid is not None and not pd.isna(x.parent_uuid)) else None,
             "energy_source": (None if not x.has_energy else "share of the GPU's energy" if d_is_mig(x) else
-                              "counter" if x.counter_dt >= 0.99 * x.dt_s else "power x dt" if x.counter_dt == 0 else "counter and power x dt"),
+                              "counter" if x.counter_n >= x.n else "power x dt" if x.counter_n == 0 else "counter and power x dt"),
             "energy_usd": x.energy_usd if x.has_energy and x.has_energy_usd else None,
             "kgco2e": x.kgco2e if x.has_energy and x.has_co2 else None,
             "billing": {"unit": bill.unit, "commitment": bill.commitment, "source": bill.source},

@@ -154,7 +154,7 @@ def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) ->
            max(mem_max_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
            min(epoch_us(first_ts)) AS first_us, max(epoch_us(end_ts)) AS last_us, sum(free_dt_s) AS roll_free_dt,
            coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below,
-           sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, coalesce(sum(energy_counter_dt_s), 0) AS counter_dt
+           sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, CAST(coalesce(sum(CASE WHEN energy_counter_dt_s >= dt_s AND dt_s > 0 THEN n END), 0) AS DOUBLE) AS counter_n
     FROM {rollups_source(con, files)} {window_where(w.since, w.until)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
     """).df()
 

@@ -151,8 +151,10 @@ def samples_sql(src: str, since: datetime | None = None, until: datetime | None 
                   WHEN sm_active_pct IS NOT NULL THEN 3 END AS metric,
              CASE WHEN NOT bad THEN CAST(sm_active_pct AS DOUBLE) END AS sm,
              mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error, k8s_namespace,
-             CASE WHEN NOT bad AND parent_uuid IS NULL THEN CAST(power_w AS DOUBLE) END AS power_w,
-             CASE WHEN NOT bad AND parent_uuid IS NULL AND energy_j >= 0 THEN energy_j END AS energy_j,
+             CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END AS energy_j,
+             -- the energy this sample stands for: the counter's delta, else power x dt (a bad row's dt is 0)
+             coalesce(CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END,
+                      CAST(power_w AS DOUBLE) * CASE WHEN bad THEN 0.0 ELSE CAST(interval_s AS DOUBLE) END) AS e_j,
              CASE WHEN parent_uuid IS NOT NULL OR mig_mode THEN
                   (CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END) END AS total_slices,
              CASE WHEN parent_uuid IS NOT NULL THEN TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) END AS slices
@@ -169,7 +171,7 @@ class Cleaned:
 
 
 ROW_COLUMNS = ("parent_uuid", "name", "mig_profile", "mig_mode", "source", "file_index", "hour", "bad", "dt", "w", "u", "metric",
-               "sm", "mem_used_bytes", "mem_total_bytes", "has_error", "k8s_namespace", "total_slices", "slices", "power_w", "energy_j")
+               "sm", "mem_used_bytes", "mem_total_bytes", "has_error", "k8s_namespace", "total_slices", "slices", "energy_j", "e_j")
 
 
 def _hours_table(con: duckdb.DuckDBPyConnection, name: str, hours: list[tuple[str, str, int]]) -> None:
@@ -204,7 +206,7 @@ def dedup(con: duckdb.DuckDBPyConnection, rows_sql: str, flagged: list[tuple[str
         "SELECT dev, sum(copies - 1) FROM repeated_instants GROUP BY dev").fetchall() if d in devs}
     weighted = rows_sql if not dups else f"""
       SELECT r.* REPLACE (r.dt / coalesce(k.copies, 1) AS dt, r.w / coalesce(k.copies, 1) AS w,
-                          r.energy_j / coalesce(k.copies, 1) AS energy_j)
+                          r.energy_j / coalesce(k.copies, 1) AS energy_j, r.e_j / coalesce(k.copies, 1) AS e_j)
       FROM ({rows_sql}) r LEFT JOIN repeated_instants k ON k.dev = hash(r.host, r.uuid) AND k.ts_us = r.ts_us"""
     over = [(h, u, int(hr)) for h, u, hr in con.execute(f"""
       SELECT host, uuid, hour FROM ({weighted}) SEMI JOIN flagged_hours USING (host, uuid, hour) GROUP BY ALL
@@ -224,6 +226,8 @@ def dedup(con: duckdb.DuckDBPyConnection, rows_sql: str, flagged: list[tuple[str
                  p.dt AS dt_before_cut
           FROM one
         """)
+        # power x dt follows the cut dt (a counter's delta is the energy of its own interval: it stays)
+        con.execute("UPDATE cut_samples SET e_j = e_j * dt / dt_before_cut WHERE dt_before_cut > 0 AND energy_j IS NULL")
         cut = {(h, u): float(c or 0) for h, u, c in con.execute(
             "SELECT host, uuid, sum(dt_before_cut - dt) FROM cut_samples GROUP BY ALL").fetchall()}
         sql = (f"SELECT * FROM ({weighted}) ANTI JOIN overlap_hours USING (host, uuid, hour) "
@@ -247,15 +251,15 @@ _SUMS = (
     ("m_sm_dt", "sum(CASE WHEN metric = 3 THEN dt END)", "sum"),
     ("mem_max", "max(mem_used_bytes)", "max"), ("mem_total", "max(mem_total_bytes)", "max"),
     # Energy of a physical GPU: the counter's deltas where the samples carry them, else power x dt.
-    ("energy_j", "sum(coalesce(energy_j, power_w * dt))", "sum"),
-    ("idle_energy_j", "sum(CASE WHEN u < {idle} THEN coalesce(energy_j, power_w * dt) END)", "sum"),
-    ("counter_dt", "sum(CASE WHEN energy_j IS NOT NULL THEN dt END)", "sum"),
+    ("energy_j", "sum(e_j)", "sum"),
+    ("idle_energy_j", "sum(CASE WHEN u < {idle} THEN e_j END)", "sum"),
+    ("counter_n", "count(energy_j)", "sum"),
     # Where the time the samples stand for begins and ends: backward intervals [ts - dt, ts].
     # ({span_dt} is dt / w where readings were weighted: a reading counted 1/k still spans its interval.)
     ("first_us", "min(ts_us - {span_dt} * 1e6)", "min"), ("last_us", "max(ts_us)", "max"),
 )
 SUM_COLUMNS = ("ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_util_dt", "m_gr_dt", "m_sm_dt", "energy_j",
-               "idle_energy_j", "counter_dt")
+               "idle_energy_j", "counter_n")
 
 
 def hour_sums_sql(rows: str, idle: float, per_file: bool = True, weighted: bool = False) -> str:
