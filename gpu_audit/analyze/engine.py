@@ -562,6 +562,9 @@ def _models_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None and r.hist is not None
     con, s, dh, tokens, fleet = r.con, r.s, r.dh, r.tokens, r.fleet
     ns_costs = namespaces(con, r.sc.rows, r.rfiles, r.w, r.devices)
+    from gpu_audit.analyze.workloads import workloads
+
+    by_workload = workloads(con, table_files(r.roots, "processes", s.since, s.until), s.since, s.until, dh)
     procs = top_processes(con, r.roots, s)
     for d in r.devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))
@@ -591,6 +594,7 @@ def _models_stage(r: _Run) -> None:
         "token_source": token_source,
         "models": att["models"],
         "namespaces": ns_costs,
+        "workloads": by_workload,
         "series": {
             "device_hourly": {"columns": list(HOURLY_COLUMNS), "rows": _hourly_columns(dh)},
             "model_hourly": {"columns": ["model", "hour", "cost_usd", "prompt_tokens", "completion_tokens"],

@@ -81,6 +81,14 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
                       fmt_usd(n["spend_usd"]), fmt_usd(n["waste_usd"]), fmt_usd(n["idle_usd"]))
         console.print(t)
         console.print(f"unattributed GPU cost (hosts without tokens): {fmt_usd(fl['unattributed_usd'])}")
+    wl = [w for w in f.get("workloads") or [] if w["kind"] != "none"]
+    if wl:
+        t = Table("workload", "kind", "GPUs", "GPU-hours", "spend", "waste", "idle held", "mean util", title=f"Workloads (top {min(top, len(wl))} "
+                  f"of {len(wl)} by waste; processes seen on the GPUs)", title_justify="left")
+        for w in wl[:top]:
+            t.add_row(clean(w["name"] if w["kind"] == "process" else w["id"]), w["kind"], str(w["gpus"]), fmt_num(w["gpu_hours"], 1),
+                      fmt_usd(w["spend_usd"]), fmt_usd(w["waste_usd"]), f"{w['idle_held_hours']:.1f} h", fmt_pct(w["mean_util_pct"]))
+        console.print(t)
     q = f["data_quality"]
     for d in q["unpriced_devices"]:
         console.print(f"[yellow]unpriced:[/] {clean(d['host'])} {clean(d['name'] or '?')} ({clean(d['uuid'])}): "

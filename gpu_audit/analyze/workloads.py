@@ -1,0 +1,88 @@
+"""Who is using the GPUs: each device-hour's cost split among the workloads present on the device in
+that hour (docs/metrics.md "Cost per workload").
+
+A workload is named from a process row, most specific first: its Slurm job id, its Kubernetes pod
+(UID), its container id, else its host and command name. In each (device, clock hour) the workloads present
+share the device's spend, waste and idle cost by their mean SM share where NVML gives per-process
+utilization on that device-hour, else by the memory they hold, else evenly. A device-hour with no
+process row is "no workload" (idle capacity or work the collector could not see), so the workloads
+and "no workload" add up to the priced fleet's spend.
+
+Limits: an hour is the unit (a process present for 5 minutes of an hour takes its share of the whole
+hour); MIG instances carry no per-process utilization (split by memory); container ids are not PID-
+namespace aware; processes that start and end between two samples are not seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from gpu_audit.store.query import read_sql, window_where
+
+KIND_SQL = """CASE WHEN slurm_job_id IS NOT NULL THEN 'slurm_job' WHEN k8s_pod_uid IS NOT NULL THEN 'pod'
+                   WHEN container_id IS NOT NULL THEN 'container' ELSE 'process' END"""
+ID_SQL = "coalesce(slurm_job_id, k8s_pod_uid, container_id, host || ':' || coalesce(name, 'pid ' || CAST(pid AS VARCHAR)))"
+
+
+def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, until: Any, dh: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per workload: its GPUs, GPU-hours, spend, waste, idle cost and hours, mean utilization of its GPUs
+    while present, peak memory; plus one "no workload" entry. Empty without a processes table."""
+    if not files:
+        return []
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {read_sql(files)}").fetchall()}
+    cols = ", ".join(c if c in have else f"CAST(NULL AS VARCHAR) AS {c}" for c in ("container_id", "k8s_pod_uid", "slurm_job_id"))
+    src = f"(SELECT ts, host, uuid, pid, name, used_mem_bytes, sm_util_pct, {cols} FROM {read_sql(files)})"
+    w = con.execute(f"""
+        SELECT host, uuid, epoch_us(ts) // 3600000000 AS hour, {KIND_SQL} AS kind, {ID_SQL} AS id, any_value(name) AS name,
+               avg(sm_util_pct) AS sm, avg(used_mem_bytes) AS mem, max(used_mem_bytes) AS peak
+        FROM {src} {window_where(since, until)} GROUP BY ALL
+    """).df()
+    priced = dh[dh["price"].notna()]
+    cost = priced[["host", "uuid", "hour", "spend_usd", "waste_usd", "idle_usd", "gpu_s", "idle_share_dt", "free_dt", "u_dt", "ev_dt"]]
+    if w.empty:
+        return [_none(cost)] if len(cost) else []
+    w["hour"] = w["hour"].astype("int64")
+    key = ["host", "uuid", "hour"]
+    g = w.groupby(key)
+    any_sm = g["sm"].transform(lambda s: s.notna().any())
+    any_mem = g["mem"].transform(lambda s: (s.fillna(0) > 0).any())
+    weight = np.where(any_sm, w["sm"].fillna(0.0), np.where(any_mem, w["mem"].fillna(0.0), 1.0))
+    w["weight"] = weight
+    tot = w.groupby(key)["weight"].transform("sum")
+    # all weights 0 (every process at 0 % SM): evenly
+    w["share"] = np.where(tot > 0, w["weight"] / tot.where(tot > 0, 1), 1.0 / w.groupby(key)["weight"].transform("size"))
+    c = cost.assign(hour=cost["hour"].astype("int64"))
+    m = w.merge(c, on=key, how="inner")
+    out = []
+    for (kind, wid), part in m.groupby(["kind", "id"], sort=False):
+        sh = part["share"]
+        present_ev = part["ev_dt"].sum()
+        out.append({
+            "kind": kind, "id": wid, "name": part["name"].dropna().iloc[0] if part["name"].notna().any() else None,
+            "gpus": int(part[["host", "uuid"]].drop_duplicates().shape[0]),
+            "hosts": sorted(part["host"].unique().tolist()),
+            "gpu_hours": float((part["gpu_s"] * sh).sum() / 3600),
+            "spend_usd": float((part["spend_usd"] * sh).sum()),
+            "waste_usd": float((part["waste_usd"] * sh).sum()),
+            "idle_usd": float((part["idle_usd"] * sh).sum()),
+            "idle_held_hours": float(((part["idle_share_dt"] + part["free_dt"]) * sh).sum() / 3600),
+            "mean_util_pct": float(part["u_dt"].sum() / present_ev) if present_ev > 0 else None,
+            "peak_memory_bytes": float(part["peak"].max()) if part["peak"].notna().any() else None,
+        })
+    seen = m[key].drop_duplicates()
+    rest = c.merge(seen, on=key, how="left", indicator=True)
+    out.sort(key=lambda e: -e["waste_usd"])
+    return out + [_none(rest[rest["_merge"] == "left_only"])]
+
+
+def _none(c: pd.DataFrame) -> dict[str, Any]:
+    """Device time with no process: idle capacity, or work the collector could not see."""
+    return {"kind": "none", "id": None, "name": "no workload", "gpus": int(c[["host", "uuid"]].drop_duplicates().shape[0]),
+            "hosts": sorted(c["host"].unique().tolist()), "gpu_hours": float(c["gpu_s"].sum() / 3600),
+            "spend_usd": float(c["spend_usd"].sum()), "waste_usd": float(c["waste_usd"].sum()), "idle_usd": float(c["idle_usd"].sum()),
+            "idle_held_hours": float((c["idle_share_dt"] + c["free_dt"]).sum() / 3600),
+            "mean_util_pct": float(c["u_dt"].sum() / c["ev_dt"].sum()) if c["ev_dt"].sum() > 0 else None, "peak_memory_bytes": None}
