@@ -323,18 +323,28 @@ def report(
     s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="Endpoint of an S3-compatible store for s3:// inputs."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="DuckDB's memory limit (default 1GB); beyond it, work spills to a temporary folder."),
     settings: Optional[str] = typer.Option(None, "--settings", help="Settings TOML: \\[report] and the rules' \\[recommend] thresholds (default $GPU_AUDIT_SETTINGS)."),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="Workloads in the terminal summed per job, pod, namespace, user or container."),
+    workloads_csv: Optional[str] = typer.Option(None, "--workloads-csv", help="Write the cost per workload as CSV here (for chargeback spreadsheets)."),
 ) -> int:
     """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
     from gpu_audit.analyze.findings import ReportRequest, build, write_json
     from gpu_audit.report.terminal import render
 
     check_threshold(fail_on, "--fail-on")
+    from gpu_audit.report.terminal import GROUP_BY
+
+    if group_by is not None and group_by not in GROUP_BY:
+        raise GpuAuditError(f"--group-by: expected one of {', '.join(GROUP_BY)}, got {group_by!r}")
     req = ReportRequest(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings)
     with _stage_progress() as step:
         findings = build(req, step)
     if json_out:
         write_json(findings, json_out)
-    render(findings, _console())
+    if workloads_csv:
+        from gpu_audit.report.csv import write_workloads_csv
+
+        write_workloads_csv(findings, workloads_csv)
+    render(findings, _console(), group_by=group_by)
     if json_out:
         _console().print(f"findings: {_e(json_out)}", soft_wrap=True)
     if html or pdf:

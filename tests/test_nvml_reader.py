@@ -11,6 +11,7 @@ def test_kubernetes_pod_and_container_from_cgroup_v2():
         "container_id": "8d3a0f6b2c1e4d5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f",
         "k8s_pod_uid": "3f2c6a1e-9b4d-4e1a-8c2f-0a1b2c3d4e5f",
         "slurm_job_id": None,
+        "user": None, "k8s_namespace": None, "k8s_pod": None,  # no status file; no pod index given
     }
 
 
@@ -20,7 +21,8 @@ def test_slurm_job_from_cgroup_then_environ():
 
 
 def test_unreadable_process_is_all_none():
-    assert proc_owner(999999, str(ASSETS / "proc")) == {"name": None, "container_id": None, "k8s_pod_uid": None, "slurm_job_id": None}
+    assert proc_owner(999999, str(ASSETS / "proc")) == {"name": None, "container_id": None, "k8s_pod_uid": None, "slurm_job_id": None,
+                                                        "user": None, "k8s_namespace": None, "k8s_pod": None}
 
 
 def test_docker_cgroup_v1():

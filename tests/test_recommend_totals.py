@@ -30,6 +30,6 @@ def test_behaviour_is_in_no_total():
 def test_ids_are_stable_and_every_rule_is_registered():
     a, b = {"host": "h", "uuid": "A"}, {"host": "h", "uuid": "B"}
     assert rec("idle", [a, b], 1).id == rec("idle", [b, a], 2).id != rec("mig", [a, b], 1).id
-    assert set(RULES) == {"idle", "right_size", "mig", "consolidation", "batching", "quantization", "token_economics"}
+    assert set(RULES) == {"idle", "right_size", "mig", "consolidation", "batching", "quantization", "token_economics", "workload"}
     for name, fn in RULES.items():
         assert fn(findings([], 24), __import__("gpu_audit.recommend.base", fromlist=["x"]).RecommendSettings()) == []

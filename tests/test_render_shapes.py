@@ -60,6 +60,10 @@ def cases():
         findings([dev("inf", "GPU-t", H100, 3.0, [20] * 24, 70)], 24, [
             served_model("tail", ["inf"], completion_p50=100.0, completion_p99=1000.0, completion_tokens_beyond_p95=200_000.0),
             served_model("rag", ["inf"], prompt_p50=5000.0, completion_p50=100.0, completion_p99=300.0)], API),
+        {**findings([dev("s", "GPU-j", H100, 3.0, [3] * 24, 40)], 24), "workloads": [
+            {"kind": "slurm_job", "id": "4512", "name": "python", "user": "bob", "namespace": None, "gpus": 4, "hosts": ["s"],
+             "gpu_hours": 24.0, "spend_usd": 72.0, "waste_usd": 70.0, "idle_usd": 50.0, "idle_held_hours": 16.0,
+             "mean_util_pct": 3.0, "peak_memory_bytes": 40 * 2**30}]},
         # two models on two hosts, one with only short completions: the routing variant (it crashed the HTML)
         findings([dev("a", "GPU-a", H100, 3.0, [20] * 24, 70), dev("b", "GPU-b", L40S, 1.0, [20] * 24, 20)], 24, [
             served_model("big", ["a"], cost=300.0, completion_p50=40.0, completion_p99=100.0, short_request_share=0.6),
@@ -89,7 +93,7 @@ def base(tmp_path_factory):
 
 def test_every_kind_and_variant_is_made(recs):
     kinds = {r["kind"] for r in recs}
-    assert kinds == {"idle", "right_size", "mig", "consolidation", "batching", "quantization", "token_economics"}
+    assert kinds == {"idle", "right_size", "mig", "consolidation", "batching", "quantization", "token_economics", "workload"}
     assert {r["savings_class"] for r in recs} == {"cash", "capacity", "behaviour"}
     variants = {r["evidence"].get("variant") for r in recs if r["kind"] == "idle"}
     assert variants == {"idle_empty", "idle_memory_held", "schedule"}

@@ -61,7 +61,7 @@ def test_demo_report_renders_with_every_chart_and_exact_headline(browser, demo):
     page, problems, _ = load(browser, demo.html)
     assert problems == []
     charts = page.eval_on_selector_all(".chart", "els => els.map(e => [e.id, e.querySelectorAll('svg.main-svg').length])")
-    assert len(charts) == 6 and all(n > 0 for _, n in charts), charts
+    assert len(charts) == 7 and all(n > 0 for _, n in charts), charts
     f = demo.findings
     fl = f["fleet"]
     expect = {"fleet.spend_usd": fmt_usd(fl["spend_usd"]), "fleet.waste_usd": fmt_usd(fl["waste_usd"]),
@@ -84,7 +84,7 @@ def test_demo_report_renders_with_every_chart_and_exact_headline(browser, demo):
     page.click("#device-table th:nth-child(4)")
     first = page.eval_on_selector("#device-table tbody tr td:nth-child(4)", "e => e.dataset.sort")
     assert float(first) == pytest.approx(max(d["spend_usd"] or -1 for d in f["devices"]))
-    page.fill("input.filter", "mixed-01")
+    page.fill('input.filter[data-table="device-table"]', "mixed-01")
     visible = page.eval_on_selector_all("#device-table tbody tr", "rs => rs.filter(r => r.style.display !== 'none').length")
     assert visible == sum(d["host"] == "mixed-01" for d in f["devices"])
     page.close()
@@ -94,7 +94,7 @@ def test_report_is_self_contained_and_under_15_mb(demo):
     text = open(demo.html, encoding="utf-8").read()
     # plotly.js mentions its CDN as a config default; no element loads anything (the browser test
     # also fails on any request that is not file:, data: or about:).
-    assert text.count("Plotly.newPlot") == 6 and "<script src=" not in text and "<link " not in text
+    assert text.count("Plotly.newPlot") == 7 and "<script src=" not in text and "<link " not in text
     assert os.path.getsize(demo.html) < 15 * 2**20
 
 

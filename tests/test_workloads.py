@@ -86,3 +86,63 @@ def test_mig_instance_workloads_split_by_memory(tmp_path):
     w = by_id(f)
     assert w["h:a"]["spend_usd"] == pytest.approx(3.0 * 3 / 7 * 0.75) and w["h:b"]["spend_usd"] == pytest.approx(3.0 * 3 / 7 * 0.25)
     assert sum(x["spend_usd"] for x in f["workloads"]) == pytest.approx(f["fleet"]["spend_usd"])
+
+
+def test_the_collector_names_users_pods_and_jobs_as_on_a_real_node(tmp_path):
+    """The shipped scenarios name owners; the collector reads them from a fake /proc, kubelet pod
+    folders and passwd made for the run, the way it reads a real node."""
+    from conftest import SCENARIOS, read_table
+    from gpu_audit.collect.run import collect
+
+    store = str(tmp_path / "s")
+    collect(store, interval_s=60, duration_s=3600, simulate=str(SCENARIOS / "mixed-idle.toml"), handle_signals=False)
+    rows = {(r["name"], r["user"], r["k8s_namespace"], r["k8s_pod"]) for r in read_table(store, "processes").to_pylist()}
+    assert ("python3", "alice", None, None) in rows
+    assert ("text-generation-launcher", "root", "inference", "tgi-mistral-7b") in rows
+    f = build(ReportRequest([store], PRICING))
+    w = by_id(f)
+    assert w["inference/tgi-mistral-7b"]["kind"] == "pod" and w["inference/tgi-mistral-7b"]["namespace"] == "inference"
+    assert w["mixed-01:alice:python3"]["user"] == "alice"
+
+
+def test_proc_owner_reads_the_user_and_resolves_the_pod(tmp_path):
+    from gpu_audit.collect.nvml import PodIndex, proc_owner
+
+    proc = tmp_path / "proc" / "7"
+    proc.mkdir(parents=True)
+    (proc / "comm").write_text("vllm\n")
+    (proc / "status").write_text("Name:\tvllm\nUid:\t1001\t1001\t1001\t1001\n")
+    uid = "3f2c6a1e-9b4d-4e1a-8c2f-0a1b2c3d4e5f"
+    (proc / "cgroup").write_text(f"0::/kubepods.slice/kubepods-pod{uid.replace('-', '_')}.slice/cri-containerd-{'a' * 64}.scope\n")
+    (tmp_path / "pods" / f"serving_vllm-0_{uid}").mkdir(parents=True)
+    info = proc_owner(7, str(tmp_path / "proc"), PodIndex(str(tmp_path / "pods")), {1001: "svc"})
+    assert (info["user"], info["k8s_pod_uid"], info["k8s_namespace"], info["k8s_pod"]) == ("svc", uid, "serving", "vllm-0")
+
+
+def test_group_by_csv_and_the_workload_card(run_cli, tmp_path):
+    """Job 4512 (bob) holds 4 GPUs for 6 h at 3 %: the workload card names it and its owner; the CSV
+    has one row per workload; --group-by user sums per user."""
+    import csv
+
+    store = str(tmp_path / "s")
+    write_samples(store, [r for i in range(4) for r in series("n", f"GPU-{i}", H100, 0, 3600, [3] * 6)])
+    w = StoreWriter(store, "n")
+    for i in range(4):
+        for k in range(6):
+            w.add("processes", {"ts": at(3600 * k), "host": "n", "uuid": f"GPU-{i}", "pid": 10 + i, "name": "python",
+                                "used_mem_bytes": 2**30, "slurm_job_id": "4512", "user": "bob"})
+    w.flush()
+    out = tmp_path / "w.csv"
+    code, text, err = run_cli("report", store, "--pricing", PRICING, "--workloads-csv", str(out), "--group-by", "user")
+    assert code == 0, err
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == ["4512", ""] and float(rows[0]["spend_usd"]) == pytest.approx(72.0)
+    assert "Workloads (top 1 of 1 by user)" in text and "bob" in text
+    f = build(ReportRequest([store], PRICING))
+    (card,) = [r for r in f["recommendations"] if r["kind"] == "workload"]
+    assert card["title"].startswith("Slurm job 4512 (bob): 4 GPU(s) x 6.0 h at 3% mean utilization, $72.00")
+    assert card["savings_class"] == "behaviour"
+    idle = [r for r in f["recommendations"] if r["kind"] == "idle"]
+    assert idle and all(r["evidence"]["workloads"] == ["4512"] for r in idle)  # the idle cards name the job
+    code, _, err = run_cli("report", store, "--pricing", PRICING, "--group-by", "team")
+    assert code == 2 and "--group-by" in err

@@ -2,7 +2,8 @@
 that hour (docs/metrics.md "Cost per workload").
 
 A workload is named from a process row, most specific first: its Slurm job id, its Kubernetes pod
-(UID), its container id, else its host and command name. In each (device, clock hour) the workloads present
+(``namespace/name`` where the collector resolved it, else its UID), its container id, else its host,
+Unix user and command name. In each (device, clock hour) the workloads present
 share the device's spend, waste and idle cost by their mean SM share where NVML gives per-process
 utilization on that device-hour, else by the memory they hold, else evenly. A device-hour with no
 process row is "no workload" (idle capacity or work the collector could not see), so the workloads
@@ -25,26 +26,31 @@ from gpu_audit.store.query import read_sql, window_where
 
 KIND_SQL = """CASE WHEN slurm_job_id IS NOT NULL THEN 'slurm_job' WHEN k8s_pod_uid IS NOT NULL THEN 'pod'
                    WHEN container_id IS NOT NULL THEN 'container' ELSE 'process' END"""
-ID_SQL = "coalesce(slurm_job_id, k8s_pod_uid, container_id, host || ':' || coalesce(name, 'pid ' || CAST(pid AS VARCHAR)))"
+ID_SQL = """coalesce(slurm_job_id, CASE WHEN k8s_pod IS NOT NULL THEN coalesce(k8s_namespace, '?') || '/' || k8s_pod END, k8s_pod_uid,
+                     container_id, host || ':' || coalesce(user || ':', '') || coalesce(name, 'pid ' || CAST(pid AS VARCHAR)))"""
+OPTIONAL = ("container_id", "k8s_pod_uid", "slurm_job_id", "user", "k8s_namespace", "k8s_pod")
 
 
-def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, until: Any, dh: pd.DataFrame) -> list[dict[str, Any]]:
+def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, until: Any,
+              dh: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
     """Per workload: its GPUs, GPU-hours, spend, waste, idle cost and hours, mean utilization of its GPUs
-    while present, peak memory; plus one "no workload" entry. Empty without a processes table."""
+    while present, peak memory; plus one "no workload" entry (empty without a processes table). And
+    per device, the workloads seen on it."""
     if not files:
-        return []
+        return [], {}
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {read_sql(files)}").fetchall()}
-    cols = ", ".join(c if c in have else f"CAST(NULL AS VARCHAR) AS {c}" for c in ("container_id", "k8s_pod_uid", "slurm_job_id"))
+    cols = ", ".join(f'"{c}"' if c in have else f'CAST(NULL AS VARCHAR) AS "{c}"' for c in OPTIONAL)
     src = f"(SELECT ts, host, uuid, pid, name, used_mem_bytes, sm_util_pct, {cols} FROM {read_sql(files)})"
     w = con.execute(f"""
         SELECT host, uuid, epoch_us(ts) // 3600000000 AS hour, {KIND_SQL} AS kind, {ID_SQL} AS id, any_value(name) AS name,
+               any_value("user") AS "user", any_value(k8s_namespace) AS namespace,
                avg(sm_util_pct) AS sm, avg(used_mem_bytes) AS mem, max(used_mem_bytes) AS peak
         FROM {src} {window_where(since, until)} GROUP BY ALL
     """).df()
     priced = dh[dh["price"].notna()]
     cost = priced[["host", "uuid", "hour", "spend_usd", "waste_usd", "idle_usd", "gpu_s", "idle_share_dt", "free_dt", "u_dt", "ev_dt"]]
     if w.empty:
-        return [_none(cost)] if len(cost) else []
+        return ([_none(cost)] if len(cost) else []), {}
     w["hour"] = w["hour"].astype("int64")
     key = ["host", "uuid", "hour"]
     g = w.groupby(key)
@@ -63,6 +69,8 @@ def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, unti
         present_ev = part["ev_dt"].sum()
         out.append({
             "kind": kind, "id": wid, "name": part["name"].dropna().iloc[0] if part["name"].notna().any() else None,
+            "user": part["user"].dropna().iloc[0] if part["user"].notna().any() else None,
+            "namespace": part["namespace"].dropna().iloc[0] if part["namespace"].notna().any() else None,
             "gpus": int(part[["host", "uuid"]].drop_duplicates().shape[0]),
             "hosts": sorted(part["host"].unique().tolist()),
             "gpu_hours": float((part["gpu_s"] * sh).sum() / 3600),
@@ -73,15 +81,19 @@ def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, unti
             "mean_util_pct": float(part["u_dt"].sum() / present_ev) if present_ev > 0 else None,
             "peak_memory_bytes": float(part["peak"].max()) if part["peak"].notna().any() else None,
         })
+    # per device, the workloads seen on it (the idle and right-size cards name them)
+    on: dict[tuple[str, str], list[str]] = {}
+    for (h, u), ids in m.groupby(["host", "uuid"])["id"]:
+        on[(h, u)] = sorted(set(ids))
     seen = m[key].drop_duplicates()
     rest = c.merge(seen, on=key, how="left", indicator=True)
     out.sort(key=lambda e: -e["waste_usd"])
-    return out + [_none(rest[rest["_merge"] == "left_only"])]
+    return out + [_none(rest[rest["_merge"] == "left_only"])], on
 
 
 def _none(c: pd.DataFrame) -> dict[str, Any]:
     """Device time with no process: idle capacity, or work the collector could not see."""
-    return {"kind": "none", "id": None, "name": "no workload", "gpus": int(c[["host", "uuid"]].drop_duplicates().shape[0]),
+    return {"kind": "none", "id": None, "name": "no workload", "user": None, "namespace": None, "gpus": int(c[["host", "uuid"]].drop_duplicates().shape[0]),
             "hosts": sorted(c["host"].unique().tolist()), "gpu_hours": float(c["gpu_s"].sum() / 3600),
             "spend_usd": float(c["spend_usd"].sum()), "waste_usd": float(c["waste_usd"].sum()), "idle_usd": float(c["idle_usd"].sum()),
             "idle_held_hours": float((c["idle_share_dt"] + c["free_dt"]).sum() / 3600),

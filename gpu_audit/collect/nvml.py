@@ -308,9 +308,11 @@ def parse_cgroup(text: str) -> dict[str, str | None]:
     }
 
 
-def proc_owner(pid: int, proc_root: str = "/proc") -> dict[str, str | None]:
-    """What /proc says about ``pid``; fields that cannot be read (permissions, gone) are None."""
-    info: dict[str, str | None] = {"name": None, "container_id": None, "k8s_pod_uid": None, "slurm_job_id": None}
+def proc_owner(pid: int, proc_root: str = "/proc", pods: "PodIndex | None" = None, users: "dict[int, str] | None" = None) -> dict[str, str | None]:
+    """What /proc says about ``pid``; fields that cannot be read (permissions, gone) are None: its
+    name, container, pod UID (and, with ``pods``, the pod's namespace and name), Slurm job, Unix user."""
+    info: dict[str, str | None] = {"name": None, "container_id": None, "k8s_pod_uid": None, "slurm_job_id": None,
+                                   "user": None, "k8s_namespace": None, "k8s_pod": None}
     try:
         with open(f"{proc_root}/{pid}/comm") as f:
             info["name"] = f.read().strip() or None
@@ -329,4 +331,64 @@ def proc_owner(pid: int, proc_root: str = "/proc") -> dict[str, str | None]:
                         info["slurm_job_id"] = var.split(b"=", 1)[1].decode() or None
         except OSError:
             pass
+    try:
+        with open(f"{proc_root}/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    uid = int(line.split()[1])
+                    info["user"] = (users or {}).get(uid) or _user_name(uid)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if info["k8s_pod_uid"] and pods is not None:
+        info["k8s_namespace"], info["k8s_pod"] = pods.lookup(info["k8s_pod_uid"])
     return info
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def read_passwd(path: str) -> dict[int, str]:
+    """uid -> name from a passwd file (a fake one for virtual hosts)."""
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split(":")
+                if len(parts) > 2 and parts[2].isdigit():
+                    out[int(parts[2])] = parts[0]
+    except OSError:
+        pass
+    return out
+
+
+class PodIndex:
+    """Pod UID -> (namespace, name), from the kubelet's log folders ``<root>/<namespace>_<pod>_<uid>``:
+    no API server needed. Listed again (at most once a minute) when a UID is not found."""
+
+    def __init__(self, root: str = "/var/log/pods") -> None:
+        self.root = root
+        self._map: dict[str, tuple[str, str]] = {}
+        self._listed = -1e18
+
+    def lookup(self, uid: str) -> tuple[str | None, str | None]:
+        import os
+        import time
+
+        if uid not in self._map and time.monotonic() - self._listed > 60:
+            self._listed = time.monotonic()
+            try:
+                for name in os.listdir(self.root):
+                    parts = name.rsplit("_", 1)
+                    if len(parts) == 2 and "_" in parts[0]:
+                        ns, pod = parts[0].split("_", 1)
+                        self._map[parts[1]] = (ns, pod)
+            except OSError:
+                pass
+        return self._map.get(uid, (None, None))

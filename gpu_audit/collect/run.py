@@ -45,6 +45,16 @@ def _virtual(simulate: str, realtime: bool, duration_s: float | None, interval_s
     return scenario, clock, driver
 
 
+def _owner_roots(scenario: Any) -> dict[str, Any]:
+    """A virtual host whose scenario names owners gets a fake /proc and pod folders to read them from."""
+    if scenario is None:
+        return {}
+    from gpu_audit.collect.virtual.owners import fake_roots
+
+    roots = fake_roots(scenario.devices)
+    return {"read_proc": True, **roots} if roots else {}
+
+
 def collect(
     out: str,
     host: str | None = None,
@@ -89,8 +99,8 @@ def collect(
         interval_s=interval_s, duration_s=duration_s,
         # A virtual day flushed every minute would be 1,440 tiny files per table: flush hourly there.
         flush_every_s=flush_every_s or (3600.0 if clock.virtual else 60.0),
-        processes=processes, source="virtual" if scenario else "nvml", read_proc=scenario is None,
-        scrape=tuple(scrape),
+        processes=processes, source="virtual" if scenario else "nvml",
+        scrape=tuple(scrape), **{"read_proc": scenario is None, **_owner_roots(scenario)},
     )
     from gpu_audit.store.lock import CollectorLock
 

@@ -28,7 +28,10 @@ class CollectSettings:
     flush_every_s: float = 60.0
     processes: bool = True
     source: str = "nvml"
-    read_proc: bool = True  # read /proc/PID for owners (off for virtual hosts: their PIDs are fake)
+    read_proc: bool = True  # read /proc/PID for owners (virtual hosts: a fake /proc made for the run)
+    proc_root: str = "/proc"
+    pods_root: str = "/var/log/pods"
+    passwd: str | None = None  # uid -> name from this file (default: the host's own, through pwd)
     scrape: tuple[str, ...] = ()  # inference-engine /metrics URLs
 
 
@@ -67,6 +70,8 @@ class Sampler:
         self.flush_requested = False
         self._last: dict[str, float] = {}  # uuid -> ts of its previous sample in this run
         self._energy: dict[str, int] = {}  # uuid -> its energy counter at its previous sample
+        self._pods: Any = None  # PodIndex, made on the first process
+        self._users: dict[int, str] = {}
         self._first_seen: dict[str, float] = {}
         self._names: dict[int, str | None] = {}
         self._owners: dict[int, dict[str, Any]] = {}
@@ -151,7 +156,12 @@ class Sampler:
     def _owner(self, pid: int) -> dict[str, Any]:
         """Name and owner of a process, looked up once per pid per run."""
         if pid not in self._owners:
-            info = proc_owner(pid) if self.s.read_proc else {}
+            if self._pods is None:
+                from gpu_audit.collect.nvml import PodIndex, read_passwd
+
+                self._pods = PodIndex(self.s.pods_root)
+                self._users = read_passwd(self.s.passwd) if self.s.passwd else {}
+            info = proc_owner(pid, self.s.proc_root, self._pods, self._users) if self.s.read_proc else {}
             if not info.get("name"):
                 info["name"] = self.nvml.process_name(pid)
             self._owners[pid] = info

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from gpu_audit.recommend import idle, serving, sizing
+from gpu_audit.recommend import idle, serving, sizing, workload
 from gpu_audit.recommend.base import Recommendation, RecommendSettings
 
 Rule = Callable[[dict[str, Any], RecommendSettings], list[Recommendation]]
@@ -21,6 +21,7 @@ RULES: dict[str, Rule] = {
     "batching": serving.batching,
     "quantization": serving.quantization,
     "token_economics": serving.token_economics,
+    "workload": workload.rule,
 }
 
 

@@ -65,6 +65,8 @@ class RecommendSettings:
     long_prompt_ratio: float = 10.0  # median prompt / median completion above this: prefix caching
     cached_prompt_share_pct: float = 50.0  # prompts already served this much from a cache: no prefix-caching advice
     short_request_tokens: int = 64
+    workload_max_util_pct: float = 10.0  # a job or pod whose GPUs average below this while it holds them ...
+    workload_min_gpu_hours: float = 4.0  # ... for at least this many GPU-hours: ask its owner
     # catalog key -> ($/GPU-hour, provider), from the pricing file or the catalog; right_size compares a
     # device only with GPUs priced by the same provider (no AWS list price against a neocloud's).
     gpu_prices: dict[str, tuple[float, str]] = field(default_factory=dict)

@@ -75,6 +75,8 @@ def classify(findings: dict[str, Any], recs: list[Recommendation]) -> list[Recom
         devs = [devices[(t["host"], t["uuid"])] for t in r.targets if (t.get("host"), t.get("uuid")) in devices]
         level, why = confidence(findings, devs)
         r = _with_energy(findings, r, devs)
+        if r.kind in ("idle", "right_size", "consolidation") and any(d.get("workloads") for d in devs):
+            r = replace(r, evidence={**r.evidence, "workloads": sorted({w for d in devs for w in d.get("workloads") or []})})
         if LEVELS.index(r.confidence) < LEVELS.index(level):
             level, why = r.confidence, why + f"; the {r.kind} rule rates this {r.confidence}"
         ev = dict(r.evidence)

@@ -121,6 +121,13 @@ def build_sections(f: dict[str, Any], charts: dict[str, str]) -> list[Section]:
                    "GPU board energy (NVML's or DCGM's energy counter, else power × time); $ and CO2e with the pricing "
                    "file's [energy], × PUE. Energy $ is shown beside spend, never added to it.")]
           if f["fleet"].get("energy_kwh") is not None else []),
+        *([Section("workloads", "Who is using the GPUs", [
+            chart("workloads", "Top workloads by waste"),
+            Block("workloads", data={"workloads": f["workloads"],
+                                     "jobs": [w for w in f["workloads"] if w["kind"] == "slurm_job"][:20]})],
+                   "Each device-hour's cost split among the workloads whose processes were on the GPU (by SM share, else "
+                   "memory held, else evenly); device time with no process is \"no workload\". Click a column to sort; "
+                   "type to filter.")] if f.get("workloads") else []),
         Section("devices", "Devices", [device_table(f)], "Click a column to sort; type to filter."),
         Section("method", "How these numbers are computed", [definitions(f)]),
         Section("quality", "Data quality", [data_quality(f)]),

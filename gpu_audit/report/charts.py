@@ -149,4 +149,19 @@ def energy(f: dict[str, Any]) -> str | None:
     return fragment(fig, "chart-energy", height=320)
 
 
-CHARTS = {"heatmap": heatmap, "distribution": distribution, "memory": memory, "spend": spend, "tokens": tokens, "energy": energy}
+def workloads(f: dict[str, Any]) -> str | None:
+    """The top workloads by waste: spend split into waste and the rest."""
+    wl = [w for w in f.get("workloads") or [] if w["kind"] != "none"][:15]
+    if not wl:
+        return None
+    names = [_label(w["name"] if w["kind"] == "process" else str(w["id"])) for w in wl]
+    fig = go.Figure([go.Bar(y=names, x=[w["waste_usd"] for w in wl], name="waste", orientation="h", marker_color=COLORS["idle"]),
+                     go.Bar(y=names, x=[w["spend_usd"] - w["waste_usd"] for w in wl], name="productive", orientation="h",
+                            marker_color=COLORS["productive"])])
+    fig.update_layout(barmode="stack", legend=dict(orientation="h"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title="USD in the window")
+    return fragment(fig, "chart-workloads", height=max(240, 24 * len(wl) + 90))
+
+
+CHARTS = {"heatmap": heatmap, "distribution": distribution, "memory": memory, "spend": spend, "tokens": tokens, "energy": energy, "workloads": workloads}

@@ -20,7 +20,32 @@ def clean(text: Any) -> str:
     return escape(printable(str(text)))
 
 
-def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
+GROUP_BY = {"job": lambda w: w["id"] if w["kind"] == "slurm_job" else None, "pod": lambda w: w["id"] if w["kind"] == "pod" else None,
+            "namespace": lambda w: w.get("namespace"), "user": lambda w: w.get("user"),
+            "container": lambda w: w["id"] if w["kind"] == "container" else None}
+
+
+def group_workloads(wl: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Workloads summed per job, pod, namespace, user or container (those without one: "(none)")."""
+    key = GROUP_BY[by]
+    out: dict[str, dict[str, Any]] = {}
+    for w in wl:
+        k = key(w) or "(none)"
+        e = out.setdefault(k, {"label": k, "kind": by, "gpus": 0, "gpu_hours": 0.0, "spend_usd": 0.0, "waste_usd": 0.0,
+                               "idle_held_hours": 0.0, "_u": 0.0, "_h": 0.0})
+        e["gpus"] += w["gpus"]
+        for c in ("gpu_hours", "spend_usd", "waste_usd", "idle_held_hours"):
+            e[c] += w[c]
+        if w.get("mean_util_pct") is not None:
+            e["_u"] += w["mean_util_pct"] * w["gpu_hours"]
+            e["_h"] += w["gpu_hours"]
+    for e in out.values():
+        e["mean_util_pct"] = e.pop("_u") / e["_h"] if e["_h"] else None
+        e.pop("_h")
+    return sorted(out.values(), key=lambda e: -e["waste_usd"])
+
+
+def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | None = None) -> None:
     fl = f["fleet"]
     w = f["window"]
     console.print(f"[bold]gpu-audit report[/]  {w['start']} -> {w['end']} ({w['hours']:.1f} h)  "
@@ -83,11 +108,14 @@ def render(f: dict[str, Any], console: Console, top: int = 10) -> None:
         console.print(f"unattributed GPU cost (hosts without tokens): {fmt_usd(fl['unattributed_usd'])}")
     wl = [w for w in f.get("workloads") or [] if w["kind"] != "none"]
     if wl:
-        t = Table("workload", "kind", "GPUs", "GPU-hours", "spend", "waste", "idle held", "mean util", title=f"Workloads (top {min(top, len(wl))} "
-                  f"of {len(wl)} by waste; processes seen on the GPUs)", title_justify="left")
-        for w in wl[:top]:
-            t.add_row(clean(w["name"] if w["kind"] == "process" else w["id"]), w["kind"], str(w["gpus"]), fmt_num(w["gpu_hours"], 1),
-                      fmt_usd(w["spend_usd"]), fmt_usd(w["waste_usd"]), f"{w['idle_held_hours']:.1f} h", fmt_pct(w["mean_util_pct"]))
+        rows = group_workloads(wl, group_by) if group_by else wl
+        what = f"by {group_by}" if group_by else "by waste; processes seen on the GPUs"
+        t = Table(group_by or "workload", "kind", "GPUs", "GPU-hours", "spend", "waste", "idle held", "mean util",
+                  title=f"Workloads (top {min(top, len(rows))} of {len(rows)} {what})", title_justify="left")
+        for w in rows[:top]:
+            t.add_row(clean(w["label"] if "label" in w else w["name"] if w["kind"] == "process" else w["id"]), w["kind"], str(w["gpus"]),
+                      fmt_num(w["gpu_hours"], 1), fmt_usd(w["spend_usd"]), fmt_usd(w["waste_usd"]), f"{w['idle_held_hours']:.1f} h",
+                      fmt_pct(w["mean_util_pct"]))
         console.print(t)
     q = f["data_quality"]
     for d in q["unpriced_devices"]:

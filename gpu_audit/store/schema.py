@@ -8,6 +8,7 @@ there.
 History:
 - 1: first version.
 - 2: rollups keep k8s_namespace (older files read it as null).
+- 5: processes keep the Unix user and the pod's namespace and name (older files read them as null).
 - 4: samples keep the energy counter (energy_mj) and the energy each sample stands for (energy_j);
   rollups keep energy_j and idle_energy_j (older files read them as null: energy from power x dt).
 - 3: rollups keep blind_dt_s, the time of a GPU in MIG mode whose source showed no instances (older
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 TS = pa.timestamp("us", tz="UTC")
 
 SAMPLES = pa.schema(
@@ -70,6 +71,9 @@ PROCESSES = pa.schema(
         ("container_id", pa.string()),
         ("k8s_pod_uid", pa.string()),
         ("slurm_job_id", pa.string()),
+        ("user", pa.string()),  # the process's Unix user (uid -> name on the host), schema version 5
+        ("k8s_namespace", pa.string()),  # the pod's namespace and name, resolved on the node (/var/log/pods)
+        ("k8s_pod", pa.string()),
     ]
 )
 

@@ -93,6 +93,10 @@ class Workload:
     model: str | None = None  # served model name (token logs, engines)
     tokens_per_s: float = 0.0  # output tokens/s at 100% util
     prompt_ratio: float = 3.0  # prompt tokens per output token
+    # Who runs it (the collector reads these from a fake /proc and /var/log/pods made for the run):
+    user: str | None = None  # the Unix user of its process
+    slurm_job: str | None = None  # a Slurm job id
+    pod: str | None = None  # a Kubernetes pod, "namespace/name"
 
     def active(self, t: float) -> bool:
         if self.hours is None:
@@ -260,6 +264,9 @@ def _workload(raw: Any, path: str, where: str) -> Workload:
         if not (isinstance(h, list) and len(h) == 2 and all(isinstance(x, (int, float)) for x in h)):
             raise _err(path, f"{where}.hours", "expected [start_hour, end_hour]")
         kw["hours"] = (float(h[0]), float(h[1]))
+    for k in ("user", "slurm_job", "pod", "process", "model"):
+        if k in kw and not isinstance(kw[k], str):
+            raise _err(path, f"{where}.{k}", f"expected a string, got {kw[k]!r}")
     for k, v in kw.items():
         default = getattr(Workload, k, None)
         if isinstance(default, float) and not isinstance(v, (int, float)):
