@@ -98,7 +98,9 @@ def write_parquet_atomic(table: pa.Table, path: str) -> None:
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.tmp")
     # Dictionary encoding for every column but the timestamp (delta-encoded): NVML values repeat.
-    dictionary = [f.name for f in table.schema if f.name != "ts"]
+    # Monotonic counters (ts, the energy counter) are delta-encoded, everything else dictionary-encoded.
+    delta = [c for c in ("ts", "energy_mj") if c in table.column_names]
+    dictionary = [f.name for f in table.schema if f.name not in delta]
     try:
         os.makedirs(folder, exist_ok=True)
         pq.write_table(
@@ -107,7 +109,7 @@ def write_parquet_atomic(table: pa.Table, path: str) -> None:
             compression="zstd",
             compression_level=9,
             use_dictionary=dictionary,
-            column_encoding={"ts": "DELTA_BINARY_PACKED"} if "ts" in table.column_names else None,
+            column_encoding={c: "DELTA_BINARY_PACKED" for c in delta} or None,
             write_statistics=True,
         )
         fd = os.open(tmp, os.O_RDONLY)
