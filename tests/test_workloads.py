@@ -146,3 +146,17 @@ def test_group_by_csv_and_the_workload_card(run_cli, tmp_path):
     assert idle and all(r["evidence"]["workloads"] == ["4512"] for r in idle)  # the idle cards name the job
     code, _, err = run_cli("report", store, "--pricing", PRICING, "--group-by", "team")
     assert code == 2 and "--group-by" in err
+
+
+def test_dcgm_pod_labels_map_to_the_same_pod_identity(tmp_path):
+    """A DCGM-imported GPU whose samples name pod serving/vllm-0 for the first half hour and
+    batch/etl-1 for the second: $1.50 each, the same namespace/name identity the collector gives."""
+    store = str(tmp_path / "s")
+    rows = series("k8s", "GPU-d", H100, 0, 600, [50] * 6, source="dcgm")
+    for k, r in enumerate(rows):
+        r["k8s_namespace"], r["k8s_pod"] = ("serving", "vllm-0") if k < 3 else ("batch", "etl-1")
+    write_samples(store, rows)
+    f = build(ReportRequest([store], PRICING))
+    w = by_id(f)
+    assert w["serving/vllm-0"]["kind"] == "pod" and w["serving/vllm-0"]["spend_usd"] == pytest.approx(1.5)
+    assert w["batch/etl-1"]["namespace"] == "batch" and w["batch/etl-1"]["spend_usd"] == pytest.approx(1.5)

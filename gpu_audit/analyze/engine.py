@@ -564,7 +564,7 @@ def _models_stage(r: _Run) -> None:
     ns_costs = namespaces(con, r.sc.rows, r.rfiles, r.w, r.devices)
     from gpu_audit.analyze.workloads import workloads
 
-    by_workload, on_device = workloads(con, table_files(r.roots, "processes", s.since, s.until), s.since, s.until, dh)
+    by_workload, on_device = workloads(con, table_files(r.roots, "processes", s.since, s.until), s.since, s.until, dh, r.sc.rows)
     for d in r.devices:
         d["workloads"] = on_device.get((d["host"], d["uuid"]), [])
     procs = top_processes(con, r.roots, s)

@@ -38,6 +38,7 @@ class ApiPrice:
     output_per_1m: float
     as_of: str | None
     source: str | None
+    cached_input_per_1m: float | None = None  # the API's price for prompt tokens it serves from its cache
 
 
 UNITS = ("gpu", "node")
@@ -152,8 +153,12 @@ def load_pricing(path: str | None) -> Pricing:
             v = spec.get(k)
             if not _price_ok(v, 1e6):
                 raise bad(model, f"[api.{model!r}] {k}: expected $ per 1M tokens (a finite number from 0 to 1,000,000), got {v!r}")
+        cached = spec.get("cached_input_per_1m")
+        if cached is not None and not _price_ok(cached, 1e6):
+            raise bad(model, f"[api.{model!r}] cached_input_per_1m: expected $ per 1M tokens (a finite number from 0 to 1,000,000), got {cached!r}")
         p.api[model] = ApiPrice(model, float(spec["input_per_1m"]), float(spec["output_per_1m"]),
-                                str(spec["as_of"]) if "as_of" in spec else None, spec.get("source"))
+                                str(spec["as_of"]) if "as_of" in spec else None, spec.get("source"),
+                                float(cached) if cached is not None else None)
     billing = raw.get("billing", {})
     if not isinstance(billing, dict):
         raise bad("billing", "[billing] must be a table (unit, commitment, and [billing.host.\"PATTERN\"])")

@@ -32,21 +32,56 @@ OPTIONAL = ("container_id", "k8s_pod_uid", "slurm_job_id", "user", "k8s_namespac
 
 
 def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, until: Any,
-              dh: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
+              dh: pd.DataFrame, rows: str | None = None) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
     """Per workload: its GPUs, GPU-hours, spend, waste, idle cost and hours, mean utilization of its GPUs
     while present, peak memory; plus one "no workload" entry (empty without a processes table). And
     per device, the workloads seen on it."""
-    if not files:
+    pods = _dcgm_pods(con, rows)
+    if not files and pods.empty:
         return [], {}
+    if not files:
+        w = pods
+    else:
+        w = _process_rows(con, files, since, until)
+        if not pods.empty:  # DCGM pod labels speak for the device-hours without process rows
+            seen = w[["host", "uuid", "hour"]].drop_duplicates().assign(_p=True)
+            extra = pods.merge(seen, on=["host", "uuid", "hour"], how="left")
+            w = pd.concat([w, extra[extra["_p"].isna()].drop(columns=["_p"])], ignore_index=True)
+    return _split(w, dh)
+
+
+def _dcgm_pods(con: duckdb.DuckDBPyConnection, rows: str | None) -> pd.DataFrame:
+    """Device-hours whose samples carry Kubernetes pod labels (dcgm-exporter), as workload rows weighted
+    by the time each pod was on the device (the same identity, ``namespace/pod``, as the collector's)."""
+    if rows is None:
+        return pd.DataFrame()
+    return con.execute(f"""
+        SELECT host, uuid, hour, 'pod' AS kind, coalesce(k8s_namespace, '?') || '/' || k8s_pod AS id, k8s_pod AS name,
+               CAST(NULL AS VARCHAR) AS "user", any_value(k8s_namespace) AS namespace, sum(dt) AS sm, CAST(NULL AS DOUBLE) AS mem,
+               max(mem_used_bytes) AS peak
+        FROM ({rows}) WHERE k8s_pod IS NOT NULL GROUP BY ALL
+    """).df() if _has_pods(con, rows) else pd.DataFrame()
+
+
+def _has_pods(con: duckdb.DuckDBPyConnection, rows: str) -> bool:
+    return bool(con.execute(f"SELECT EXISTS (SELECT 1 FROM ({rows}) WHERE k8s_pod IS NOT NULL)").fetchall()[0][0])
+
+
+def _process_rows(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, until: Any) -> pd.DataFrame:
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {read_sql(files)}").fetchall()}
     cols = ", ".join(f'"{c}"' if c in have else f'CAST(NULL AS VARCHAR) AS "{c}"' for c in OPTIONAL)
     src = f"(SELECT ts, host, uuid, pid, name, used_mem_bytes, sm_util_pct, {cols} FROM {read_sql(files)})"
-    w = con.execute(f"""
+    return con.execute(f"""
         SELECT host, uuid, epoch_us(ts) // 3600000000 AS hour, {KIND_SQL} AS kind, {ID_SQL} AS id, any_value(name) AS name,
                any_value("user") AS "user", any_value(k8s_namespace) AS namespace,
                avg(sm_util_pct) AS sm, avg(used_mem_bytes) AS mem, max(used_mem_bytes) AS peak
         FROM {src} {window_where(since, until)} GROUP BY ALL
     """).df()
+
+
+def _split(w: pd.DataFrame, dh: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
+    """Each device-hour's cost split among the workload rows of that device-hour (``sm`` weights, else
+    ``mem``, else evenly)."""
     priced = dh[dh["price"].notna()]
     cost = priced[["host", "uuid", "hour", "spend_usd", "waste_usd", "idle_usd", "gpu_s", "idle_share_dt", "free_dt", "u_dt", "ev_dt"]]
     if w.empty:
@@ -87,7 +122,7 @@ def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, unti
         on[(h, u)] = sorted(set(ids))
     seen = m[key].drop_duplicates()
     rest = c.merge(seen, on=key, how="left", indicator=True)
-    out.sort(key=lambda e: -e["waste_usd"])
+    out.sort(key=lambda e: (-round(e["waste_usd"], 9), e["kind"], str(e["id"])))  # ties in a stable order
     return out + [_none(rest[rest["_merge"] == "left_only"])], on
 
 

@@ -18,6 +18,8 @@ from typing import Any, Callable
 from gpu_audit.collect.nvml import Device, DeviceError, Nvml, proc_owner
 from gpu_audit.store.writer import StoreWriter
 
+MAX_PROCESS_NAME = 200  # characters of a process name kept in the store
+
 
 @dataclass
 class CollectSettings:
@@ -173,6 +175,9 @@ class Sampler:
             info = proc_owner(pid, self.s.proc_root, self._pods, self._users) if self.s.read_proc else {}
             if not info.get("name"):
                 info["name"] = self.nvml.process_name(pid)
+            name = info.get("name")
+            if name and len(name) > MAX_PROCESS_NAME:  # a whole command line as a name: cut, marked
+                info["name"] = name[:MAX_PROCESS_NAME] + "…[cut]"
             self._owners[pid] = info
         return self._owners[pid]
 

@@ -217,6 +217,15 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
     return out
 
 
+def api_cost_usd(api: dict[str, Any], m: dict[str, Any]) -> float:
+    """What the model's tokens would cost at an API's prices: prompt and completion tokens both, and the
+    prompt tokens the logs say were cached at the API's cached-input price where it has one (measured
+    cache hits, not assumed)."""
+    cached = min(m.get("cached_tokens") or 0, m["prompt_tokens"]) if api.get("cached_input_per_1m") is not None else 0
+    return ((m["prompt_tokens"] - cached) * api["input_per_1m"] + cached * (api.get("cached_input_per_1m") or 0)
+            + m["completion_tokens"] * api["output_per_1m"]) / 1e6
+
+
 def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]:
     out = []
     # The model's own GPUs (gpu_uuid in its logs, else its hosts' GPUs doing work), observed enough to scale.
@@ -234,8 +243,7 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
             evidence_base[f"cost_per_1m_output_tokens_at_{s.target_util_for_token_cost_pct:.0f}pct_util"] = (
                 m["cost_per_1m_output_tokens"] * util / s.target_util_for_token_cost_pct)
         # The cheapest reference API for this model's own token mix (one recommendation, not one per API).
-        apis = [(api, (m["prompt_tokens"] * api["input_per_1m"] + m["completion_tokens"] * api["output_per_1m"]) / 1e6)
-                for api in findings.get("api_prices", [])]
+        apis = [(api, api_cost_usd(api, m)) for api in findings.get("api_prices", [])]
         for api, api_cost in sorted(apis, key=lambda x: x[1])[:1]:
             if api_cost <= 0 or m["cost_usd"] <= api_cost:
                 continue

@@ -154,7 +154,7 @@ def workloads(f: dict[str, Any]) -> str | None:
     wl = [w for w in f.get("workloads") or [] if w["kind"] != "none"][:15]
     if not wl:
         return None
-    names = [_label(w["name"] if w["kind"] == "process" else str(w["id"])) for w in wl]
+    names = [_label(str(w["id"])) for w in wl]
     fig = go.Figure([go.Bar(y=names, x=[w["waste_usd"] for w in wl], name="waste", orientation="h", marker_color=COLORS["idle"]),
                      go.Bar(y=names, x=[w["spend_usd"] - w["waste_usd"] for w in wl], name="productive", orientation="h",
                             marker_color=COLORS["productive"])])

@@ -42,7 +42,7 @@ def group_workloads(wl: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
     for e in out.values():
         e["mean_util_pct"] = e.pop("_u") / e["_h"] if e["_h"] else None
         e.pop("_h")
-    return sorted(out.values(), key=lambda e: -e["waste_usd"])
+    return sorted(out.values(), key=lambda e: (-e["waste_usd"], e["label"]))
 
 
 def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | None = None) -> None:
@@ -113,7 +113,7 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
         t = Table(group_by or "workload", "kind", "GPUs", "GPU-hours", "spend", "waste", "idle held", "mean util",
                   title=f"Workloads (top {min(top, len(rows))} of {len(rows)} {what})", title_justify="left")
         for w in rows[:top]:
-            t.add_row(clean(w["label"] if "label" in w else w["name"] if w["kind"] == "process" else w["id"]), w["kind"], str(w["gpus"]),
+            t.add_row(clean(w["label"] if "label" in w else w["id"]), w["kind"], str(w["gpus"]),
                       fmt_num(w["gpu_hours"], 1), fmt_usd(w["spend_usd"]), fmt_usd(w["waste_usd"]), f"{w['idle_held_hours']:.1f} h",
                       fmt_pct(w["mean_util_pct"]))
         console.print(t)

@@ -150,7 +150,7 @@ def samples_sql(src: str, since: datetime | None = None, until: datetime | None 
              CASE WHEN bad THEN NULL WHEN util_gpu_pct IS NOT NULL THEN 1 WHEN gr_engine_active_pct IS NOT NULL THEN 2
                   WHEN sm_active_pct IS NOT NULL THEN 3 END AS metric,
              CASE WHEN NOT bad THEN CAST(sm_active_pct AS DOUBLE) END AS sm,
-             mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error, k8s_namespace,
+             mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error, k8s_namespace, k8s_pod,
              CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END AS energy_j,
              -- the energy this sample stands for: the counter's delta, else power x dt (a bad row's dt is 0)
              coalesce(CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END,
@@ -171,7 +171,7 @@ class Cleaned:
 
 
 ROW_COLUMNS = ("parent_uuid", "name", "mig_profile", "mig_mode", "source", "file_index", "hour", "bad", "dt", "w", "u", "metric",
-               "sm", "mem_used_bytes", "mem_total_bytes", "has_error", "k8s_namespace", "total_slices", "slices", "energy_j", "e_j")
+               "sm", "mem_used_bytes", "mem_total_bytes", "has_error", "k8s_namespace", "k8s_pod", "total_slices", "slices", "energy_j", "e_j")
 
 
 def _hours_table(con: duckdb.DuckDBPyConnection, name: str, hours: list[tuple[str, str, int]]) -> None:
