@@ -122,3 +122,17 @@ def test_consolidation_on_node_billing_says_whether_it_empties_a_node():
     out = recommend(findings([a, b], 24), RecommendSettings(gpu_prices={}))
     (r,) = [r for r in out["recommendations"] if r["kind"] == "consolidation"]
     assert r["savings_class"] == "cash" and r["evidence"]["node_plan"].startswith("empties whole node(s) n1")
+
+
+def test_a_node_is_cash_only_in_the_hours_all_its_gpus_idle_together():
+    """Two GPUs of a node billed per node: A idles hours 0-9, B hours 5-14. Both have release
+    recommendations, but the node is empty only in hours 5-9: half of each GPU's 10 idle hours. Each
+    card is cash for half its saving ($304.17) and capacity for the other half."""
+    a = dev("n", "GPU-a", [0] * 10 + [50] * 14, NODE)
+    b = dev("n", "GPU-b", [50] * 5 + [0] * 10 + [50] * 9, NODE)
+    out = recommend(findings([a, b], 24), S)
+    idle = [r for r in out["recommendations"] if r["kind"] == "idle"]
+    assert len(idle) == 2 and all(r["savings_class"] == "cash" for r in idle)
+    assert all(r["monthly_savings_usd"] == pytest.approx(MONTH / 2) for r in idle)
+    assert all(r["evidence"]["capacity_part_monthly_usd"] == pytest.approx(MONTH / 2) for r in idle)
+    assert out["potential_monthly_savings_usd"] == pytest.approx(MONTH)

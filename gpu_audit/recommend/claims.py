@@ -20,12 +20,11 @@ total.
 
 from __future__ import annotations
 
-from gpu_audit.fmt import short_id
-
 from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
+from gpu_audit.fmt import short_id
 from gpu_audit.recommend.base import HOURS_PER_MONTH, Recommendation
 
 LEVELS = ("low", "medium", "high")
@@ -66,10 +65,13 @@ def classify(findings: dict[str, Any], recs: list[Recommendation]) -> list[Recom
     devices = {(d["host"], d["uuid"]): d for d in findings["devices"]}
     nodes = node_gpus(findings)
     released: dict[str, set[str]] = defaultdict(set)  # per host, GPUs that specific release recommendations free
+    share = 0.9
     for r in recs:
         if r.kind == "idle" and r.evidence.get("variant") in RELEASE_VARIANTS:
+            share = r.settings.get("idle_hour_share", share)
             for t in r.targets:
                 released[t["host"]].add(t["uuid"])
+    together = _idle_together(findings, nodes, released, share)
     out = []
     for r in recs:
         devs = [devices[(t["host"], t["uuid"])] for t in r.targets if (t.get("host"), t.get("uuid")) in devices]
@@ -83,7 +85,7 @@ def classify(findings: dict[str, Any], recs: list[Recommendation]) -> list[Recom
         if r.savings_class != "cash" or not devs:
             out.append(replace(r, confidence=level, evidence={**ev, "confidence_why": why}))
             continue
-        cash_frac, notes = _cash_fraction(r, devs, nodes, released)
+        cash_frac, notes = _cash_fraction(r, devs, nodes, together)
         total = r.monthly_savings_usd
         cash, capacity = total * cash_frac, total * (1 - cash_frac)
         if cash_frac > 0 and capacity > 1e-9:
@@ -114,7 +116,7 @@ def _with_energy(findings: dict[str, Any], r: Recommendation, devs: list[dict[st
     if r.kind == "idle":
         kwh = sum(d.get("idle_energy_kwh") or 0.0 for d in devs)
     elif r.kind == "consolidation":
-        power_kw = min((d["energy_kwh"] / d["gpu_hours"]) for d in devs if d.get("gpu_hours"))
+        power_kw = min((d["energy_kwh"] / d["gpu_hours"] for d in devs if d.get("gpu_hours")), default=0.0)
         kwh = _freed(r, len(devs)) * power_kw * hours
     else:
         cur, new = find_model(devs[0].get("name") or ""), model_by_key(r.evidence.get("proposed") or "")
@@ -128,22 +130,46 @@ def _with_energy(findings: dict[str, Any], r: Recommendation, devs: list[dict[st
     return replace(r, evidence=ev)
 
 
+def _idle_together(findings: dict[str, Any], nodes: dict[str, set[str]], released: dict[str, set[str]],
+                   share: float) -> dict[tuple[str, str], float]:
+    """For node-billed hosts whose every GPU has a release recommendation: per GPU, the share of its
+    idle hours in which every GPU of the node was idle at once. Only those hours empty the node (one
+    GPU idle at night and another by day never free the node together)."""
+    from gpu_audit.recommend.base import hourly
+
+    out: dict[tuple[str, str], float] = {}
+    devices = {(d["host"], d["uuid"]): d for d in findings["devices"]}
+    series = None
+    for host, gpus in nodes.items():
+        d0 = devices.get((host, next(iter(gpus))))
+        if not gpus or not gpus <= released[host] or d0 is None or _billing(d0)["unit"] != "node":
+            continue
+        series = series or hourly(findings)
+        idle = {u: {r["h"] for r in series.get((host, u), []) if r["covered_s"] and r["idle_s"] is not None
+                    and r["idle_s"] >= share * r["covered_s"]} for u in gpus}
+        common = set.intersection(*idle.values())
+        for u, hours in idle.items():
+            out[(host, u)] = len(common & hours) / len(hours) if hours else 0.0
+    return out
+
+
 def _cash_fraction(r: Recommendation, devs: list[dict[str, Any]], nodes: dict[str, set[str]],
-                   released: dict[str, set[str]]) -> tuple[float, dict[str, Any]]:
+                   together: dict[tuple[str, str], float]) -> tuple[float, dict[str, Any]]:
     """The share of a recommendation's saving that shrinks a bill, and what decided it."""
     notes: dict[str, Any] = {"mig": [], "committed": [], "node_partial": [], "node_emptied": [], "cash_devices": []}
     if r.kind in SPECIFIC:
-        cashable = 0
+        cashable = 0.0
         for d in devs:
             b = _billing(d)
+            frac = together.get((d["host"], d["uuid"]), 0.0) if r.kind == "idle" else 0.0
             if d.get("parent_uuid"):
                 notes["mig"].append(d)
             elif b["commitment"] != "on-demand":
                 notes["committed"].append(d)
-            elif b["unit"] == "node" and not (r.kind == "idle" and nodes[d["host"]] <= released[d["host"]]):
+            elif b["unit"] == "node" and frac <= 0:
                 notes["node_partial"].append(d)
             else:
-                cashable += 1
+                cashable += frac if b["unit"] == "node" else 1.0
                 notes["cash_devices"].append(d)
                 if b["unit"] == "node":
                     notes["node_emptied"].append(d)
@@ -205,7 +231,8 @@ def _fit_action(r: Recommendation, devs: list[dict[str, Any]], nodes: dict[str, 
         parts.append(f"{host}'s GPUs are {commitment}: the freed GPU time is capacity for other work; the bill does not shrink.")
     if notes.get("node_emptied") and r.kind in SPECIFIC:
         hosts = sorted({d["host"] for d in notes["node_emptied"]})
-        parts.append(f"Every GPU of {', '.join(hosts)} (billed per node) is freed by these recommendations together: release the node.")
+        parts.append(f"Every GPU of {', '.join(hosts)} (billed per node) is idle at once in some of these hours: release the node "
+                     "then (only the hours when all its GPUs idle together are cash; the rest is capacity).")
     return " ".join(parts)
 
 
