@@ -21,6 +21,14 @@ os.environ.setdefault("GPU_AUDIT_DEMO_START", "2026-11-28T00:00:00Z")
 os.environ["GPU_AUDIT_STRICT_TEMPLATES"] = "1"
 
 
+def fixed_start(name: str, tmp_path: Path, start: str = "2026-11-28T00:00:00Z") -> str:
+    """A copy of a shipped scenario with a fixed start, so that a test's fleet is the same at any hour."""
+    text = (SCENARIOS / name).read_text().replace("[host]\n", f'[host]\nstart = "{start}"\n', 1)
+    p = tmp_path / f"fixed-{name}"
+    p.write_text(text)
+    return str(p)
+
+
 def read_table(store: str | Path, table: str) -> pa.Table:
     files = sorted(f for f in glob.glob(f"{store}/{table}/host=*/date=*/*.parquet") if not os.path.basename(f).startswith("."))
     assert files, f"no files for {table} in {store}"

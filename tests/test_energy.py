@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import ASSETS, SCENARIOS, read_table, shared_or_skip
+from conftest import ASSETS, SCENARIOS, read_table, shared_or_skip, fixed_start
 from gpu_audit.analyze.findings import ReportRequest, build
 from storefix import T0, series, write_samples
 
@@ -112,7 +112,7 @@ def test_the_virtual_counter_agrees_with_power(tmp_path):
     from gpu_audit.collect.run import collect
 
     store = str(tmp_path / "s")
-    collect(store, interval_s=60, duration_s=3600, simulate=str(SCENARIOS / "h100-inference.toml"), handle_signals=False)
+    collect(store, interval_s=60, duration_s=3600, simulate=fixed_start("h100-inference.toml", tmp_path), handle_signals=False)
     rows = read_table(store, "samples").to_pylist()
     counted = sum(r["energy_j"] for r in rows if r["energy_j"] is not None)
     powered = sum(r["power_w"] * r["interval_s"] for r in rows if r["energy_j"] is not None)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from conftest import ASSETS, SCENARIOS, read_table
+from conftest import ASSETS, SCENARIOS, read_table, fixed_start
 from storefix import T0, series, write_samples
 
 PRICING = str(ASSETS / "pricing.toml")
@@ -89,7 +89,7 @@ def test_epoch_seconds_milliseconds_and_microseconds_in_a_token_log(tmp_path, sc
 
 
 def test_a_host_name_longer_than_dns_allows_is_refused_before_collecting(run_cli, tmp_path):
-    code, _, err = run_cli("collect", "--simulate", str(SCENARIOS / "mixed-idle.toml"), "--duration", "1m", "--interval", "10s",
+    code, _, err = run_cli("collect", "--simulate", fixed_start("mixed-idle.toml", tmp_path), "--duration", "1m", "--interval", "10s",
                            "--out", str(tmp_path / "s"), "--host", "x" * 10_000)
     one_line(code, err)
     assert "at most 253" in err and not (tmp_path / "s" / "samples").exists()
@@ -101,7 +101,7 @@ def test_a_long_host_name_within_dns_is_collected_whole(tmp_path):
     from gpu_audit.collect.run import collect
 
     host = "node-" + "a" * 225
-    collect(str(tmp_path / "s"), interval_s=60, duration_s=1800, simulate=str(SCENARIOS / "mixed-idle.toml"), host=host,
+    collect(str(tmp_path / "s"), interval_s=60, duration_s=1800, simulate=fixed_start("mixed-idle.toml", tmp_path), host=host,
             handle_signals=False)
     rows = read_table(tmp_path / "s", "samples")
     assert rows.num_rows > 0 and set(rows["host"].to_pylist()) == {host}
@@ -270,7 +270,7 @@ def test_a_gpm_failure_keeps_the_nvml_fields_of_the_sample(tmp_path, monkeypatch
         return real(self, d)
 
     monkeypatch.setattr(nvml.Nvml, "_gpm", flaky)
-    collect(str(tmp_path / "s"), interval_s=60, duration_s=1800, simulate=str(SCENARIOS / "h100-inference.toml"), handle_signals=False)
+    collect(str(tmp_path / "s"), interval_s=60, duration_s=1800, simulate=fixed_start("h100-inference.toml", tmp_path), handle_signals=False)
     rows = read_table(tmp_path / "s", "samples").to_pylist()
     assert calls["n"] > 0 and all(r["error"] is None for r in rows)
     assert all(r["util_gpu_pct"] is not None and r["power_w"] is not None for r in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ASSETS
+from conftest import ASSETS, fixed_start
 from gpu_audit.analyze.findings import ReportRequest, build
 from gpu_audit.store.writer import StoreWriter
 from storefix import at, series, write_samples
@@ -95,7 +95,7 @@ def test_the_collector_names_users_pods_and_jobs_as_on_a_real_node(tmp_path):
     from gpu_audit.collect.run import collect
 
     store = str(tmp_path / "s")
-    collect(store, interval_s=60, duration_s=3600, simulate=str(SCENARIOS / "mixed-idle.toml"), handle_signals=False)
+    collect(store, interval_s=60, duration_s=3600, simulate=fixed_start("mixed-idle.toml", tmp_path), handle_signals=False)
     rows = {(r["name"], r["user"], r["k8s_namespace"], r["k8s_pod"]) for r in read_table(store, "processes").to_pylist()}
     assert ("python3", "alice", None, None) in rows
     assert ("text-generation-launcher", "root", "inference", "tgi-mistral-7b") in rows
