@@ -5,9 +5,9 @@ that read the same cleaned rows (percentiles, unallocated MIG time, namespaces).
 detection: the hourly sums are taken per (device, hour, file) first, which shows duplicates and
 overlapping series without a sort. A file whose samples in a device-hour stand for more time than
 they span holds duplicate or overlapping rows; two files whose spans in a device-hour overlap hold
-the same instants or overlapping series. Only the devices so flagged are re-read, deduplicated and
-cut to wall time (``gpu_audit.store.query.dedup``); a clean store pays for the extra group key
-alone.
+the same instants or overlapping series. Only the device-hours so flagged are re-read, counted
+once per instant and cut to wall time (``gpu_audit.store.query.dedup``); a clean store pays for the
+span aggregates, and for the per-file group key only where a partition holds several files.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Scan:
 
 
 def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) -> Scan:
-    """Read the samples once; where the detection flags devices, re-read just those deduplicated."""
+    """Read the samples once; where the detection flags device-hours, re-read just those, repaired."""
     if not files:
         return Scan(None, pd.DataFrame())
     src = samples_source(con, files)

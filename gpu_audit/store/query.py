@@ -5,10 +5,10 @@ with values outside their range neutralised: a row whose ``interval_s`` is negat
 infinite, or whose utilization is outside [0, 100], is *rejected* (``bad``): it stands for no time
 and carries no evidence, so it reaches no sum; the analyzer counts such rows per file.
 
-``dedup`` makes "one reading per device and instant" true where the cheap detection of
-``HOUR_SUMS`` (docs/metrics.md) found duplicates or overlapping series: one row per (host, uuid,
-ts), and each sample's dt cut to the gap since the device's previous sample, so that a device is
-never billed more than wall time.
+``dedup`` makes "one reading per device and instant" true in the device-hours that the cheap
+detection of ``hour_sums_sql`` (docs/metrics.md) flags: an instant read k times counts each reading
+1/k, and where series still overlap, each sample's dt is cut to the gap since the device's previous
+sample, so that a device is never billed more than wall time.
 """
 
 from __future__ import annotations
