@@ -126,7 +126,8 @@ def test_table_mapping_mistakes_are_one_line(run_cli, tmp_path):
     p.write_text("time,gpu,util\n1764288000,g,50\n")
     for args, msg in ((["--map", "util_gpu_pct=util"], "no column mapped to ts and uuid"),
                       (["--map", "bogus=util", "--map", "ts=time", "--map", "uuid=gpu"], "not a samples column"),
-                      (["--map", "util_gpu_pct=util", "--map", "ts=time", "--map", "uuid=gpu"], "no host")):
+                      (["--map", "util_gpu_pct=util", "--map", "ts=time", "--map", "uuid=gpu"], "no host"),
+                      (["--map", "ts=time", "--map", "uuid=gpu", "--host", "h", "--tz", "Mars/Base"], "unknown time zone")):
         code, _, err = run_cli("import", "table", str(p), *args, "--out", str(tmp_path / "s"))
         assert code == 2 and msg in err and "Traceback" not in err
 

@@ -106,6 +106,10 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
         raise TableError(f"--memory-unit: expected one of {', '.join(MEMORY_UNITS)}, got {memory_unit!r}")
     if util_unit not in UTIL_UNITS:
         raise TableError(f"--util-unit: expected percent or ratio, got {util_unit!r}")
+    if tz is not None:
+        from gpu_audit.sources.nvidia_smi import _zone
+
+        _zone(tz)  # an unknown zone is one line, before any file is read
     spec = parse_maps(maps)
     frames = []
     for path in paths:
