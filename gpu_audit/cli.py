@@ -134,10 +134,14 @@ def rollup(
     """Rewrite old raw samples as per-device, per-minute rollups (then remove the raw files)."""
     from gpu_audit.store.rollup import rollup as run_rollup
 
-    done = run_rollup(store, _seconds(older_than, "--older-than"), _seconds(resolution, "--resolution"), idle_below)
+    skipped: list[str] = []
+    done = run_rollup(store, _seconds(older_than, "--older-than"), _seconds(resolution, "--resolution"), idle_below,
+                      skipped=skipped)
     c = _console()
     for host, date, raw, rows in done:
         c.print(f"{_e(host)} {date}: {raw:,} samples -> {rows:,} rollup rows", soft_wrap=True)
+    for line in skipped:
+        c.print(_e(line), soft_wrap=True)
     c.print(f"rolled up {len(done)} day(s)")
 
 
@@ -427,7 +431,7 @@ def import_nvidia_smi(
     how = f" ({', '.join(sorted(res.time_formats))})" if res.time_formats else ""
     c.print(f"imported {res.rows:,} rows ({res.series} GPU series) from {len(res.files)} file(s); times read as {res.zone}{how}")
     for line in res.tally.summary():
-        c.print(line)
+        c.print(_e(line), soft_wrap=True)
     if res.bad:
         c.print(f"[yellow]{res.bad} bad line(s) skipped[/]: " + _e("; ".join(res.bad_lines)), soft_wrap=True)
     if res.single_sample_series:
@@ -518,6 +522,8 @@ def import_prometheus_text(
     res = run_import(files, local, parse_time(at, "--at") if at else None, _seconds(interval, "--interval"), host)
     _console().print(f"imported {res.rows:,} samples of {res.devices} devices on {len(res.hosts)} host(s) and {res.engine_rows:,} engine rows",
                      soft_wrap=True)
+    for line in res.time_sources + res.tally.summary():
+        _console().print(_e(line), soft_wrap=True)
     for h in res.engine_hosts_without_samples:
         _console(stderr=True).print(f"[yellow]note:[/] engine rows of host {_e(h)} match no GPU samples in the store: their tokens "
                                     "will not be attributed until samples of that host are there (collect, or import with --host)",

@@ -257,7 +257,7 @@ def test_parquet_token_logs_with_different_dictionaries_and_a_bad_row(tmp_path):
     assert b["cost_per_1m_output_tokens"] == pytest.approx(3.0 / 100 * 1e6)
     assert b["gpus"] == ["GPU-a"] and a["gpus"] == []
     rej = f["data_quality"]["rejected_token_records"]
-    assert rej["count"] == 1 and rej["examples"] == [f"{tmp_path / 'b.parquet'}:2: a missing field or a negative token count"]
+    assert rej["count"] == 1 and rej["examples"] == [f"{tmp_path / 'b.parquet'}:2: a missing field, a negative token count or a time before 2000 or after tomorrow"]
 
 
 def test_rows_with_a_read_error_are_billed_without_utilization_and_listed(tmp_path):

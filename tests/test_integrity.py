@@ -6,6 +6,7 @@ at 50 % is 1 GPU-hour, $3.00 spend, $1.50 waste."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
@@ -56,6 +57,9 @@ def imp(run_cli, store, *files, extra=()):
 def test_the_same_log_imported_twice_is_stored_once(run_cli, tmp_path):
     store, f = str(tmp_path / "s"), log(tmp_path / "a.csv", range(60))
     assert imp(run_cli, store, f)[0] == 0
+    code, out, err = imp(run_cli, store, f)
+    assert code == 2 and "nothing imported" in err and "the same content as" in err  # known by its content hash
+    shutil.rmtree(tmp_path / "s" / "imports")  # without the ledger, each (device, instant) is still stored once
     code, out, err = imp(run_cli, store, f)
     assert code == 2 and "nothing imported" in err and "all 60 rows are already in the store" in err
     assert read_table(store, "samples").num_rows == 60
@@ -119,7 +123,7 @@ def test_prometheus_text_imported_twice_is_stored_once(run_cli, tmp_path):
     args = ("import", "prometheus-text", str(scrape), "--out", store, "--at", "2026-11-28T00:00:00Z", "--interval", "60s")
     assert run_cli(*args)[0] == 0
     code, _, err = run_cli(*args)
-    assert code == 2 and "already in the store" in err
+    assert code == 2 and "the same content as" in err
     assert read_table(store, "samples").num_rows == 1
 
 

@@ -150,7 +150,7 @@ def test_import_into_a_bucket_and_unreachable_report(moto, tmp_path, run_cli):
     uri = f"s3://{BUCKET}/imp"
     code, out, err = run_cli("import", "nvidia-smi", str(ASSETS / "nvsmi_quirks.csv"), "--host", "n1", "--tz", "UTC", "--out", uri)
     assert code == 0, err
-    assert "uploaded 1 file(s) to s3://audit/imp" in out
+    assert "uploaded 2 file(s) to s3://audit/imp" in out
     f = build(ReportRequest([uri], str(ASSETS / "pricing.toml"), [], None, None))
     assert f["fleet"]["devices"] == 2
     moto.stop()

@@ -335,13 +335,12 @@ def _scan_stage(r: _Run) -> None:
     """Every sample of the window read once into per-(device, hour) sums (and rollup rows)."""
     s = r.s
     r.rfiles = table_files(r.roots, "rollups", s.since, s.until)
-    rolled = {os.path.dirname(f).split(os.sep + "rollups" + os.sep)[-1] for f in r.rfiles}
-    # A day that has both (a rollup interrupted before the raw folder was removed) is read from the rollup.
-    files = [f for f in table_files(r.roots, "samples", s.since, s.until)
-             if os.path.dirname(f).split(os.sep + "samples" + os.sep)[-1] not in rolled]
+    # Raw rows of a rolled-up day (late rows, an interrupted rollup) are read too; where the rollup
+    # has their device and minute they count once (usage.scan).
+    files = table_files(r.roots, "samples", s.since, s.until)
     if not files and not r.rfiles:
         raise EmptyStore(f"no samples in {', '.join(r.roots)}" + (" in the window" if s.since or s.until else ""))
-    r.sc = scan(r.con, files, r.w)
+    r.sc = scan(r.con, files, r.w, r.rfiles)
     ru = rollup_hours(r.con, r.rfiles, r.w) if r.rfiles else None
     r.rollup_idle = sorted({float(x) for x in ru["roll_idle_below"].dropna()}) if ru is not None else []
     r.dh = device_hours(r.con, r.sc, ru)
@@ -608,6 +607,8 @@ def _models_stage(r: _Run) -> None:
         "rejected_token_records": ({"count": tokens.bad, "examples": tokens.bad_examples} if tokens is not None else {"count": 0, "examples": []}),
         "names_cut": tokens.names_cut if tokens is not None else 0,
         "streamed_chunks_without_usage": tokens.chunks_without_usage if tokens is not None else 0,
+        "duplicate_token_requests": tokens.duplicate_requests if tokens is not None else 0,
+        "token_files_read_once": tokens.files_read_once if tokens is not None else [],
         "token_records_outside_window": att["records_outside_window"],
         "token_records_unknown_host": att["records_unknown_host"],
         "rollup_idle_below_pct": [x for x in r.rollup_idle if x != s.idle_below],

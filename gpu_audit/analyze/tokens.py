@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -34,6 +35,7 @@ TOKENS = pa.schema([
     ("gpu_uuid", LABEL),
     ("cached_tokens", pa.int64()),  # prompt tokens served from a prefix or prompt cache, where the log says
     ("reasoning_tokens", pa.int64()),  # completion tokens spent on reasoning, where the log says
+    ("request_id", pa.string()),  # request_id, or the API's id (chatcmpl-..., msg_...): a request counted once
 ])
 LABELS = ("model", "host", "gpu_uuid")
 
@@ -55,6 +57,8 @@ class TokenLog:
     bad_examples: list[str] = field(default_factory=list)  # "file:line: why"
     names_cut: int = 0  # distinct names longer than MAX_NAME, cut with CUT_MARK
     chunks_without_usage: int = 0  # streamed chunks that carry no usage (skipped, not errors)
+    duplicate_requests: int = 0  # records whose request id an earlier record had (counted once)
+    files_read_once: list[str] = field(default_factory=list)  # "b.jsonl: the same content as a.jsonl"
 
 
 def epoch_seconds(v: float) -> float:
@@ -65,6 +69,16 @@ def epoch_seconds(v: float) -> float:
 
 
 def _ts(v: Any) -> datetime:
+    t = _ts_any(v)
+    from gpu_audit.sources.sink import time_out_of_range
+
+    why = time_out_of_range(t.timestamp())
+    if why:
+        raise ValueError(why)
+    return t
+
+
+def _ts_any(v: Any) -> datetime:
     if isinstance(v, bool):
         raise ValueError("timestamp is a boolean")
     if isinstance(v, (int, float)):
@@ -146,7 +160,12 @@ def _record(r: dict[str, Any]) -> tuple[Any, ...]:
         reasoning = _opt(_get(u, "completion_tokens_details", "reasoning_tokens"), "reasoning_tokens")
         if reasoning is None:
             reasoning = _opt(u.get("reasoning_tokens"), "reasoning_tokens")
-    return (_ts(when), model, host, prompt, completion, str(gpu) if gpu else None, cached, reasoning)
+    return (_ts(when), model, host, prompt, completion, str(gpu) if gpu else None, cached, reasoning, _request_id(r))
+
+
+def _request_id(r: dict[str, Any]) -> str | None:
+    v = next((r[k] for k in ("request_id", "id", "span_id", "spanId") if r.get(k) not in (None, "")), None)
+    return None if v is None or isinstance(v, (dict, list, bool)) else str(v)[:200]
 
 
 def _otel(r: dict[str, Any], a: dict[str, Any]) -> tuple[Any, ...]:
@@ -163,7 +182,8 @@ def _otel(r: dict[str, Any], a: dict[str, Any]) -> tuple[Any, ...]:
     cached = _opt(a.get("gen_ai.usage.cache_read_input_tokens", a.get("gen_ai.usage.cached_tokens")), "cached_tokens")
     reasoning = _opt(a.get("gen_ai.usage.reasoning_tokens"), "reasoning_tokens")
     return (_ts(when), model, host, _count(a.get("gen_ai.usage.input_tokens"), "gen_ai.usage.input_tokens"),
-            _count(a.get("gen_ai.usage.output_tokens"), "gen_ai.usage.output_tokens"), r.get("gpu_uuid"), cached, reasoning)
+            _count(a.get("gen_ai.usage.output_tokens"), "gen_ai.usage.output_tokens"), r.get("gpu_uuid"), cached, reasoning,
+            _request_id(r))
 
 
 def _rows_jsonl(path: str) -> Iterable[tuple[int, Any]]:
@@ -235,20 +255,46 @@ def _counts(col: Any) -> Any:
 
 
 def _tokens_table(ts: pa.ChunkedArray, model: Any, host: Any, prompt: Any, completion: Any, gpu: Any,
-                  cached: Any = None, reasoning: Any = None) -> tuple[pa.Table, pa.ChunkedArray]:
-    """The token table and its mask of good rows (a time, a model, a host, counts >= 0)."""
+                  cached: Any = None, reasoning: Any = None, request_id: Any = None) -> tuple[pa.Table, pa.ChunkedArray]:
+    """The token table and its mask of good rows (a time from 2000-01-01 to tomorrow, a model, a
+    host, counts >= 0)."""
     n = len(ts)
     out = pa.table({"ts": ts, "model": _label(model, n), "host": _label(host, n), "prompt_tokens": _counts(prompt),
                     "completion_tokens": _counts(completion), "gpu_uuid": _label(gpu, n),
                     "cached_tokens": _counts(cached) if cached is not None else pa.nulls(n, pa.int64()),
-                    "reasoning_tokens": _counts(reasoning) if reasoning is not None else pa.nulls(n, pa.int64())}, schema=TOKENS)
+                    "reasoning_tokens": _counts(reasoning) if reasoning is not None else pa.nulls(n, pa.int64()),
+                    "request_id": _ids(request_id, n)}, schema=TOKENS)
     def count_ok(c: str) -> Any:
         v = pc.fill_null(out[c], -1)
         return pc.and_(pc.greater_equal(v, 0), pc.less_equal(v, MAX_TOKENS))
 
-    ok = pc.and_(pc.and_(pc.is_valid(out["ts"]), pc.and_(pc.is_valid(out["model"]), pc.is_valid(out["host"]))),
+    from gpu_audit.sources.sink import EARLIEST
+
+    lo = pa.scalar(int(EARLIEST * 1e6), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    hi = pa.scalar(int((time.time() + 86400) * 1e6), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    in_range = pc.fill_null(pc.and_(pc.greater_equal(out["ts"], lo), pc.less_equal(out["ts"], hi)), False)
+    ok = pc.and_(pc.and_(in_range, pc.and_(pc.is_valid(out["model"]), pc.is_valid(out["host"]))),
                  pc.and_(count_ok("prompt_tokens"), count_ok("completion_tokens")))
     return out, ok
+
+
+def _ids(col: Any, n: int) -> Any:
+    """Request ids as strings (a number is an id too), or nulls."""
+    if col is None or pa.types.is_null(col.type):
+        return pa.nulls(n, pa.string())
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_integer(col.type)):
+        return pa.nulls(n, pa.string())
+    return col.cast(pa.string())
+
+
+def _id_column(t: pa.Table) -> Any:
+    """The request id column of a table read whole: request_id, else id."""
+    for c in ("request_id", "id"):
+        if c in t.column_names:
+            return t[c]
+    return None
 
 
 def _extras(t: pa.Table) -> tuple[Any, Any]:
@@ -260,7 +306,7 @@ def _extras(t: pa.Table) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
-PARQUET_BAD = "a missing field or a negative token count"  # (or one over MAX_TOKENS)
+PARQUET_BAD = "a missing field, a negative token count or a time before 2000 or after tomorrow"  # (or one over MAX_TOKENS)
 
 
 def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Table:
@@ -273,15 +319,15 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
     missing = [c for c in ("model", "host", "prompt_tokens", "completion_tokens") if c not in names]
     if when is None or missing:
         raise TokenLogError(f"{path}: token log lacks column(s) {', '.join(missing + ['timestamp'] * (when is None))}")
-    wanted = [c for c in (when, "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid", "cached_tokens", "reasoning_tokens")
-              if c in names]
+    wanted = [c for c in (when, "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid", "cached_tokens", "reasoning_tokens",
+                          "request_id", "id") if c in names]
     t = pq.read_table(path, columns=wanted, read_dictionary=[c for c in LABELS if c in names])
     try:
         ts = _to_ts(t[when])
     except ValueError as e:
         raise TokenLogError(f"{path}: {when}: {e}") from None
     out, ok = _tokens_table(ts, t["model"], t["host"], t["prompt_tokens"], t["completion_tokens"],
-                            t["gpu_uuid"] if "gpu_uuid" in names else None, *_extras(t))
+                            t["gpu_uuid"] if "gpu_uuid" in names else None, *_extras(t), _id_column(t))
     bad = pc.invert(ok)
     nbad = pc.sum(bad).as_py() or 0
     if not nbad:
@@ -308,7 +354,8 @@ def _whole(t: pa.Table, prompt: pa.ChunkedArray, completion: pa.ChunkedArray, ca
     ts = times[0] if len(times) == 1 else pc.coalesce(*times)
     flat_cached, flat_reasoning = _extras(t)
     out, ok = _tokens_table(ts, t["model"], t["host"], prompt, completion, t["gpu_uuid"] if "gpu_uuid" in t.column_names else None,
-                            cached if cached is not None else flat_cached, reasoning if reasoning is not None else flat_reasoning)
+                            cached if cached is not None else flat_cached, reasoning if reasoning is not None else flat_reasoning,
+                            _id_column(t))
     return out if pc.all(ok).as_py() is not False else None
 
 
@@ -384,8 +431,9 @@ def _csv_fast(path: str) -> pa.Table | None:
     need = {"model", "host", "prompt_tokens", "completion_tokens"}
     if not need <= header or not ({"timestamp", "created"} & header):
         return None
-    wanted = [c for c in ("timestamp", "created", "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid") if c in header]
-    text = {c: pa.string() for c in ("model", "host", "gpu_uuid")}  # a host named 123 is still a name
+    wanted = [c for c in ("timestamp", "created", "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid", "request_id", "id")
+              if c in header]
+    text = {c: pa.string() for c in ("model", "host", "gpu_uuid", "request_id", "id")}  # a host named 123 is still a name
     try:
         t = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=wanted, column_types=text,
                                                                     strings_can_be_null=True))
@@ -403,12 +451,36 @@ def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -
     cols: dict[str, list[Any]] = {n: [] for n in TOKENS.names}
     log = TokenLog(table=TOKENS.empty_table(), files=list(paths))
     tables: list[pa.Table] = []  # vectorised reads: Parquet, and JSONL or CSV that pyarrow's readers take whole
+    seen: dict[str, str] = {}  # real path or content hash -> the path first given
     for path in paths:
+        first = _seen_before(path, seen)
+        if first is not None:
+            log.files_read_once.append(f"{path}: the same {'file' if os.path.realpath(path) in seen else 'content'} as {first}: read once")
+            continue
         before = (len(cols["ts"]), sum(t.num_rows for t in tables), log.bad, log.chunks_without_usage)
         _read_one(path, cols, tables, log, strict, max_examples)
         if (len(cols["ts"]), sum(t.num_rows for t in tables), log.bad, log.chunks_without_usage) == before:
             raise TokenLogError(f"{path}: empty token log: no records", hint="give a log with one record per request (docs/report.md)")
     return _finish(cols, tables, log)
+
+
+def _seen_before(path: str, seen: dict[str, str]) -> str | None:
+    """The path given earlier for the same file (by real path) or the same bytes (by SHA-256)."""
+    real = os.path.realpath(path)
+    if real in seen:
+        return seen[real]
+    if not os.path.isfile(path):
+        return None  # said by the reader
+    from gpu_audit.sources.sink import file_sha256
+
+    try:
+        sha = file_sha256(path)
+    except OSError:
+        return None
+    if sha in seen:
+        return seen[sha]
+    seen[real] = seen[sha] = path
+    return None
 
 
 def _read_one(path: str, cols: dict[str, list[Any]], tables: list[pa.Table], log: TokenLog, strict: bool, max_examples: int) -> None:
@@ -460,7 +532,22 @@ def _finish(cols: dict[str, list[Any]], tables: list[pa.Table], log: TokenLog) -
     rows = pa.table({n: pa.array(cols[n], pa.string() if n in LABELS else TOKENS.field(n).type) for n in TOKENS.names})
     rows = pa.table({n: pc.dictionary_encode(rows[n]).cast(LABEL) if n in LABELS else rows[n] for n in TOKENS.names}, schema=TOKENS)
     log.table, log.names_cut = cut_names(pa.concat_tables([rows, *tables]))
+    log.table, log.duplicate_requests = once_per_request(log.table)
     return log
+
+
+def once_per_request(t: pa.Table) -> tuple[pa.Table, int]:
+    """Records with a request id that an earlier record had dropped (a log given twice under two
+    names, a log that repeats a request): each request counts once. Records without an id all stay."""
+    ids = t["request_id"]
+    if ids.null_count == len(ids) or len(ids) < 2:
+        return t, 0
+    idx = pa.table({"id": ids, "i": pa.array(range(len(ids)), pa.int64())}).filter(pc.is_valid(ids))
+    first = idx.group_by("id", use_threads=False).aggregate([("i", "min")])
+    if first.num_rows == idx.num_rows:
+        return t, 0
+    keep = pc.or_(pc.is_null(ids), pc.is_in(pa.array(range(len(ids)), pa.int64()), value_set=first["i_min"]))
+    return t.filter(keep), idx.num_rows - first.num_rows
 
 
 def cut_names(t: pa.Table) -> tuple[pa.Table, int]:

@@ -19,8 +19,9 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from gpu_audit.store.query import (SUM_COLUMNS, Cleaned, dedup, hour_sums_sql, mig_free_sql, missing_columns, read_sql,
-                                   rollups_source, samples_source, samples_sql, several_per_partition, window_where)
+from gpu_audit.store.query import (SUM_COLUMNS, Cleaned, dedup, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
+                                   rolled_up_sql, rollups_source, samples_source, samples_sql, several_per_partition,
+                                   split_covered, window_where)
 
 @dataclass(frozen=True)
 class Window:
@@ -39,16 +40,21 @@ class Scan:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
-def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) -> Scan:
-    """Read the samples once; where the detection flags device-hours, re-read just those, repaired."""
+def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window, rollup_files: list[str] | None = None) -> Scan:
+    """Read the samples once; where the detection flags device-hours, re-read just those, repaired.
+    Raw rows of a time that ``rollup_files`` cover (late rows for a rolled-up day, a rollup
+    interrupted before its raw files went) are left out where the rollup has that device and minute."""
     if not files:
         return Scan(None, pd.DataFrame())
-    src = samples_source(con, files)
+    files, covered_from = split_covered(files, rollup_files or [])
+    if covered_from is not None:
+        rolled_up_sql(con, [f for f in rollup_files or [] if partition_key(f) in {partition_key(x) for x in files[covered_from:]}])
+    src = samples_source(con, files, covered_from=covered_from)
     rows = samples_sql(src, w.since, w.until)
     per_file = several_per_partition(files)  # else no two files can hold the same device-hour
     dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
     if dh["host"].isna().any():  # a file without a host column: the host comes from its host= folder
-        src = samples_source(con, files, host_from_path=True)
+        src = samples_source(con, files, host_from_path=True, covered_from=covered_from)
         rows = samples_sql(src, w.since, w.until)
         dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
     rejected = _rejected(con, src, w, files) if dh["bad_n"].sum() > 0 else []
@@ -68,12 +74,13 @@ def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) -> Scan:
 
 def _rejected(con: duckdb.DuckDBPyConnection, src: str, w: Window, files: list[str]) -> list[dict[str, Any]]:
     """Per file, the rows that reach no sum and why (a second scan, run only when there are some)."""
-    from gpu_audit.store.query import BAD, StoreFileError
+    from gpu_audit.store.query import BAD, EARLIEST_SQL, StoreFileError
 
     found = con.execute(f"""
       SELECT file_index, count(*),
              count(*) FILTER (WHERE ts IS NULL OR uuid IS NULL),
-             count(*) FILTER (WHERE interval_s IS NULL OR NOT isfinite(CAST(interval_s AS DOUBLE)) OR interval_s < 0)
+             count(*) FILTER (WHERE interval_s IS NULL OR NOT isfinite(CAST(interval_s AS DOUBLE)) OR interval_s < 0),
+             count(*) FILTER (WHERE ts < {EARLIEST_SQL})
       FROM {src} {window_where(w.since, w.until, BAD)} GROUP BY file_index ORDER BY file_index
     """).fetchall()
     lacking = missing_columns([files[i] for i, *_ in found])
@@ -82,14 +89,16 @@ def _rejected(con: duckdb.DuckDBPyConnection, src: str, w: Window, files: list[s
         raise StoreFileError(f"cannot read {f}: a samples file without the column {cols[0]!r}",
                              hint="every samples file needs ts, uuid and interval_s (docs/store.md)")
     out = []
-    for i, n, no_key, bad_dt in found:
+    for i, n, no_key, bad_dt, early in found:
         why = []
         if no_key:
             why.append(f"{no_key} without ts or uuid")
         if bad_dt:
             why.append(f"{bad_dt} with interval_s negative, NaN, infinite or null")
-        if n - no_key - bad_dt > 0:
-            why.append(f"{n - no_key - bad_dt} with utilization outside 0-100 %")
+        if early:
+            why.append(f"{early} with a time before 2000-01-01")
+        if n - no_key - bad_dt - early > 0:
+            why.append(f"{n - no_key - bad_dt - early} with utilization outside 0-100 %")
         out.append({"file": files[i], "rows": int(n), "why": "; ".join(why)})
     return out
 
@@ -206,7 +215,7 @@ def device_distributions(con: duckdb.DuckDBPyConnection, rows: str | None, w: Wi
     if rollup_files:
         parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
                          mem_total_bytes, dt_s AS dt
-                         FROM {read_sql(rollup_files)} {window_where(w.since, w.until)}""")
+                         FROM {rollups_source(con, rollup_files)} {window_where(w.since, w.until)}""")
     h = con.execute(f"""
         SELECT host, uuid, CAST(round(u) AS INTEGER) AS ubin,
                CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin,

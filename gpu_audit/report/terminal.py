@@ -136,6 +136,10 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
     rj = q["rejected_token_records"]
     if rj["count"]:
         console.print(f"[yellow]rejected token records:[/] {rj['count']} (" + "; ".join(clean(e) for e in rj["examples"]) + ")")
+    for line in q.get("token_files_read_once", []):
+        console.print(f"[yellow]token log given twice:[/] {clean(line)}")
+    if q.get("duplicate_token_requests"):
+        console.print(f"[yellow]token records counted once:[/] {q['duplicate_token_requests']} repeated the request id of an earlier record")
     for key, what in (("token_records_outside_window", "outside the window"), ("token_records_unknown_host", "from hosts without samples")):
         if q[key]:
             console.print(f"[yellow]token records not attributed:[/] {q[key]} {what}")

@@ -21,7 +21,7 @@ from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Iterator
 
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.sources.sink import StoredKeys, Tally, check_interval, series_times, to_us
+from gpu_audit.sources.sink import ImportLedger, StoredKeys, Tally, check_interval, row_key, series_times, time_out_of_range, to_us
 from gpu_audit.store.writer import StoreWriter
 
 NA = {"", "[N/A]", "N/A", "[Not Supported]", "[Requested functionality has been deprecated]", "[Unknown Error]",
@@ -224,6 +224,9 @@ def _scan(path: str, fields: list[str] | None, zone: tzinfo, result: ImportResul
             progress(pos)
         if row is None:
             continue
+        why = time_out_of_range(row["ts"])
+        if why:
+            raise ImportError_(f"{path}:{lineno}: {why}", hint="every sample time must lie between 2000-01-01 and tomorrow")
         times.setdefault(_key(row), []).append(to_us(row["ts"]))
     if p.cols is None:
         raise ImportError_(f"{path}: empty log: no header and no rows")
@@ -265,8 +268,17 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
             progress(path, done + pos, total)
 
     plan: dict[str, dict[str, tuple[Any, Any, Any]]] = {}
+    xml: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    csv_ledger, xml_ledger = ImportLedger(out, "nvidia-smi", host), ImportLedger(out, "nvidia-smi-xml", host)
+    shas: dict[str, str] = {}
     for path in paths:  # pass 1 over every file before anything is written (strict stops here)
+        sha, why = (xml_ledger if is_xml(path) else csv_ledger).already(path)
+        if why:
+            result.tally.skipped_files.append(why)
+            continue
+        shas[path] = sha
         if is_xml(path):
+            xml[path] = _parse_xml(path, zone, result)
             continue
         times = _scan(path, field_list, zone, result, strict, lambda pos, p=path: tick(p, pos), at_s, interval_s)
         plan[path] = {}
@@ -277,10 +289,15 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
             plan[path][k] = (uniq, dt, np.zeros(len(uniq), dtype=bool))
         done += sizes[path]
     stored = StoredKeys(out, "samples", host)
+    procs = StoredKeys(out, "processes", host, ("uuid", "pid"))
     writer = StoreWriter(out, host)
     for path in paths:
-        if is_xml(path):
-            _import_xml(path, zone, interval_s, stored, writer, result)
+        if path not in shas:
+            continue
+        before = result.rows
+        if path in xml:
+            _import_xml(path, *xml[path], interval_s, stored, procs, writer, result)
+            xml_ledger.record(writer, shas[path], path, result.rows - before, "in-file <timestamp>")
             continue
         p = _parser(path, field_list, zone, at_s, interval_s)
         for lineno, line, pos in _lines(path):
@@ -298,7 +315,7 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
                 continue  # a duplicate instant of this series in the file: counted in pass 1
             emitted[i] = True
             ts = datetime.fromtimestamp(t_us / 1e6, tz=timezone.utc)
-            if stored.has(k, ts.strftime("%Y-%m-%d"), t_us):
+            if not stored.claim(k, ts.strftime("%Y-%m-%d"), t_us):
                 result.tally.already_stored += 1
                 continue
             row.pop("pci", None)
@@ -310,6 +327,7 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
                 tick(path, pos)
         done += sizes[path]
         result.series += len(plan[path])
+        csv_ledger.record(writer, shas[path], path, result.rows - before, "--at" if at_s is not None else "in-file")
     writer.flush()
     result.tally.rows = result.rows
     result.tally.rejected = result.bad
@@ -319,13 +337,9 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
     return result
 
 
-def _import_xml(path: str, zone: tzinfo, interval_s: float | None, stored: StoredKeys, writer: StoreWriter,
-                result: ImportResult) -> None:
-    """One XML file (one dump or many appended): sorted per device, each instant once, rows already
-    stored skipped; processes to the processes table."""
-    import numpy as np
-
-    from gpu_audit.sources.nvidia_smi_xml import parse, ts_utc
+def _parse_xml(path: str, zone: tzinfo, result: ImportResult) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pass 1 for an XML file: parsed, and every time checked, before anything is written."""
+    from gpu_audit.sources.nvidia_smi_xml import parse
 
     try:
         text = open(path, encoding="utf-8-sig", errors="replace").read()
@@ -335,7 +349,22 @@ def _import_xml(path: str, zone: tzinfo, interval_s: float | None, stored: Store
         samples, procs = parse(text, path, zone)
     except ValueError as e:
         raise ImportError_(str(e)) from None
+    for r in samples:
+        why = time_out_of_range(r["ts"])
+        if why:
+            raise ImportError_(f"{path}: <timestamp>: {why}")
     result.time_formats.add("nvidia-smi XML <timestamp>")
+    return samples, procs
+
+
+def _import_xml(path: str, samples: list[dict[str, Any]], procs: list[dict[str, Any]], interval_s: float | None,
+                stored: StoredKeys, proc_keys: StoredKeys, writer: StoreWriter, result: ImportResult) -> None:
+    """One XML file (one dump or many appended): sorted per device, each instant once, rows already
+    stored skipped; processes to the processes table, each (device, pid, instant) once."""
+    import numpy as np
+
+    from gpu_audit.sources.nvidia_smi_xml import ts_utc
+
     by_dev: dict[str, list[dict[str, Any]]] = {}
     for r in samples:
         by_dev.setdefault(r["uuid"], []).append(r)
@@ -353,10 +382,12 @@ def _import_xml(path: str, zone: tzinfo, interval_s: float | None, stored: Store
             seen.add(t_us)
             i = int(np.searchsorted(uniq, t_us))
             when = ts_utc(t_us / 1e6)
-            if stored.has(uuid, when.strftime("%Y-%m-%d"), t_us):
+            if not stored.claim(uuid, when.strftime("%Y-%m-%d"), t_us):
                 result.tally.already_stored += 1
                 continue
             writer.add("samples", {**r, "ts": when, "host": writer.host, "interval_s": float(dt[i]), "source": "nvidia-smi-xml"})
             result.rows += 1
     for pr in procs:
-        writer.add("processes", {**pr, "ts": ts_utc(pr["ts"]), "host": writer.host})
+        when = ts_utc(pr["ts"])
+        if proc_keys.claim(row_key(pr.get("uuid"), pr.get("pid")), when.strftime("%Y-%m-%d"), to_us(pr["ts"])):
+            writer.add("processes", {**pr, "ts": when, "host": writer.host})

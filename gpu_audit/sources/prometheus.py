@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.sources.sink import StoredKeys, Tally, check_interval, row_key, series_times, to_us
+from gpu_audit.sources.sink import (ImportLedger, NothingImported, StoredKeys, Tally, check_interval, row_key, series_times,
+                                   time_out_of_range, to_us)
 from gpu_audit.store.writer import StoreWriter, check_writable
 
 MIB = 2**20
@@ -71,6 +72,7 @@ class PromImport:
     single_point: int = 0  # devices with one point in time and no --interval: their samples stand for 0 s
     tally: Tally = field(default_factory=Tally)
     engine_hosts_without_samples: list[str] = field(default_factory=list)
+    time_sources: list[str] = field(default_factory=list)  # per file read: where its times came from
 
 
 def _host(labels: dict[str, str]) -> str:
@@ -160,8 +162,10 @@ class Assembler:
             if not ident.get("parent_uuid") and not ident.get("name"):
                 ident["name"] = by_uuid.get(uuid)
 
-    def write(self, out: str, interval_s: float | None) -> PromImport:
-        """Write everything, one writer per host so that each row lands under its own host= folder."""
+    def write(self, out: str, interval_s: float | None,
+              ledger: tuple[ImportLedger, list[tuple[str, str, int, str]]] | None = None) -> PromImport:
+        """Write everything, one writer per host so that each row lands under its own host= folder;
+        with ``ledger``, the files read are recorded (their content is not imported again)."""
         from gpu_audit.collect.engines import aggregate
 
         writers: dict[str, StoreWriter] = {}
@@ -193,7 +197,7 @@ class Assembler:
                 prev_t, prev_mj = t_us, mj
                 t = t_us / 1e6
                 when = datetime.fromtimestamp(t, tz=timezone.utc)
-                if keys.has(uuid, when.strftime("%Y-%m-%d"), t_us):
+                if not keys.claim(uuid, when.strftime("%Y-%m-%d"), t_us):
                     res.tally.already_stored += 1
                     continue
                 r = points[t]
@@ -213,13 +217,17 @@ class Assembler:
             when = datetime.fromtimestamp(t, tz=timezone.utc)
             keys = engine_keys.setdefault(host, StoredKeys(out, "engine", host, ("endpoint", "model")))
             for r in rows if engine else []:
-                if keys.has(row_key(instance or None, r.get("model")), when.strftime("%Y-%m-%d"), to_us(t)):
+                if not keys.claim(row_key(instance or None, r.get("model")), when.strftime("%Y-%m-%d"), to_us(t)):
                     res.tally.already_stored += 1
                     continue
                 w(host).add("engine", {**r, "ts": when, "host": host, "endpoint": instance or None, "source": self.engine_source})
                 res.engine_rows += 1
         res.hosts = sorted({h for h, _ in self.dev})
         res.metrics_found = sorted(self.found)
+        if ledger is not None:
+            book, read = ledger
+            for path, sha, n, source in read:
+                book.record(w(book.host or (res.hosts[0] if res.hosts else "unknown")), sha, path, n, source)
         for wr in writers.values():
             wr.flush()
         res.tally.rows = res.rows + res.engine_rows
@@ -284,6 +292,9 @@ def import_prometheus(url: str, out: str, since: datetime, until: datetime, step
             for series in body["data"]["result"]:
                 labels = {k: v for k, v in series["metric"].items() if k != "__name__"}
                 for t, v in series.get("values", []):
+                    why = time_out_of_range(float(t))
+                    if why:
+                        raise PrometheusError(f"{url}: {name}: {why}")
                     asm.add(name, labels, float(t), float(v))
             done += 1
             if progress:
@@ -312,24 +323,49 @@ def import_prometheus_text(paths: list[str], out: str, at: datetime | None = Non
 
         check_host(host)
     asm = Assembler(host=host)
+    ledger = ImportLedger(out, "prometheus-text", host or "")
+    read: list[tuple[str, str, int, str]] = []  # (path, sha256, samples, time source) of each file read
+    skipped: list[str] = []
+    times: list[str] = []
     for path in paths:
         try:
+            sha, why = ledger.already(path)
             text = open(path, encoding="utf-8", errors="replace").read()
         except OSError as e:
             raise PrometheusError(f"cannot read {path}: {e.strerror}") from None
+        if why:
+            skipped.append(why)
+            continue
         when = at.timestamp() if at else os.path.getmtime(path)
         try:
             fams = list(om(text)) if text.rstrip().endswith("# EOF") else list(prom(text))
         except (ValueError, TypeError, IndexError) as e:
             raise PrometheusError(f"{_where(path, text, str(e))}: not Prometheus text or OpenMetrics: {_printable(str(e))}") from None
+        n = own = 0
         for f in fams:
             for s in f.samples:
                 ts = s.timestamp
                 t = float(ts) if ts is not None and not hasattr(ts, "sec") else (ts.sec + ts.nsec / 1e9 if ts is not None else when)
+                own += ts is not None
+                why = time_out_of_range(t)
+                if why:
+                    raise PrometheusError(f"{path}: sample {_printable(s.name)}: {why}",
+                                          hint="give --at with the time of the scrape" if ts is None else None)
                 asm.add(s.name, dict(s.labels), t, float(s.value))
+                n += 1
+        source = ("the samples' own timestamps" if own == n else
+                  f"--at {at.isoformat()}" if at else
+                  f"the file's modification time {datetime.fromtimestamp(when, tz=timezone.utc):%Y-%m-%d %H:%M:%S} UTC (give --at to set it)")
+        times.append(f"{path}: times from {source}")
+        read.append((path, sha, n, source))
+    if not read and skipped:
+        raise NothingImported(f"nothing imported: {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""),
+                              hint="the store keeps each scrape's content once; importing it again adds nothing")
     if not asm.dev and not asm.engine_points:
         raise PrometheusError(f"no DCGM or inference-engine series in {', '.join(paths)}")
-    res = asm.write(out, interval_s)
+    res = asm.write(out, interval_s, ledger=(ledger, read))
+    res.tally.skipped_files = skipped
+    res.time_sources = times
     if not res.tally.rows:
         raise res.tally.nothing_stored(", ".join(paths))
     return res

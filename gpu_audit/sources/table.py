@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.sources.sink import StoredKeys, Tally, check_interval, series_times
+from gpu_audit.sources.sink import ImportLedger, StoredKeys, Tally, check_interval, check_times, series_times
 from gpu_audit.store.schema import SAMPLES
 
 MEMORY_UNITS = {"bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -87,7 +87,9 @@ def _times(col: Any, tz: str | None, path: str) -> Any:
         t = t.dt.tz_localize(tz or "UTC", ambiguous="NaT", nonexistent="NaT")
     if t.isna().all() and len(t):
         raise TableError(f"{path}: cannot read the time column as epoch seconds or ISO 8601 (first value {col.iloc[0]!r})")
-    return (t.dt.tz_convert("UTC").astype("int64") // 1000).where(t.notna()).astype("Int64")
+    # whatever unit pandas chose for the column (ns, us, ms, s): microseconds since the epoch
+    us = (t.dt.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "us")
+    return us.where(t.notna()).astype("Int64")
 
 
 def import_table(paths: list[str], out: str, maps: list[str], host: str | None = None, gpu_name: str | None = None,
@@ -112,7 +114,17 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
         _zone(tz)  # an unknown zone is one line, before any file is read
     spec = parse_maps(maps)
     frames = []
+    ledger = ImportLedger(out, "table", host or "")
+    shas: dict[str, str] = {}
+    skipped: list[str] = []
     for path in paths:
+        if not os.path.isfile(path):
+            raise TableError(f"file not found: {path}")
+        sha, why = ledger.already(path)
+        if why:
+            skipped.append(why)
+            continue
+        shas[path] = sha
         df = _read(path)
         cols = {}
         for store, file, col in spec:
@@ -140,9 +152,14 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
             elif store in UTIL_COLUMNS:
                 v = v * UTIL_UNITS[util_unit]
             f[store] = v
-        frames.append(f.dropna(subset=["ts"]))
-    data = pd.concat(frames, ignore_index=True)
+        f = f.dropna(subset=["ts"])
+        check_times(f["ts"].to_numpy(dtype="int64"), lambda i, f=f, path=path: f"{path}: row {int(f.index[i]) + 1}")
+        frames.append(f)
     res = TableImport()
+    res.tally.skipped_files = skipped
+    if not frames:
+        raise res.tally.nothing_stored(", ".join(paths))
+    data = pd.concat(frames, ignore_index=True)
     # Values outside their range never reach the store: the row is dropped and counted.
     bad = np.zeros(len(data), dtype=bool)
     for c in UTIL_COLUMNS & set(data.columns):
@@ -167,7 +184,7 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
         res.devices += 1
         for row, t_us, d in zip(g.to_dict("records"), ts.tolist(), dt.tolist()):
             when = datetime.fromtimestamp(t_us / 1e6, tz=timezone.utc)
-            if keys.has(uuid, when.strftime("%Y-%m-%d"), t_us):
+            if not keys.claim(uuid, when.strftime("%Y-%m-%d"), t_us):
                 res.tally.already_stored += 1
                 continue
             clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
@@ -176,6 +193,10 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
                     clean[c] = int(round(clean[c]))
             w.add("samples", {**clean, "ts": when, "host": h, "uuid": uuid, "interval_s": d, "source": "table"})
             res.rows += 1
+    book = writers.get(host) if host else next(iter(writers.values()), None)
+    for path, sha in shas.items():
+        if book is not None:
+            ledger.record(book, sha, path, -1, "in-file")  # rows per file are not kept apart after the merge
     for w in writers.values():
         w.flush()
     res.hosts = sorted(writers)

@@ -1,58 +1,59 @@
 """Compaction: many small flush files of one (table, host, date) become one file.
 
-The new file is written completely (atomic rename) before the small ones are removed, so a crash
-at any point leaves either the old files or the new one readable — never a gap. A crash between
-the rename and the removals leaves both, which a reader would count twice; the compacted file's
-name records the files it replaced (``.sources`` beside it) so that the next compaction finishes
-the removal before doing anything else.
+The compacted file replaces its sources through the journal of ``gpu_audit.store.replace``: the
+sources are removed only after the new file is durably written and read back, and a run that fails
+(a full disk) or is killed is undone or finished by the next one, never taken as complete. Rows
+that are identical in every column (a retried flush, a file copied into the partition) are kept
+once; every other row, and every column (also one this version does not know, written by a newer
+collector), goes through unchanged.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpu_audit.store.layout import is_data_file
-from gpu_audit.store.schema import TABLES, with_version
-from gpu_audit.store.writer import write_parquet_atomic
-
-
-def _finish(folder: str) -> None:
-    for name in os.listdir(folder):
-        if name.endswith(".sources"):
-            with open(os.path.join(folder, name)) as f:
-                for src in json.load(f):
-                    try:
-                        os.unlink(os.path.join(folder, src))
-                    except FileNotFoundError:
-                        pass
-            os.unlink(os.path.join(folder, name))
+from gpu_audit.store.replace import recover, replace_files
+from gpu_audit.store.schema import TABLES, merge_tables
 
 
 def compact_partition(folder: str, table: str) -> str | None:
     """Merge every data file in ``folder`` (one table, host and date) into one; return its path."""
-    _finish(folder)
-    files = sorted(n for n in os.listdir(folder) if is_data_file(n) and not n.startswith("compact-"))
-    olds = sorted(n for n in os.listdir(folder) if is_data_file(n) and n.startswith("compact-"))
-    if len(files) + len(olds) <= 1:
+    recover(folder)
+    names = sorted(n for n in os.listdir(folder) if is_data_file(n))
+    if len(names) <= 1:
         return None
-    parts = [pq.read_table(os.path.join(folder, n)) for n in olds + files]
-    schema = with_version(TABLES[table])
-    data = pa.concat_tables([p.select([c for c in schema.names if c in p.column_names]) for p in parts], promote_options="default")
+    data = merge_tables([pq.read_table(os.path.join(folder, n)) for n in names], TABLES[table])
+    data = unique_rows(data)
     keys = [(k, "ascending") for k in ("host", "uuid", "endpoint", "ts") if k in data.column_names]
-    data = data.sort_by(keys).cast(schema) if data.schema.names == schema.names else data.sort_by(keys)
-    name = f"compact-{len(os.listdir(folder))}-{os.getpid()}.parquet"
-    path = os.path.join(folder, name)
-    marker = os.path.join(folder, f".{name}.sources")
-    with open(marker, "w") as f:
-        json.dump(olds + files, f)
-    write_parquet_atomic(data, path)
-    os.replace(marker, os.path.join(folder, f"{name}.sources"))
-    _finish(folder)
-    return path
+    data = data.sort_by(keys)
+    n = 0
+    while any(x.startswith(f"compact-{n}-") for x in names):
+        n += 1
+    return replace_files(folder, names, data, f"compact-{n}-{os.getpid()}.parquet")
+
+
+def unique_rows(t: pa.Table) -> pa.Table:
+    """The rows of ``t`` with rows equal in every column kept once (first one kept, order kept)."""
+    if t.num_rows < 2:
+        return t
+    import duckdb
+
+    cols = ", ".join('"' + c.replace('"', '""') + '"' for c in t.column_names)
+    con = duckdb.connect()
+    try:
+        con.register("t", t.append_column("__row", pa.array(range(t.num_rows), pa.int64())))
+        keep = con.sql(f"SELECT min(__row) AS i FROM t GROUP BY {cols}").to_arrow_table()["i"]
+    finally:
+        con.close()
+    if len(keep) == t.num_rows:
+        return t
+    import pyarrow.compute as pc
+
+    return t.take(pc.sort_indices(keep))
 
 
 STALE_S = 3600.0  # a temp or probe file older than this belongs to a writer that died

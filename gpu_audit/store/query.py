@@ -52,12 +52,17 @@ def window_where(since: datetime | None, until: datetime | None, *extra: str) ->
     return ("WHERE " + " AND ".join(where)) if where else ""
 
 
-def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_path: bool = False) -> str:
+def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_path: bool = False,
+                   covered_from: int | None = None) -> str:
     """A SELECT over the files with every column of the current schema: columns that no file has
     (a store written by an older schema version, or an importer that has fewer fields) are typed
     NULLs, so the analysis reads every version. A file without ``ts``, ``uuid`` or ``interval_s``
     is refused by name. With ``host_from_path`` a row without ``host`` takes it from its
-    ``host=`` folder (a store written by another tool, with the host only as the partition)."""
+    ``host=`` folder (a store written by another tool, with the host only as the partition).
+
+    ``covered_from``: the files from this index on lie in partitions that also have rollups; their
+    rows in a (host, uuid) interval that the temp table ``rolled_up`` (``rolled_up_sql``) covers
+    are left out, so that a rollup and the raw rows of the same time count once."""
     from gpu_audit.store.schema import SAMPLES
 
     src = read_sql(files)
@@ -76,18 +81,56 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_p
             cols.append(f'"{f.name}"')
         else:
             cols.append(f'CAST(NULL AS {DUCK_TYPES[str(f.type)]}) AS "{f.name}"')
-    return f"(SELECT {', '.join(cols)}, file_index FROM {src})"
+    if covered_from is None or covered_from >= len(files):
+        return f"(SELECT {', '.join(cols)}, file_index FROM {src})"
+    plain, late = files[:covered_from], files[covered_from:]
+    parts = [f"SELECT {', '.join(cols)}, file_index FROM {read_sql(plain)}"] if plain else []
+    parts.append(f"""SELECT * FROM (SELECT {', '.join(cols)}, file_index + {len(plain)} AS file_index FROM {read_sql(late)}) s
+      WHERE NOT EXISTS (SELECT 1 FROM rolled_up r WHERE r.host = s.host AND r.uuid = s.uuid
+                        AND epoch_us(s.ts) >= r.start_us AND epoch_us(s.ts) < r.end_us)""")
+    return "(" + " UNION ALL BY NAME ".join(parts) + ")"
+
+
+def partition_key(path: str) -> tuple[str, str]:
+    """A file's partition as (``host=...``, ``date=...``), the same in every copy of a store."""
+    import os
+
+    d = os.path.dirname(path)
+    return os.path.basename(os.path.dirname(d)), os.path.basename(d)
+
+
+def rolled_up_sql(con: duckdb.DuckDBPyConnection, rollup_files: list[str]) -> None:
+    """The temp table ``rolled_up`` (host, uuid, start_us, end_us): the intervals the rollups cover,
+    for ``samples_source(covered_from=...)``."""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE rolled_up AS
+      SELECT DISTINCT host, uuid, epoch_us(ts) AS start_us, epoch_us(ts) + CAST(resolution_s * 1e6 AS BIGINT) AS end_us
+      FROM {read_sql(rollup_files)}""")
+
+
+def split_covered(files: list[str], rollup_files: list[str]) -> tuple[list[str], int | None]:
+    """The sample files ordered so that those in a partition that also has rollups (in any of the
+    stores read) come last, and the index where they begin (None: no such file)."""
+    rolled = {partition_key(f) for f in rollup_files}
+    plain = [f for f in files if partition_key(f) not in rolled]
+    late = [f for f in files if partition_key(f) in rolled]
+    return plain + late, (len(plain) if late else None)
 
 
 def rollups_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
     """Rollup files, with every column of the current rollup schema: a column no file has (an older
-    schema version: k8s_namespace before 2, blind_dt_s before 3) is a typed NULL."""
+    schema version: k8s_namespace before 2, blind_dt_s before 3) is a typed NULL. Where one partition
+    has several rollup files (two copies of a store, a merge interrupted), each (host, uuid, minute,
+    namespace) counts once: the row standing for the most samples."""
     from gpu_audit.store.schema import ROLLUPS
 
     src = read_sql(files)
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     missing = [f'CAST(NULL AS {DUCK_TYPES[str(f.type)]}) AS "{f.name}"' for f in ROLLUPS if f.name not in have]
-    return src if not missing else f"(SELECT *, {', '.join(missing)} FROM {src})"
+    src = src if not missing else f"(SELECT *, {', '.join(missing)} FROM {src})"
+    if not several_per_partition(files):
+        return src
+    return f"""(SELECT * FROM {src} QUALIFY row_number() OVER (PARTITION BY host, uuid, ts, k8s_namespace
+                                                        ORDER BY n DESC, dt_s DESC) = 1)"""
 
 
 _NUMERIC = {"FLOAT", "DOUBLE", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT", "UINTEGER", "UBIGINT", "USMALLINT",
@@ -129,7 +172,8 @@ def missing_columns(files: list[str]) -> dict[str, list[str]]:
 
 _UTIL = ("util_gpu_pct", "gr_engine_active_pct", "sm_active_pct")
 # NaN compares above every number in DuckDB, so BETWEEN rejects NaN and infinities as well as values out of range.
-BAD = ("(ts IS NULL OR uuid IS NULL OR NOT coalesce(interval_s BETWEEN 0 AND 1e12, false) OR "
+EARLIEST_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"  # older times are not real samples (sources.sink.EARLIEST)
+BAD = (f"(ts IS NULL OR uuid IS NULL OR ts < {EARLIEST_SQL} OR NOT coalesce(interval_s BETWEEN 0 AND 1e12, false) OR "
        + " OR ".join(f"NOT coalesce({c} BETWEEN 0 AND 100, true)" for c in _UTIL) + ")")
 
 
@@ -288,11 +332,10 @@ def hour_sums_sql(rows: str, idle: float, per_file: bool = True, weighted: bool 
 
 
 def several_per_partition(files: list[str]) -> bool:
-    """Whether some host/date partition holds more than one file (then files can overlap)."""
-    import os
-
-    folders = [os.path.dirname(f) for f in files]
-    return len(set(folders)) < len(folders)
+    """Whether some host/date partition holds more than one file, in one store or across the copies
+    of a store read together (then files can overlap)."""
+    keys = [partition_key(f) for f in files]
+    return len(set(keys)) < len(keys)
 
 
 MIG_VISIBLE = "(p.source NOT IN ('nvidia-smi', 'dcgm') OR a.used IS NOT NULL)"

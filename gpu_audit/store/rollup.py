@@ -8,30 +8,39 @@ first and end time. A report therefore gives the same spend, waste, idle cost, m
 attribution from rollups as from the raw samples; what needs sub-minute detail (the p95s, the
 utilization histogram) is computed from minute means instead.
 
-A day is rolled up only when it ended before the cut-off. The rollup file is written completely
-(atomic rename) before the raw day's folder is removed, so a crash leaves the raw day, the rollup, or
-both; a day that has both is read from the rollup only (the leftover raw folder is removed by the
-next run).
+A day is rolled up only when it ended before the cut-off. The rollup replaces the raw files
+through the journal of ``gpu_audit.store.replace``: the raw files are removed only after the rollup
+is durably written and read back, and a failed or killed run is undone by the next one. Raw rows
+that arrive for a day already rolled up (a late import, a collector that was offline) are kept:
+the report reads them beside the rollup (a device and minute the rollup has counts once), and the
+next rollup merges them into a new rollup file with the old rollup's rows. A day whose raw files
+hold columns this version does not know (a newer collector's) is left raw, and said.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from datetime import datetime, timedelta, timezone
 
 import duckdb
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from gpu_audit.duck import session
 from gpu_audit.errors import GpuAuditError
 from gpu_audit.store.layout import is_data_file
-from gpu_audit.store.query import clean_rows, mig_free_sql, samples_source, samples_sql, several_per_partition
-from gpu_audit.store.schema import ROLLUPS, with_version
-from gpu_audit.store.writer import write_parquet_atomic
+from gpu_audit.store.query import clean_rows, mig_free_sql, rolled_up_sql, samples_source, samples_sql, several_per_partition
+from gpu_audit.store.replace import recover, replace_files
+from gpu_audit.store.schema import ROLLUPS, SAMPLES, merge_tables, with_version
 
 
-def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: float, idle_below: float) -> str:
-    src = samples_source(con, files)  # every column of the current schema, typed NULL where a file lacks it
+def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: float, idle_below: float,
+                rolled: list[str]) -> str:
+    covered_from = None
+    if rolled:  # late rows for a day already rolled up: the minutes the rollup has count once, from it
+        rolled_up_sql(con, rolled)
+        covered_from = 0
+    src = samples_source(con, files, covered_from=covered_from)  # every column of the current schema, typed NULL where a file lacks it
     rows = clean_rows(con, samples_sql(src), several_per_partition(files)).sql  # one reading per device and instant, as the analyzer reads them
     res_us = int(resolution_s * 1e6)
     return f"""
@@ -65,41 +74,74 @@ def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: 
 
 
 def rollup(root: str, older_than_s: float, resolution_s: float = 60.0, idle_below: float = 5.0,
-           now: datetime | None = None) -> list[tuple[str, str, int, int]]:
+           now: datetime | None = None, skipped: list[str] | None = None) -> list[tuple[str, str, int, int]]:
     """Roll up every whole day that ended more than ``older_than_s`` ago. Returns, per day rolled,
-    (host folder, date, raw rows, rollup rows)."""
+    (host folder, date, raw rows, rollup rows); days left raw are said in ``skipped``."""
+    skipped = [] if skipped is None else skipped
     if not os.path.isdir(root):
         raise GpuAuditError(f"store not found: {root}")
     if resolution_s <= 0 or 86400 % resolution_s:
         raise GpuAuditError(f"--resolution must divide a day, got {resolution_s:g} s")
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=older_than_s)
     base = os.path.join(root, "samples")
-    done = []
+    done: list[tuple[str, str, int, int]] = []
     with session() as con:
-        _rollup_days(con, root, base, cutoff, resolution_s, idle_below, done)
+        _rollup_days(con, root, base, cutoff, resolution_s, idle_below, done, skipped)
     return done
 
 
 def _rollup_days(con: duckdb.DuckDBPyConnection, root: str, base: str, cutoff: datetime, resolution_s: float,
-                 idle_below: float, done: list[tuple[str, str, int, int]]) -> None:
+                 idle_below: float, done: list[tuple[str, str, int, int]], skipped: list[str]) -> None:
     for host in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         for date in sorted(os.listdir(os.path.join(base, host))):
-            day = datetime.strptime(date[5:], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            try:
+                day = datetime.strptime(date[5:], "%Y-%m-%d").replace(tzinfo=timezone.utc)
+            except ValueError:
+                continue  # not a date= folder of ours
             if day + timedelta(days=1) > cutoff:
                 continue
             raw_dir = os.path.join(base, host, date)
             out_dir = os.path.join(root, "rollups", host, date)
-            if os.path.isdir(out_dir) and any(is_data_file(n) for n in os.listdir(out_dir)):
-                shutil.rmtree(raw_dir)  # a crash after the rollup was written: finish the removal
-                continue
-            files = [os.path.join(raw_dir, n) for n in sorted(os.listdir(raw_dir)) if is_data_file(n)]
+            if os.path.isdir(out_dir):
+                recover(out_dir)  # a run that failed or was killed: undone or finished first
+            files = [os.path.join(raw_dir, n) for n in sorted(os.listdir(raw_dir)) if is_data_file(n)] if os.path.isdir(raw_dir) else []
             if not files:
+                _remove_empty(raw_dir)
                 continue
-            table = con.sql(_rollup_sql(con, files, resolution_s, idle_below)).to_arrow_table()
-            table = table.cast(with_version(ROLLUPS))
-            import pyarrow.compute as pc
+            unknown = sorted({c for f in files for c in _columns(f)} - set(SAMPLES.names))
+            if unknown:
+                skipped.append(f"{host}/{date}: left raw, its samples hold columns this version does not know "
+                               f"({', '.join(unknown[:5])}); roll it up with the gpu-audit that wrote them")
+                continue
+            olds = sorted(n for n in os.listdir(out_dir) if is_data_file(n)) if os.path.isdir(out_dir) else []
+            new = con.sql(_rollup_sql(con, files, resolution_s, idle_below, [os.path.join(out_dir, n) for n in olds])).to_arrow_table()
+            new = new.cast(with_version(ROLLUPS))
+            raw_rows = int(pc.sum(new["n"]).as_py() or 0)
+            table = merge_tables([pq.read_table(os.path.join(out_dir, n)) for n in olds] + [new], ROLLUPS)
+            os.makedirs(out_dir, exist_ok=True)
+            k = 0
+            while os.path.exists(os.path.join(out_dir, f"rollup-{int(resolution_s)}s-{k}.parquet")) or f"rollup-{int(resolution_s)}s-{k}.parquet" in olds:
+                k += 1
+            sources = olds + [os.path.relpath(f, out_dir) for f in files]
+            replace_files(out_dir, sources, table, f"rollup-{int(resolution_s)}s-{k}.parquet")
+            _remove_empty(raw_dir)
+            done.append((host, date[5:], raw_rows, new.num_rows))
 
-            raw_rows = int(pc.sum(table["n"]).as_py() or 0)
-            write_parquet_atomic(table, os.path.join(out_dir, f"rollup-{int(resolution_s)}s.parquet"))
-            shutil.rmtree(raw_dir)
-            done.append((host, date[5:], raw_rows, table.num_rows))
+
+def _columns(path: str) -> list[str]:
+    import pyarrow as pa
+
+    try:
+        return pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as e:
+        raise GpuAuditError(f"cannot read {path}: {str(e).splitlines()[0]}",
+                            hint="a damaged or foreign file in the store: move it aside and run again") from None
+
+
+def _remove_empty(folder: str) -> None:
+    """The raw day's folder, and its host folder, once nothing is left in them."""
+    for d in (folder, os.path.dirname(folder)):
+        try:
+            os.rmdir(d)
+        except OSError:
+            return

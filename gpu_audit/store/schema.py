@@ -11,6 +11,7 @@ History:
 - 5: processes keep the Unix user and the pod's namespace and name (older files read them as null).
 - 4: samples keep the energy counter (energy_mj) and the energy each sample stands for (energy_j);
   rollups keep energy_j and idle_energy_j (older files read them as null: energy from power x dt).
+- 6: the imports table (content hashes of imported files); compact and rollup carry unknown columns.
 - 3: rollups keep blind_dt_s, the time of a GPU in MIG mode whose source showed no instances (older
   files read it as null: none).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 TS = pa.timestamp("us", tz="UTC")
 
 SAMPLES = pa.schema(
@@ -164,15 +165,52 @@ ROLLUPS = pa.schema(
     ]
 )
 
+# One row per file an import read (schema version 6): the same content given again is skipped.
+IMPORTS = pa.schema(
+    [
+        ("ts", TS),  # when it was imported
+        ("host", pa.string()),  # the host it was imported for (--host), or "" where the rows name their hosts
+        ("kind", pa.string()),  # nvidia-smi, nvidia-smi-xml, prometheus-text, table
+        ("sha256", pa.string()),  # of the file's bytes
+        ("path", pa.string()),  # as given on the command line
+        ("rows", pa.int64()),  # rows it stored
+        ("time_source", pa.string()),  # where its times came from: in-file, --at, file modification time
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "processes": PROCESSES,
     "engine": ENGINE,
     "devices": DEVICES,
     "rollups": ROLLUPS,
+    "imports": IMPORTS,
 }
 
 
 def with_version(schema: pa.Schema) -> pa.Schema:
     """The schema with the store's version in its metadata, as written to every file."""
     return schema.with_metadata({b"gpu_audit.schema_version": str(SCHEMA_VERSION).encode()})
+
+
+VERSION_KEY = b"gpu_audit.schema_version"
+
+
+def merge_tables(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Files of one table merged into one, for compact and rollup: the columns this version knows
+    take its types (an older file's missing column reads as null), and every other column (a newer
+    collector's) is carried through unchanged, after the known ones. The merged table records the
+    newest schema version among the files (never lower than this one)."""
+    known = [f.name for f in schema]
+    extra: list[pa.Field] = []
+    for p in parts:
+        extra.extend(f for f in p.schema if f.name not in known and f.name not in {e.name for e in extra})
+    out = []
+    for p in parts:
+        cols = [p[f.name].cast(f.type) if f.name in p.column_names else pa.nulls(p.num_rows, f.type) for f in schema]
+        cols += [p[f.name] if f.name in p.column_names else pa.nulls(p.num_rows, f.type) for f in extra]
+        out.append(pa.table(cols, schema=pa.schema(list(schema) + extra)))
+    merged = pa.concat_tables(out, promote_options="permissive") if out else pa.schema(list(schema) + extra).empty_table()
+    versions = [SCHEMA_VERSION] + [int(p.schema.metadata[VERSION_KEY]) for p in parts
+                                   if p.schema.metadata and p.schema.metadata.get(VERSION_KEY, b"").isdigit()]
+    return merged.replace_schema_metadata({VERSION_KEY: str(max(versions)).encode()})
