@@ -41,6 +41,7 @@ class GpuModel:
     price_source: str | None = None
     match: tuple[str, ...] = field(default=())  # extra name patterns (regex, case-insensitive)
     provider: str = "aws"  # whose list the catalog price is from: prices are compared within one provider
+    quoted_gpus: int = 1  # the price is an instance of this many GPUs divided by it: billed whole (per node)
 
     @property
     def memory_bytes(self) -> int:
@@ -68,17 +69,17 @@ MODELS: tuple[GpuModel, ...] = (
              None, None, None),
     GpuModel("H200", "NVIDIA H200", 143771, 700, 1980, 989, True, True, "hopper", 7, _H200,
              13.40, "2026-05", "AWS p5e.48xlarge ~$107/h / 8, an estimate (awsnegotiations.com)",
-             (r"\bH200\b",)),
+             (r"\bH200\b",), quoted_gpus=8),
     GpuModel("H100 SXM", "NVIDIA H100 80GB HBM3", 81559, 700, 1980, 989, True, True, "hopper", 7, _H100_80,
              12.29, "2026-Q1", _AWS + "; p5.48xlarge list before the June 2025 cut, verify",
-             (r"\bH100\b(?!.*\b(PCIe|NVL)\b)",)),
+             (r"\bH100\b(?!.*\b(PCIe|NVL)\b)",), quoted_gpus=8),
     GpuModel("H100 PCIe", "NVIDIA H100 PCIe", 81559, 350, 1755, 756, True, True, "hopper", 7, _H100_80,
              2.79, "2026-05-22", "RunPod H100 PCIe Secure Cloud (spheron.network blog)",
              (r"\bH100\b.*\bPCIe\b",), "runpod"),
     GpuModel("A100 80GB", "NVIDIA A100-SXM4-80GB", 81920, 400, 1410, 312, False, False, "ampere", 7, _A100_80,
-             5.12, "2026-Q1", _AWS + "; p4de.24xlarge / 8", (r"\bA100\b.*\b80\s?GB\b",)),
+             5.12, "2026-Q1", _AWS + "; p4de.24xlarge / 8", (r"\bA100\b.*\b80\s?GB\b",), quoted_gpus=8),
     GpuModel("A100 40GB", "NVIDIA A100-SXM4-40GB", 40960, 400, 1410, 312, False, False, "ampere", 7, _A100_40,
-             4.10, "2026-Q1", _AWS + "; p4d.24xlarge / 8", (r"\bA100\b(?!.*\b80\s?GB\b)",)),
+             4.10, "2026-Q1", _AWS + "; p4d.24xlarge / 8", (r"\bA100\b(?!.*\b80\s?GB\b)",), quoted_gpus=8),
     GpuModel("L40S", "NVIDIA L40S", 46068, 350, 2520, 362, True, False, "ada", 0, (),
              1.86, "2026-Q1", _AWS + "; g6e.xlarge", (r"\bL40S\b",)),
     GpuModel("L4", "NVIDIA L4", 23034, 72, 2040, 121, True, False, "ada", 0, (),

@@ -383,9 +383,10 @@ def prices(
             return os.path.basename(str(loaded.path)) + source[len(str(loaded.path)):]
         return source
 
-    t = Table("model", "NVML name", "$ / GPU-hour", "as of", "source")
+    t = Table("model", "NVML name", "$ / GPU-hour", "quoted", "as of", "source")
     for r in price_table(loaded):
-        t.add_row(_e(r["model"]), _e(r["nvml_name"] or ""), fmt_usd(r["price_per_hour"]), r["as_of"] or "", _e(short(r["source"])))
+        t.add_row(_e(r["model"]), _e(r["nvml_name"] or ""), fmt_usd(r["price_per_hour"]), _e(r.get("quoted") or ""), r["as_of"] or "",
+                  _e(short(r["source"])))
     c.print(t)
     t = Table("host", "billed per", "commitment", "source", title="Billing", title_justify="left")
     for r in billing_table(loaded, store or []):

@@ -10,7 +10,7 @@ import pytest
 from conftest import ASSETS
 from gpu_audit.analyze.engine import AnalyzeSettings, analyze
 from gpu_audit.analyze.findings import add_recommendations, aggregate_series
-from gpu_audit.analyze.hourly import COLUMNS, HourlyColumns, per_host
+from gpu_audit.hourly import COLUMNS, HourlyColumns, per_host
 from gpu_audit.analyze.pricing import load_pricing
 from gpu_audit.recommend.base import HourlyIndex
 from storefix import series, write_samples

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from gpu_audit.analyze.hourly import COLUMNS as HOURLY_COLUMNS, HourlyColumns
+from gpu_audit.hourly import COLUMNS as HOURLY_COLUMNS, HourlyColumns
 from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.reader import table_files
 from gpu_audit.analyze.tokens import TokenLog
@@ -427,7 +427,7 @@ def _devices_stage(r: _Run) -> None:
     devices, unpriced, no_evidence, gaps, read_errors = [], [], [], [], []
     for x in r.dev.itertuples(index=False):
         pr = r.prices[(x.host, x.uuid)]
-        bill = r.pricing.billing(x.host)
+        bill = r.pricing.effective_billing(x.host, pr)
         parent_in_mig = bool(x.mig_mode) and (x.parent_uuid is None or pd.isna(x.parent_uuid))
         metric = max((("util_gpu_pct", x.m_util), ("gr_engine_active_pct", x.m_gr), ("sm_active_pct", x.m_sm)),
                      key=lambda kv: kv[1] or 0)
@@ -460,7 +460,7 @@ def _devices_stage(r: _Run) -> None:
                               "counter" if x.counter_n >= x.n else "power x dt" if x.counter_n == 0 else "counter and power x dt"),
             "energy_usd": x.energy_usd if x.has_energy and x.has_energy_usd else None,
             "kgco2e": x.kgco2e if x.has_energy and x.has_co2 else None,
-            "billing": {"unit": bill.unit, "commitment": bill.commitment, "source": bill.source},
+            "billing": {"unit": bill.unit, "commitment": bill.commitment, "source": bill.source, "declared": bill.declared},
             "coverage_pct": min(100.0, 100 * x.dt_s / window_s) if window_s > 0 else None,
             "covered_hours": x.dt_s / 3600,
             "error_hours": x.error_dt / 3600,
@@ -516,7 +516,7 @@ def _fleet(dh: pd.DataFrame, devices: list[dict[str, Any]]) -> dict[str, Any]:
     priced = dh["price"].notna()
     ev = dh["ev_dt"].sum()
     sm_rows = dh[priced & (dh["sm_share_dt"] > 0)]
-    physical = {d["uuid"] for d in devices if not d["parent_uuid"]}
+    physical = {(d["host"], d["uuid"]) for d in devices if not d["parent_uuid"]}  # masked UUIDs repeat across hosts
     fleet = {
         "gpus": len(physical),
         "devices": len(billable),

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gpu_audit.analyze.hourly import AGGREGATE_ABOVE, HourlyColumns
+from gpu_audit.hourly import AGGREGATE_ABOVE, HourlyColumns
 from gpu_audit.errors import GpuAuditError
 
 
@@ -106,7 +106,7 @@ def aggregate_series(findings: dict[str, Any]) -> dict[str, Any]:
     AGGREGATE_ABOVE devices, else one row per host and hour (dt-weighted mean utilization, peak
     memory, summed spend), so that the JSON and the HTML of a fleet stay small. The rules have
     already run on the per-device hours."""
-    from gpu_audit.analyze.hourly import HourlyColumns, per_host
+    from gpu_audit.hourly import HourlyColumns, per_host
 
     series = findings["series"]["device_hourly"]
     if len(findings["devices"]) <= AGGREGATE_ABOVE:
@@ -150,8 +150,17 @@ def add_recommendations(findings: dict[str, Any], pricing: Any, settings: Any = 
     findings["recommendations"] = out["recommendations"]
     fleet = findings["fleet"]
     for k in ("potential_monthly_savings_usd", "capacity_monthly_usd", "capacity_gpus_freed", "behaviour_recommendations",
-              "behaviour_monthly_estimate_usd"):
+              "behaviour_monthly_estimate_usd", "cash_assumed_billing_usd"):
         fleet[k] = out[k]
+    # No month from a snapshot (DESIGN.md "Monthly"): below min_covered_hours of evidence on every
+    # device, the run-rate is null and says why.
+    evidence_h = max((d.get("covered_hours") or 0.0 for d in findings["devices"]), default=0.0)
+    fleet["monthly_na"] = None
+    if evidence_h < rs.min_covered_hours:
+        from gpu_audit.fmt import fmt_duration
+
+        fleet["monthly_run_rate_usd"] = None
+        fleet["monthly_na"] = f"n/a: {fmt_duration(evidence_h * 3600)} of evidence (a month needs {rs.min_covered_hours:g} h or more)"
     rate = fleet.get("monthly_run_rate_usd")
     fleet["cash_share_of_run_rate_pct"] = 100 * fleet["potential_monthly_savings_usd"] / rate if rate else None
     findings["savings_by_device"] = out["savings_by_device"]

@@ -29,6 +29,8 @@ class Price:
     source: str  # "pricing file [host] \"node-7\"", "catalog: ...", ...
     as_of: str | None = None
     provider: str = "file"  # "file" for the pricing file; the catalog's provider otherwise
+    quoted_gpus: int = 1  # a catalog price of an instance of this many GPUs, divided by it
+    quoted_as: str = "per GPU"  # how the price was quoted, for the billing assumed from it
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class Billing:
 
     unit: str = "gpu"
     commitment: str = "on-demand"
-    source: str = "default (per GPU, on demand)"
+    source: str = "assumed: per GPU, on demand (no [billing] in the pricing file)"
+    declared: bool = False  # said by the pricing file ([billing] or a pattern); else assumed from how the price was quoted
 
     @property
     def returnable(self) -> bool:
@@ -95,6 +98,18 @@ class Pricing:
         hits = [p for p in self.billing_hosts if fnmatchcase(host, p)]
         return self.billing_hosts[max(hits, key=len)] if hits else self.billing_default
 
+    def effective_billing(self, host: str, price: Price | None) -> Billing:
+        """The billing a host's claims rest on (DESIGN.md "Billing, declared or assumed"): the pricing
+        file's where it declares one for the host; else assumed from how the device's price was
+        quoted: a catalog price of a multi-GPU instance is billed per node of that instance, any other
+        price per GPU on demand."""
+        b = self.billing(host)
+        if b.declared:
+            return b
+        if price is not None and price.quoted_gpus > 1:
+            return Billing("node", "on-demand", f"assumed: per node, the price is quoted {price.quoted_as}; declare [billing] to change")
+        return b
+
     def price(self, host: str, name: str | None) -> Price | None:
         if host in self.hosts:
             return Price(self.hosts[host], f"{self.path} [host] {host!r}")
@@ -107,7 +122,9 @@ class Pricing:
             return Price(self.gpus[best], f"{self.path} [gpu] {best!r}")
         model = find_model(name or "")
         if model and model.price_per_hour is not None:
-            return Price(model.price_per_hour, f"catalog {model.key}: {model.price_source}", model.price_as_of, model.provider)
+            return Price(model.price_per_hour, f"catalog {model.key}: {model.price_source}", model.price_as_of, model.provider,
+                         model.quoted_gpus, f"per {model.quoted_gpus}-GPU instance ({model.key} catalog price / {model.quoted_gpus})"
+                         if model.quoted_gpus > 1 else "per GPU")
         return None
 
 
@@ -162,7 +179,8 @@ def load_pricing(path: str | None) -> Pricing:
     billing = raw.get("billing", {})
     if not isinstance(billing, dict):
         raise bad("billing", "[billing] must be a table (unit, commitment, and [billing.host.\"PATTERN\"])")
-    p.billing_default = _billing(billing, "[billing]", bad, Billing(source=f"{path} [billing]") if billing else Billing())
+    declared = bool({"unit", "commitment"} & set(billing))  # [billing] with only host patterns declares nothing for others
+    p.billing_default = _billing(billing, "[billing]", bad, Billing(source=f"{path} [billing]", declared=True) if declared else Billing())
     hosts = billing.get("host", {})
     if not isinstance(hosts, dict):
         raise bad("billing.host", "[billing.host.\"PATTERN\"] must be tables")
@@ -170,7 +188,8 @@ def load_pricing(path: str | None) -> Pricing:
         if not isinstance(spec, dict):
             raise bad(pattern, f"[billing.host.{pattern!r}] must be a table (unit, commitment)")
         p.billing_hosts[pattern] = _billing(spec, f"[billing.host.{pattern!r}]", bad,
-                                            Billing(p.billing_default.unit, p.billing_default.commitment, f"{path} [billing.host.{pattern!r}]"))
+                                            Billing(p.billing_default.unit, p.billing_default.commitment, f"{path} [billing.host.{pattern!r}]",
+                                                    True))
     energy = raw.get("energy", {})
     if not isinstance(energy, dict):
         raise bad("energy", "[energy] must be a table (usd_per_kwh, pue, grid_gco2_per_kwh, and [energy.host.\"PATTERN\"])")
@@ -217,7 +236,7 @@ def _billing(spec: dict[str, Any], where: str, bad: Any, base: Billing) -> Billi
         raise bad("unit", f"{where} unit: expected one of {', '.join(UNITS)}, got {unit!r}")
     if commitment not in COMMITMENTS:
         raise bad("commitment", f"{where} commitment: expected one of {', '.join(COMMITMENTS)}, got {commitment!r}")
-    return Billing(unit, commitment, base.source)
+    return Billing(unit, commitment, base.source, base.declared)
 
 
 def price_table(pricing: Pricing) -> list[dict[str, Any]]:
@@ -226,7 +245,8 @@ def price_table(pricing: Pricing) -> list[dict[str, Any]]:
     for m in MODELS:
         pr = pricing.price("", m.nvml_name)
         rows.append({"model": m.key, "nvml_name": m.nvml_name, "price_per_hour": pr.per_hour if pr else None,
-                     "as_of": pr.as_of if pr else None, "source": pr.source if pr else "no price: unpriced unless a pricing file names it"})
+                     "as_of": pr.as_of if pr else None, "source": pr.source if pr else "no price: unpriced unless a pricing file names it",
+                     "quoted": pr.quoted_as if pr else None})
     for k, v in pricing.gpus.items():
         if not any(r["source"].endswith(f"[gpu] {k!r}") for r in rows):
             rows.append({"model": k, "nvml_name": None, "price_per_hour": v, "as_of": None, "source": f"{pricing.path} [gpu] {k!r}"})
@@ -256,4 +276,5 @@ def billing_table(pricing: Pricing, stores: list[str]) -> list[dict[str, Any]]:
 
 
 def _brow(b: Billing) -> dict[str, str]:
-    return {"unit": b.unit, "commitment": b.commitment, "source": b.source}
+    return {"unit": b.unit, "commitment": b.commitment,
+            "source": b.source if b.declared else b.source + "; catalog prices quoted per multi-GPU instance are assumed per node"}

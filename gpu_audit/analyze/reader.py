@@ -23,7 +23,12 @@ def table_files(roots: list[str], table: str, since: datetime | None = None, unt
     files: list[str] = []
     lo = (since - timedelta(days=1)).strftime("%Y-%m-%d") if since else None
     hi = until.strftime("%Y-%m-%d") if until else None
+    seen: set[str] = set()
     for root in roots:
+        real = os.path.realpath(root)
+        if real in seen:
+            continue  # the same store given twice is read once (a copy elsewhere is counted once by the scan)
+        seen.add(real)
         if not os.path.isdir(root):
             raise StoreNotFound(f"store not found: {root}", hint="give the folder that `gpu-audit collect --out` wrote")
         for d in glob.glob(os.path.join(glob.escape(root), table, "host=*", "date=*")):

@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from gpu_audit.store.query import (SUM_COLUMNS, Cleaned, dedup, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
+from gpu_audit.store.query import (EARLIEST_HOUR, SUM_COLUMNS, Cleaned, dedup, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
                                    rolled_up_sql, rollups_source, samples_source, samples_sql, several_per_partition,
                                    split_covered, window_where)
 
@@ -53,14 +53,16 @@ def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window, rollup_fil
     rows = samples_sql(src, w.since, w.until)
     per_file = several_per_partition(files)  # else no two files can hold the same device-hour
     dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
-    if dh["host"].isna().any():  # a file without a host column: the host comes from its host= folder
-        src = samples_source(con, files, host_from_path=True, covered_from=covered_from)
-        rows = samples_sql(src, w.since, w.until)
+    early = bool((dh["hour"] < EARLIEST_HOUR).any())  # rows before 2000: read again, rejecting them
+    if dh["host"].isna().any() or early:  # a file without a host column: the host comes from its host= folder
+        src = samples_source(con, files, host_from_path=bool(dh["host"].isna().any()), covered_from=covered_from)
+        rows = samples_sql(src, w.since, w.until, early=early)
         dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
-    rejected = _rejected(con, src, w, files) if dh["bad_n"].sum() > 0 else []
+    rejected = _rejected(con, src, w, files, early) if dh["bad_n"].sum() > 0 else []
     if not rejected:  # every row in range: the later scans need not check again
         rows = samples_sql(src, w.since, w.until, check=False)
-    dh = dh[dh["uuid"].notna() & dh["hour"].notna()]  # rows without ts or uuid were counted as rejected
+    # rows without ts or uuid, or with a time before 2000, were counted as rejected: their hours are no part of the window
+    dh = dh[dh["uuid"].notna() & dh["hour"].notna() & (dh["hour"] >= EARLIEST_HOUR)]
     sus = dh.loc[dh["suspect"].astype(bool), ["host", "uuid", "hour"]]
     flagged = sorted((h, u, int(hr)) for h, u, hr in sus.itertuples(index=False))
     cleaned: Cleaned = dedup(con, rows, flagged)
@@ -72,16 +74,16 @@ def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window, rollup_fil
     return Scan(cleaned.sql, dh.drop(columns=["suspect"]), cleaned.devices, rejected)
 
 
-def _rejected(con: duckdb.DuckDBPyConnection, src: str, w: Window, files: list[str]) -> list[dict[str, Any]]:
+def _rejected(con: duckdb.DuckDBPyConnection, src: str, w: Window, files: list[str], early: bool = False) -> list[dict[str, Any]]:
     """Per file, the rows that reach no sum and why (a second scan, run only when there are some)."""
-    from gpu_audit.store.query import BAD, EARLIEST_SQL, StoreFileError
+    from gpu_audit.store.query import BAD, BAD_EARLY, EARLIEST_SQL, StoreFileError
 
     found = con.execute(f"""
       SELECT file_index, count(*),
              count(*) FILTER (WHERE ts IS NULL OR uuid IS NULL),
              count(*) FILTER (WHERE interval_s IS NULL OR NOT isfinite(CAST(interval_s AS DOUBLE)) OR interval_s < 0),
              count(*) FILTER (WHERE ts < {EARLIEST_SQL})
-      FROM {src} {window_where(w.since, w.until, BAD)} GROUP BY file_index ORDER BY file_index
+      FROM {src} {window_where(w.since, w.until, BAD_EARLY if early else BAD)} GROUP BY file_index ORDER BY file_index
     """).fetchall()
     lacking = missing_columns([files[i] for i, *_ in found])
     if lacking:

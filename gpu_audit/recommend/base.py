@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gpu_audit.hourly import HourlyColumns
+
 HOURS_PER_MONTH = 730
 
 
@@ -25,6 +27,9 @@ class Recommendation:
     # change; in no total). A rule says what the change frees; claims.classify decides cash vs capacity
     # from the target and the host's billing.
     savings_class: str = "cash"
+    # the billing the claim rests on (claims.classify): {unit, commitment, declared, source} of its targets'
+    # hosts; "mixed" where they differ. declared is false where any target's billing is assumed.
+    billing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -109,8 +114,6 @@ class HourlyIndex:
     """
 
     def __init__(self, findings: dict[str, Any]) -> None:
-        from gpu_audit.analyze.hourly import HourlyColumns
-
         self.rows = findings["series"]["device_hourly"]["rows"]
         self.cols = findings["series"]["device_hourly"]["columns"]
         self._hours: dict[str, int] = {}  # a window has few distinct hours: parse each once

@@ -33,8 +33,20 @@ SPECIFIC = {"idle", "right_size"}  # the targets themselves are freed (or moved)
 RELEASE_VARIANTS = {"idle_empty", "idle_memory_held"}  # an idle device given back (not a schedule)
 
 
-def _billing(d: dict[str, Any]) -> dict[str, str]:
-    return d.get("billing") or {"unit": "gpu", "commitment": "on-demand"}
+def _billing(d: dict[str, Any]) -> dict[str, Any]:
+    return d.get("billing") or {"unit": "gpu", "commitment": "on-demand", "declared": False}
+
+
+def rests_on(devs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The billing a claim about ``devs`` rests on: unit and commitment ("mixed" where the targets
+    differ), declared only where every target's host is covered by the pricing file's [billing]."""
+    if not devs:
+        return {}
+    bills = [_billing(d) for d in devs]
+    units, commits = {b["unit"] for b in bills}, {b["commitment"] for b in bills}
+    sources = sorted({b.get("source") or "" for b in bills} - {""})
+    return {"unit": units.pop() if len(units) == 1 else "mixed", "commitment": commits.pop() if len(commits) == 1 else "mixed",
+            "declared": all(b.get("declared", False) for b in bills), "source": "; ".join(sources)}
 
 
 def node_gpus(findings: dict[str, Any]) -> dict[str, set[str]]:
@@ -76,7 +88,7 @@ def classify(findings: dict[str, Any], recs: list[Recommendation]) -> list[Recom
     for r in recs:
         devs = [devices[(t["host"], t["uuid"])] for t in r.targets if (t.get("host"), t.get("uuid")) in devices]
         level, why = confidence(findings, devs)
-        r = _with_energy(findings, r, devs)
+        r = replace(_with_energy(findings, r, devs), billing=rests_on(devs))
         if r.kind in ("idle", "right_size", "consolidation") and any(d.get("workloads") for d in devs):
             r = replace(r, evidence={**r.evidence, "workloads": sorted({w for d in devs for w in d.get("workloads") or []})})
         if LEVELS.index(r.confidence) < LEVELS.index(level):
@@ -267,6 +279,8 @@ def totals(findings: dict[str, Any], recs: list[Recommendation]) -> dict[str, An
     return {
         "cash_by_device": dict(cash), "capacity_by_device": dict(capacity),
         "potential_monthly_savings_usd": sum(cash.values()),
+        # the cash that rests on billing nobody declared (assumed from how a price was quoted)
+        "cash_assumed_billing_usd": sum(v for k, v in cash.items() if not _billing(devices.get(k) or {}).get("declared", False)),
         "capacity_monthly_usd": sum(capacity.values()),
         "capacity_gpus_freed": gpus,
         "behaviour_recommendations": sum(1 for r in recs if r.savings_class == "behaviour"),

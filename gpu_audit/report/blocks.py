@@ -42,9 +42,11 @@ def headline(f: dict[str, Any]) -> Block:
     share = fl.get("cash_share_of_run_rate_pct")
     kpis = [
         Kpi("fleet.spend_usd", "GPU spend", fmt_usd(fl["spend_usd"]), f"{w['hours']:.1f} h window · {fl.get('gpus', fl['devices'])} GPUs"),
-        Kpi("fleet.monthly_run_rate_usd", "Monthly run-rate", fmt_usd(fl.get("monthly_run_rate_usd")), "spend × 730 h / window hours"),
+        Kpi("fleet.monthly_run_rate_usd", "Monthly run-rate", fmt_usd(fl.get("monthly_run_rate_usd")) if not fl.get("monthly_na") else "n/a",
+            fl.get("monthly_na") or "spend × 730 h / window hours"),
         Kpi("fleet.potential_monthly_savings_usd", "Cash savings / month", fmt_usd(fl.get("potential_monthly_savings_usd")),
-            (f"{fmt_pct(share)} of the run-rate; " if share is not None else "") + "bills that shrink, each device once"),
+            (f"{fmt_pct(share)} of the run-rate; " if share is not None else "") + "bills that shrink, each device once"
+            + (f"; {fmt_usd(fl['cash_assumed_billing_usd'])} of it on assumed billing" if fl.get("cash_assumed_billing_usd") else "")),
         Kpi("fleet.capacity_monthly_usd", "Capacity freed / month", fmt_usd(fl.get("capacity_monthly_usd")),
             f"≈ {fl.get('capacity_gpus_freed') or 0:.1f} GPU-equivalents; no bill shrinks unless it avoids buying GPUs"),
         Kpi("fleet.behaviour_recommendations", "Behaviour changes", str(fl.get("behaviour_recommendations") or 0),

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from gpu_audit.fmt import short_id
 
-from gpu_audit.analyze.hourly import AGGREGATE_ABOVE  # devices: above this, the heatmap shows hosts
+from gpu_audit.hourly import AGGREGATE_ABOVE  # devices: above this, the heatmap shows hosts
 
 COLORS = {"productive": "#2f855a", "underused": "#d69e2e", "idle": "#c53030"}
 CONFIG = {"displayModeBar": False, "responsive": True}

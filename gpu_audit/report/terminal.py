@@ -56,6 +56,8 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
               fmt_usd(fl.get("monthly_run_rate_usd")), fmt_usd(fl["waste_usd"]), fmt_usd(fl["idle_usd"]), fmt_pct(fl["mean_util_pct"]),
               fmt_pct(fl["coverage_pct"]))
     console.print(t)
+    if fl.get("monthly_na"):
+        console.print(f"[yellow]monthly run-rate {fl['monthly_na']}[/]: a snapshot is a reading, not a month", soft_wrap=True)
     if "potential_monthly_savings_usd" in fl:
         share = fl.get("cash_share_of_run_rate_pct")
         console.print(f"[bold]cash savings {fmt_usd(fl['potential_monthly_savings_usd'])}/month[/]"
@@ -63,6 +65,11 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
                       + f"; capacity freed {fmt_usd(fl.get('capacity_monthly_usd'))}/month (≈ {fl.get('capacity_gpus_freed') or 0:.1f} "
                       f"GPU-equivalents, no bill shrinks); {fl.get('behaviour_recommendations') or 0} behaviour change(s) suggested "
                       "(in no total)", soft_wrap=True)
+        assumed = fl.get("cash_assumed_billing_usd") or 0.0
+        if assumed > 0:
+            console.print(f"[yellow]of the cash, {fmt_usd(assumed)}/month rests on assumed billing[/] (no \\[billing] in the pricing file "
+                          f"for those hosts; declared: {fmt_usd(fl['potential_monthly_savings_usd'] - assumed)}): declare how the GPUs are "
+                          "bought to confirm it", soft_wrap=True)
     if fl.get("energy_kwh") is not None:
         extra = [f"{fmt_usd(fl['energy_usd'])} of energy (beside spend, not in it)"] if fl.get("energy_usd") is not None else []
         extra += [f"{fl['kgco2e']:,.1f} kgCO2e"] if fl.get("kgco2e") is not None else []
@@ -74,10 +81,11 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
     recs = f.get("recommendations") or []
     if recs:
         shown = recs[:MAX_RECS]
-        t = Table("class", "kind", "recommendation", "$ / month", "confidence", title=f"Recommendations ({len(recs)}; cash first, "
+        t = Table("class", "kind", "recommendation", "$ / month", "confidence", "billing", title=f"Recommendations ({len(recs)}; cash first, "
                   "each device counted once in the totals)", title_justify="left")
         for r in shown:
-            t.add_row(r.get("savings_class", ""), r["kind"], clean(r["title"]), fmt_usd(r["monthly_savings_usd"]), r["confidence"])
+            t.add_row(r.get("savings_class", ""), r["kind"], clean(r["title"]), fmt_usd(r["monthly_savings_usd"]), r["confidence"],
+                      _billing_label(r))
         console.print(t)
         if len(recs) > len(shown):
             console.print(f"{len(recs) - len(shown)} more recommendation(s) not shown here (the terminal lists {MAX_RECS}): "
@@ -87,7 +95,7 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
     for d in devs:
         label = (d["name"] or "?").replace("NVIDIA ", "") + " " + short_id(d["uuid"]) + (f" {d['mig_profile']}" if d["mig_profile"] else "")
         if d["mig_mode"] and not d["parent_uuid"]:
-            label += " (unallocated MIG slices)"
+            label += " (MIG mode, instances not visible)" if d.get("mig_instances_visible") is False else " (unallocated MIG slices)"
         t.add_row(clean(d["host"]), clean(label), fmt_num(d["gpu_hours"], 1), fmt_usd(d["spend_usd"]), fmt_usd(d["waste_usd"]),
                   fmt_usd(d["idle_usd"]), fmt_pct(d["mean_util_pct"]), fmt_pct(d["p95_util_pct"], 0), fmt_bytes(d["peak_memory_bytes"]))
     console.print(t)
@@ -143,3 +151,11 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
     for key, what in (("token_records_outside_window", "outside the window"), ("token_records_unknown_host", "from hosts without samples")):
         if q[key]:
             console.print(f"[yellow]token records not attributed:[/] {q[key]} {what}")
+
+
+def _billing_label(r: dict[str, Any]) -> str:
+    """The billing a card rests on, short: "node, on-demand, assumed"."""
+    b = r.get("billing") or {}
+    if not b or r.get("savings_class") == "behaviour":
+        return ""
+    return f"{b.get('unit')}, {b.get('commitment')}" + ("" if b.get("declared") else ", assumed")

@@ -173,11 +173,16 @@ def missing_columns(files: list[str]) -> dict[str, list[str]]:
 _UTIL = ("util_gpu_pct", "gr_engine_active_pct", "sm_active_pct")
 # NaN compares above every number in DuckDB, so BETWEEN rejects NaN and infinities as well as values out of range.
 EARLIEST_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"  # older times are not real samples (sources.sink.EARLIEST)
-BAD = (f"(ts IS NULL OR uuid IS NULL OR ts < {EARLIEST_SQL} OR NOT coalesce(interval_s BETWEEN 0 AND 1e12, false) OR "
+BAD = ("(ts IS NULL OR uuid IS NULL OR NOT coalesce(interval_s BETWEEN 0 AND 1e12, false) OR "
        + " OR ".join(f"NOT coalesce({c} BETWEEN 0 AND 100, true)" for c in _UTIL) + ")")
+# Rows before 2000 are rare (written before the importers refused them): the scan finds their hours
+# (hour < EARLIEST_HOUR) without a per-row test, and only then reads again with this one.
+BAD_EARLY = f"({BAD[1:-1]} OR ts < {EARLIEST_SQL})"
+EARLIEST_HOUR = 946684800 // 3600  # 2000-01-01 as a clock hour
 
 
-def samples_sql(src: str, since: datetime | None = None, until: datetime | None = None, check: bool = True) -> str:
+def samples_sql(src: str, since: datetime | None = None, until: datetime | None = None, check: bool = True,
+                early: bool = False) -> str:
     """Per-sample rows with the columns every sum needs.
 
     share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30); 0 for
@@ -185,7 +190,8 @@ def samples_sql(src: str, since: datetime | None = None, until: datetime | None 
     work (profile, name) runs only in the MIG branches. metric: 1 util_gpu_pct, 2
     gr_engine_active_pct, 3 sm_active_pct, null without evidence; ``bad``: out of range, reaching no
     sum (dt 0, no u). ``check=False`` skips the range check
-    (``bad`` is false): for the later scans of rows that the first scan found all in range."""
+    (``bad`` is false): for the later scans of rows that the first scan found all in range; ``early``
+    also rejects rows before 2000-01-01."""
     return f"""
       SELECT host, uuid, parent_uuid, name, mig_profile, coalesce(mig_mode, false) AS mig_mode, source, file_index,
              epoch_us(ts) AS ts_us, epoch_us(ts) // 3600000000 AS hour, bad,
@@ -202,7 +208,7 @@ def samples_sql(src: str, since: datetime | None = None, until: datetime | None 
              CASE WHEN parent_uuid IS NOT NULL OR mig_mode THEN
                   (CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END) END AS total_slices,
              CASE WHEN parent_uuid IS NOT NULL THEN TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) END AS slices
-      FROM (SELECT *, {BAD if check else "false"} AS bad FROM {src} {window_where(since, until)})
+      FROM (SELECT *, {(BAD_EARLY if early else BAD) if check else "false"} AS bad FROM {src} {window_where(since, until)})
     """
 
 

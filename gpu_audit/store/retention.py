@@ -16,7 +16,18 @@ def prune(root: str, keep_s: float, now: datetime | None = None, dry_run: bool =
     """Remove ``<table>/host=*/date=D`` folders whose day ended more than ``keep_s`` ago."""
     if not os.path.isdir(root):
         raise GpuAuditError(f"store not found: {root}")
-    cutoff = ((now or datetime.now(timezone.utc)) - timedelta(seconds=keep_s)).strftime("%Y-%m-%d")
+    try:
+        cutoff = ((now or datetime.now(timezone.utc)) - timedelta(seconds=keep_s)).strftime("%Y-%m-%d")
+    except (OverflowError, ValueError):
+        return []  # a --keep longer than the calendar: nothing is that old
+    try:
+        return _prune(root, cutoff, dry_run)
+    except OSError as e:
+        raise GpuAuditError(f"cannot prune {getattr(e, 'filename', None) or root}: {e.strerror or e}",
+                            hint="run as the user that owns the store") from None
+
+
+def _prune(root: str, cutoff: str, dry_run: bool) -> list[str]:
     removed = []
     for table in (*TABLES, *EXTRA_TABLES):
         base = os.path.join(root, table)

@@ -41,7 +41,7 @@ def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: 
         rolled_up_sql(con, rolled)
         covered_from = 0
     src = samples_source(con, files, covered_from=covered_from)  # every column of the current schema, typed NULL where a file lacks it
-    rows = clean_rows(con, samples_sql(src), several_per_partition(files)).sql  # one reading per device and instant, as the analyzer reads them
+    rows = clean_rows(con, samples_sql(src, early=True), several_per_partition(files)).sql  # one reading per device and instant, as the analyzer reads them
     res_us = int(resolution_s * 1e6)
     return f"""
     WITH s AS ({rows}),
@@ -82,11 +82,19 @@ def rollup(root: str, older_than_s: float, resolution_s: float = 60.0, idle_belo
         raise GpuAuditError(f"store not found: {root}")
     if resolution_s <= 0 or 86400 % resolution_s:
         raise GpuAuditError(f"--resolution must divide a day, got {resolution_s:g} s")
-    cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=older_than_s)
+    try:
+        cutoff = (now or datetime.now(timezone.utc)) - timedelta(seconds=older_than_s)
+    except (OverflowError, ValueError):
+        return []  # --older-than longer than the calendar: no day is that old
     base = os.path.join(root, "samples")
     done: list[tuple[str, str, int, int]] = []
+    from gpu_audit.store.writer import StoreError
+
     with session() as con:
-        _rollup_days(con, root, base, cutoff, resolution_s, idle_below, done, skipped)
+        try:
+            _rollup_days(con, root, base, cutoff, resolution_s, idle_below, done, skipped)
+        except OSError as e:
+            raise StoreError(f"cannot roll up {getattr(e, 'filename', None) or root}: {e.strerror or e}") from None
     return done
 
 
