@@ -81,21 +81,23 @@ def test_max_tokens_is_behaviour_and_in_no_total():
 
 
 def test_totals_are_the_sums_per_class_each_device_once():
-    """Cash: two on-demand idle GPUs. Capacity: an owned one. The consolidation of the three (two freed,
-    paid from the two on-demand GPUs) overlaps their idle recommendations: each device counts once,
-    at its largest claim."""
+    """Cash: two on-demand GPUs idle hours 0-9 and at 30 % otherwise. Capacity: an owned one. The ledger
+    (most valuable card first): the consolidation of the three onto two frees one GPU whole, an
+    on-demand one first (a: its month, $MONTH x 24/10); a's idle card then adds nothing (a is
+    claimed), b's and c's idle cards add their 10 idle hours of 24. Each freed share once."""
     a = dev("cloud", "GPU-a", [0] * 10 + [30] * 14)
     b = dev("cloud", "GPU-b", [0] * 10 + [30] * 14)
     c = dev("lab", "GPU-c", IDLE, OWNED)
     out = recommend(findings([a, b, c], 24), S)
-    cash = [r for r in out["recommendations"] if r["savings_class"] == "cash"]
-    per: dict = {}
-    for r in cash:
-        keys = [tuple(x.split("/", 1)) for x in r["evidence"].get("cash_from") or []] or [(t["host"], t["uuid"]) for t in r["targets"]]
-        for k in keys:
-            per[k] = max(per.get(k, 0), r["monthly_savings_usd"] / len(keys))
-    assert out["potential_monthly_savings_usd"] == pytest.approx(sum(per.values()))
-    assert set(per) == {("cloud", "GPU-a"), ("cloud", "GPU-b")}
+    whole = MONTH * 24 / 10  # one GPU's month: MONTH is its 10 idle hours of 24
+    by = {(r["kind"], tuple(t["uuid"] for t in r["targets"])): r for r in out["recommendations"]}
+    cons = by[("consolidation", ("GPU-a", "GPU-b", "GPU-c"))]
+    assert cons["frees"] == [{"host": "cloud", "uuid": "GPU-a", "share": 1.0, "cash_share": 1.0}]
+    assert cons["counted_monthly_usd"] == pytest.approx(whole)
+    assert by[("idle", ("GPU-a",))]["counted_monthly_usd"] == 0.0
+    assert by[("idle", ("GPU-b",))]["counted_monthly_usd"] == pytest.approx(MONTH)
+    assert out["potential_monthly_savings_usd"] == pytest.approx(whole + MONTH)
+    assert {(s["host"], s["uuid"]) for s in out["savings_by_device"]} == {("cloud", "GPU-a"), ("cloud", "GPU-b")}
     assert out["capacity_monthly_usd"] == pytest.approx(MONTH)
 
 

@@ -40,7 +40,7 @@ def recommend(findings: dict[str, Any], settings: RecommendSettings) -> dict[str
     recs = classify(findings, recs)
     order = {"cash": 0, "capacity": 1, "behaviour": 2}
     recs.sort(key=lambda r: (order[r.savings_class], -r.monthly_savings_usd, r.kind, r.id))
-    t = totals(findings, recs)
+    recs, t = totals(findings, recs)
     return {
         "recommendations": [r.to_dict() for r in recs],
         **{k: v for k, v in t.items() if not k.endswith("_by_device")},

@@ -30,6 +30,12 @@ class Recommendation:
     # the billing the claim rests on (claims.classify): {unit, commitment, declared, source} of its targets'
     # hosts; "mixed" where they differ. declared is false where any target's billing is assumed.
     billing: dict[str, Any] = field(default_factory=dict)
+    # the ledger (DESIGN.md "Ledger"; claims.classify and claims.totals): what the card frees, as
+    # {host, uuid, share, cash_share} (share of the device's monthly cost; cash_share the part of it that
+    # shrinks a bill), what it adds a month (a GPU to buy, API spend), and what it added to its class total
+    frees: tuple[dict[str, Any], ...] = ()
+    adds_monthly_usd: float = 0.0
+    counted_monthly_usd: float = 0.0
 
     @property
     def id(self) -> str:
@@ -40,6 +46,7 @@ class Recommendation:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["targets"] = list(self.targets)
+        d["frees"] = list(self.frees)
         return {"id": self.id, **d}
 
 

@@ -13,9 +13,10 @@ it is decided here, once, for every rule:
   whole nodes and whose k empties them); otherwise capacity.
 
 A recommendation is ``cash`` when any part of it is; its ``monthly_savings_usd`` is then the cash
-part and ``evidence.capacity_part_monthly_usd`` the rest. Totals count cash only, each device once;
-capacity has its own total, in $ and GPU-equivalents (monthly $ / (price x 730)); behaviour is in no
-total.
+part and ``evidence.capacity_part_monthly_usd`` the rest. Each card lists what it frees (``frees``,
+specific devices and shares) and what it adds; the totals are one ledger over those (``totals``):
+cash and capacity each count every freed share once; capacity is also given in GPU-equivalents
+(monthly $ / (price x 730)); behaviour is in no total.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def classify(findings: dict[str, Any], recs: list[Recommendation]) -> list[Recom
             level, why = r.confidence, why + f"; the {r.kind} rule rates this {r.confidence}"
         ev = dict(r.evidence)
         if r.savings_class != "cash" or not devs:
-            out.append(replace(r, confidence=level, evidence={**ev, "confidence_why": why}))
+            cash_keys: set[tuple[str, str]] = set()
+            out.append(replace(r, confidence=level, evidence={**ev, "confidence_why": why},
+                               frees=_frees(findings, r, devs, cash_keys, {}, r.monthly_savings_usd + r.adds_monthly_usd)))
             continue
         cash_frac, notes = _cash_fraction(r, devs, nodes, together)
         total = r.monthly_savings_usd
@@ -108,9 +111,11 @@ def classify(findings: dict[str, Any], recs: list[Recommendation]) -> list[Recom
         if notes.get("node_plan"):
             ev["node_plan"] = notes["node_plan"]
         action = _fit_action(r, devs, nodes, notes)
+        cash_keys = {(d["host"], d["uuid"]) for d in notes["cash_devices"]}
         out.append(replace(r, savings_class="cash" if cash_frac > 0 else "capacity",
                            monthly_savings_usd=cash if cash_frac > 0 else capacity,
-                           confidence=level, action=action, evidence={**ev, "confidence_why": why}))
+                           confidence=level, action=action, evidence={**ev, "confidence_why": why},
+                           frees=_frees(findings, r, devs, cash_keys, together if r.kind == "idle" else {}, total + r.adds_monthly_usd)))
     return out
 
 
@@ -216,6 +221,36 @@ def _cash_fraction(r: Recommendation, devs: list[dict[str, Any]], nodes: dict[st
     return cashable / freed, notes
 
 
+def _frees(findings: dict[str, Any], r: Recommendation, devs: list[dict[str, Any]], cash_keys: set[tuple[str, str]],
+           together: dict[tuple[str, str], float], gross: float) -> tuple[dict[str, Any], ...]:
+    """What a card frees (DESIGN.md "Ledger"): the devices themselves for idle and right-size (and for
+    cards that free no count of GPUs, such as unused MIG slices); for a plan that frees k of its n
+    targets, k specific devices: those whose freeing shrinks a bill first (the plan can put its work on
+    any GPU of the group: they are the same model), then the least used. ``share`` is the part of each
+    device's monthly cost the card's figure stands for; ``cash_share`` the part of it that is cash."""
+    if r.savings_class == "behaviour" or not devs or gross <= 0:
+        return ()
+    month = HOURS_PER_MONTH / findings["window"]["hours"] if findings["window"]["hours"] > 0 else 0.0
+    key = lambda d: (d["host"], d["uuid"])  # noqa: E731
+    if r.kind in SPECIFIC or not any(isinstance(r.evidence.get(k), (int, float)) for k in ("gpus_freed", "replicas_freed", "gpus_after")):
+        chosen = devs
+    else:
+        chosen = sorted(devs, key=lambda d: (key(d) not in cash_keys, d.get("mean_util_pct") or 0.0, d["host"], d["uuid"]))
+        chosen = chosen[: _freed(r, len(devs))]
+    cost = sum((d.get("spend_usd") or 0.0) * month for d in chosen)
+    if cost <= 0:
+        return ()
+    share = min(1.0, gross / cost)
+    out = []
+    for d in chosen:
+        cash = 0.0
+        if key(d) in cash_keys:
+            b = _billing(d)
+            cash = share * (together.get(key(d), 0.0) if r.kind == "idle" and b["unit"] == "node" else 1.0)
+        out.append({"host": d["host"], "uuid": d["uuid"], "share": share, "cash_share": cash})
+    return tuple(out)
+
+
 def _freed(r: Recommendation, n: int) -> int:
     e = r.evidence
     for key in ("gpus_freed", "replicas_freed"):
@@ -248,35 +283,51 @@ def _fit_action(r: Recommendation, devs: list[dict[str, Any]], nodes: dict[str, 
     return " ".join(parts)
 
 
-def totals(findings: dict[str, Any], recs: list[Recommendation]) -> dict[str, Any]:
-    """Cash and capacity per device (the largest claim of each class for each device), their sums, the
-    GPU-equivalents the capacity frees, and the behaviour changes suggested."""
+def totals(findings: dict[str, Any], recs: list[Recommendation]) -> tuple[list[Recommendation], dict[str, Any]]:
+    """The totals as one ledger (DESIGN.md "Ledger"): cards in descending value claim the device
+    shares they free; a share already claimed by an earlier card counts once. Each card gets
+    ``counted_monthly_usd``, what it added to its class total (cash first within a device's share,
+    minus what the card adds, once it counts anything). Returns the cards and the totals: cash and
+    capacity per device, their sums, the GPU-equivalents the capacity frees, behaviour apart."""
     devices = {(d["host"], d["uuid"]): d for d in findings["devices"]}
+    hours = findings["window"]["hours"]
+    month = HOURS_PER_MONTH / hours if hours > 0 else 0.0
+    claimed: dict[tuple[str, str], float] = defaultdict(float)
     cash: dict[tuple[str, str], float] = defaultdict(float)
     capacity: dict[tuple[str, str], float] = defaultdict(float)
-    for r in recs:
-        keys = [(t["host"], t["uuid"]) for t in r.targets if "uuid" in t]
-        if not keys or r.savings_class == "behaviour":
+    gross = {id(r): r.monthly_savings_usd + (r.evidence.get("capacity_part_monthly_usd") or 0.0) + r.adds_monthly_usd for r in recs}
+    counted: dict[int, float] = {}
+    # most valuable first; of two plans for one device, the one that adds nothing (buys no GPU) first
+    for r in sorted(recs, key=lambda r: (r.savings_class == "behaviour", r.adds_monthly_usd > 0, -gross[id(r)], r.kind, r.id)):
+        if r.savings_class == "behaviour" or not r.frees:
+            counted[id(r)] = 0.0
             continue
-        rest = r.evidence.get("capacity_part_monthly_usd") or 0.0
-        if r.savings_class == "capacity":
-            for k in keys:
-                capacity[k] = max(capacity[k], r.monthly_savings_usd / len(keys))
-            continue
-        # cash over the devices whose freeing shrinks a bill; the capacity part over the others
-        named = r.evidence.get("cash_from")
-        paid = [k for k in keys if f"{k[0]}/{k[1]}" in named] if named else keys
-        others = [k for k in keys if k not in paid] or keys
-        for k in paid:
-            cash[k] = max(cash[k], r.monthly_savings_usd / len(paid))
-        for k in others if rest else []:
-            capacity[k] = max(capacity[k], rest / len(others))
+        parts = []
+        for f in r.frees:
+            k = (f["host"], f["uuid"])
+            cost = ((devices.get(k) or {}).get("spend_usd") or 0.0) * month
+            take = max(0.0, min(f["share"], 1.0 - claimed[k]))
+            if take <= 0 or cost <= 0:
+                continue
+            claimed[k] += take
+            c = min(f.get("cash_share") or 0.0, take) if r.savings_class == "cash" else 0.0
+            parts.append((k, c * cost, (take - c) * cost))
+        got = sum(a + b for _, a, b in parts)
+        net = max(0.0, got - r.adds_monthly_usd) if got > 0 else 0.0
+        scale = net / got if got > 0 else 0.0  # what the card adds (a GPU to buy) comes off what it frees
+        for k, c_usd, cap_usd in parts:
+            if c_usd * scale > 0:
+                cash[k] += c_usd * scale
+            if cap_usd * scale > 1e-12:
+                capacity[k] += cap_usd * scale
+        counted[id(r)] = net
     gpus = 0.0
     for k, usd in capacity.items():
         price = (devices.get(k) or {}).get("price_per_hour")
         if price:
             gpus += usd / (price * HOURS_PER_MONTH)
-    return {
+    out = [replace(r, counted_monthly_usd=counted[id(r)]) for r in recs]
+    return out, {
         "cash_by_device": dict(cash), "capacity_by_device": dict(capacity),
         "potential_monthly_savings_usd": sum(cash.values()),
         # the cash that rests on billing nobody declared (assumed from how a price was quoted)

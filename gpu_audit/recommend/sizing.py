@@ -50,6 +50,7 @@ def right_size(findings: dict[str, Any], s: RecommendSettings) -> list[Recommend
                       "proposed_util_at_p95_pct": 100 * need_tflops / m.bf16_dense_tflops,
                       "price_per_hour": d["price_per_hour"], "proposed_price_per_hour": price},
             monthly_savings_usd=monthly(findings, saving), confidence="medium",
+            adds_monthly_usd=monthly(findings, price * d["gpu_hours"]),  # the smaller GPU it moves to
             action=f"Serve this workload on a {m.key}: its {m.memory_bytes / 2**30:.0f} GiB hold the peak "
                    f"{d['peak_memory_bytes'] / 2**30:.1f} GiB with {s.memory_headroom:.0%} headroom, and its dense BF16 compute "
                    f"covers the p95 demand at {100 * need_tflops / m.bf16_dense_tflops:.0f}% utilization.",

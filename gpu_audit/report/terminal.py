@@ -81,10 +81,12 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
     recs = f.get("recommendations") or []
     if recs:
         shown = recs[:MAX_RECS]
-        t = Table("class", "kind", "recommendation", "$ / month", "confidence", "billing", title=f"Recommendations ({len(recs)}; cash first, "
-                  "each device counted once in the totals)", title_justify="left")
+        t = Table("class", "kind", "recommendation", "$ / month", "counted", "confidence", "billing",
+                  title=f"Recommendations ({len(recs)}; cash first; 'counted': what each adds to its total, each freed share once)",
+                  title_justify="left")
         for r in shown:
-            t.add_row(r.get("savings_class", ""), r["kind"], clean(r["title"]), fmt_usd(r["monthly_savings_usd"]), r["confidence"],
+            t.add_row(r.get("savings_class", ""), r["kind"], clean(r["title"]), fmt_usd(r["monthly_savings_usd"]),
+                      fmt_usd(r.get("counted_monthly_usd")) if r.get("savings_class") != "behaviour" else "-", r["confidence"],
                       _billing_label(r))
         console.print(t)
         if len(recs) > len(shown):
