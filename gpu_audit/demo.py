@@ -28,7 +28,7 @@ SCENARIOS = ("h100-inference.toml", "mixed-idle.toml", "a100-mig.toml", "h200-mi
 # Request shapes per served model: (median prompt tokens, median completion tokens, spread of completions).
 SHAPES = {
     "llama-3.1-70b": (1500, 250, 1.1),      # chat with a long tail of completions
-    "qwen2.5-7b": (6000, 120, 0.5),         # RAG: prompts far longer than answers
+    "qwen2.5-7b": (1300, 120, 0.5),         # RAG: prompts longer than answers (a volume its GPUs can compute)
     "mistral-7b-instruct": (400, 40, 0.6),  # short classification-style answers
 }
 DEFAULT_SHAPE = (800, 200, 0.6)

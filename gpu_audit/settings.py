@@ -37,6 +37,7 @@ class Settings:
     memory_limit: str = REPORT_DEFAULTS["memory_limit"]
     recommend: RecommendSettings = field(default_factory=RecommendSettings)
     path: str | None = None
+    params_b: dict[str, float] = field(default_factory=dict)  # [models."name"] params_b: for the tokens-vs-compute check
 
 
 def recommend_fields() -> dict[str, Any]:
@@ -84,10 +85,19 @@ def load_settings(path: str | None) -> Settings:
                              hint="examples/gpu-audit.toml lists every setting")
 
     for k in raw:
-        if k not in ("report", "recommend"):
-            raise bad(k, f"unknown section or key {k!r} (expected [report] and [recommend])")
+        if k not in ("report", "recommend", "models"):
+            raise bad(k, f"unknown section or key {k!r} (expected [report], [recommend] and [models.\"NAME\"])")
         if not isinstance(raw[k], dict):
             raise bad(k, f"{k!r} must be a table: [{k}]")
+    params: dict[str, float] = {}
+    for name, spec in (raw.pop("models", None) or {}).items():
+        import math
+
+        v = spec.get("params_b") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or set(spec) - {"params_b"} or isinstance(v, bool) or not isinstance(v, (int, float)) \
+                or not math.isfinite(v) or not 0 < v <= 100_000:
+            raise bad(name, f"[models.{name!r}]: expected params_b = the model's parameters in billions (0 to 100000)")
+        params[name] = float(v)
     known = {"report": REPORT_DEFAULTS, "recommend": recommend_fields()}
     values: dict[str, dict[str, Any]] = {"report": {}, "recommend": {}}
     for section, table in raw.items():
@@ -98,4 +108,4 @@ def load_settings(path: str | None) -> Settings:
             if why:
                 raise bad(k, f"[{section}] {k}: {why}")
             values[section][k] = float(v) if isinstance(known[section][k], float) else v
-    return Settings(**values["report"], recommend=replace(RecommendSettings(), **values["recommend"]), path=path)
+    return Settings(**values["report"], recommend=replace(RecommendSettings(), **values["recommend"]), path=path, params_b=params)

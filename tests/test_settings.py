@@ -71,7 +71,7 @@ def test_flags_win_over_the_file_and_the_file_over_the_defaults(run_cli, idle_st
     ("[recommend]\nmin_coverage_pct = \"half\"\n", 2, "[recommend] min_coverage_pct: expected a number, got 'half'"),
     ("[report]\nidle_below = 101\n", 2, "[report] idle_below: is a percentage: expected 0 to 100, got 101"),
     ("[report]\nmemory_limit = 5\n", 2, "[report] memory_limit: expected a string such as '1GB', got 5"),
-    ("[reprot]\nidle_below = 1\n", 1, "unknown section or key 'reprot' (expected [report] and [recommend])"),
+    ("[reprot]\nidle_below = 1\n", 1, "unknown section or key 'reprot' (expected [report], [recommend] and [models.\"NAME\"])"),
     ("recommend = 3\n", 1, "'recommend' must be a table: [recommend]"),
 ])
 def test_a_bad_settings_file_is_one_line_with_its_line(run_cli, idle_store, tmp_path, text, line, message):

@@ -38,6 +38,7 @@ class AnalyzeSettings:
     until: datetime | None = None
     memory_limit: str = "1GB"
     threads: int | None = None
+    params_b: dict[str, float] = field(default_factory=dict)  # [models."name"] params_b from the settings file
 
 
 _KNOWN_HOST = "host IN (SELECT host FROM sample_hosts)"  # a token record's host has samples
@@ -578,6 +579,15 @@ def _models_stage(r: _Run) -> None:
         toks_df = flag_rows(engine_hourly, sample_hosts, r.start, r.end)  # no token logs: the engines' counters are the token source
         token_source = "engine counters"
     att = attribute(dh[priced], toks_df)
+    from gpu_audit.analyze import crosscheck
+
+    contradictions = crosscheck.tokens_vs_compute(toks_df, r.devices, s.params_b) + crosscheck.memory(r.devices)
+    bad_models = {c["model"]: c["why"] for c in contradictions if c["kind"] == "tokens_vs_compute"}
+    bad_devices = {(c["host"], c["uuid"]) for c in contradictions if c["kind"] == "memory"}
+    for m in att["models"]:
+        m["contradicted"] = m["model"] in bad_models
+    for d in r.devices:
+        d["contradicted"] = (d["host"], d["uuid"]) in bad_devices
     fleet["unattributed_usd"] = att["unattributed_usd"] if toks_df is not None else fleet["spend_usd"]
 
     stats = model_request_stats(con, r.start, r.end) if token_source == "token logs" else {}
@@ -612,6 +622,7 @@ def _models_stage(r: _Run) -> None:
         "token_records_outside_window": att["records_outside_window"],
         "token_records_unknown_host": att["records_unknown_host"],
         "rollup_idle_below_pct": [x for x in r.rollup_idle if x != s.idle_below],
+        "contradictions": contradictions,
     })
 
 

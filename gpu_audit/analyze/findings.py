@@ -92,7 +92,8 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
             roots.append(mirror(store, ("samples", "processes", "engine", "rollups"), s, u, s3_endpoint))
         else:
             roots.append(store)
-    findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u, memory_limit=memory_limit), say)
+    findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u, memory_limit=memory_limit,
+                                                                  params_b=settings.params_b), say)
     findings["inputs"]["stores"] = list(stores)
     findings["inputs"]["settings"] = settings.path
     say(stages[-2])

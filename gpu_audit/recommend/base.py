@@ -106,7 +106,8 @@ def observed_enough(d: dict[str, Any], s: RecommendSettings) -> bool:
 
 def eligible(d: dict[str, Any], s: RecommendSettings) -> bool:
     """Enough evidence for a claim: a utilization reading, coverage, enough time observed, a price."""
-    return d.get("mean_util_pct") is not None and d.get("spend_usd") is not None and observed_enough(d, s)
+    return (d.get("mean_util_pct") is not None and d.get("spend_usd") is not None and observed_enough(d, s)
+            and not d.get("contradicted"))  # its readings contradict each other (data_quality.contradictions)
 
 
 def busy(d: dict[str, Any], s: RecommendSettings) -> bool:

@@ -17,6 +17,8 @@ def serving_devices(findings: dict[str, Any], s: RecommendSettings) -> dict[str,
     idle = findings.get("idle_below_pct") or 5
     out = {}
     for m in findings["models"]:
+        if m.get("contradicted"):
+            continue  # its token volume is beyond what its GPUs can compute (data_quality.contradictions)
         gpus = set(m.get("gpus") or [])
         if gpus:
             devs = [d for d in findings["devices"] if d["uuid"] in gpus]
@@ -230,7 +232,7 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
     out = []
     # The model's own GPUs (gpu_uuid in its logs, else its hosts' GPUs doing work), observed enough to scale.
     by_model = serving_devices(findings, s)
-    models = [m for m in findings["models"] if m["cost_usd"] > 0 and m["completion_tokens"] > 0]
+    models = [m for m in findings["models"] if m["cost_usd"] > 0 and m["completion_tokens"] > 0 and not m.get("contradicted")]
     for m in models:
         devs = by_model.get(m["model"], [])
         if not devs:

@@ -146,6 +146,9 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
     rj = q["rejected_token_records"]
     if rj["count"]:
         console.print(f"[yellow]rejected token records:[/] {rj['count']} (" + "; ".join(clean(e) for e in rj["examples"]) + ")")
+    for c in q.get("contradictions", [])[:top]:
+        console.print(f"[red]contradiction:[/] {clean(c['host'])}{' ' + clean(c['uuid']) if c.get('uuid') else ''}"
+                      f"{' ' + clean(c['model']) if c.get('model') else ''}: {clean(c['why'])}", soft_wrap=True)
     for line in q.get("token_files_read_once", []):
         console.print(f"[yellow]token log given twice:[/] {clean(line)}")
     if q.get("duplicate_token_requests"):

@@ -1,0 +1,76 @@
+"""Evidence cross-checks (issue 19; docs/metrics.md "Evidence cross-checks"), computed by hand.
+
+One H100 SXM (dense BF16 989 TFLOP/s: 3.5604e18 FLOPs in an hour) serving llama-3.1-8b (8 B parameters).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ASSETS
+from storefix import T0, series, write_samples
+from gpu_audit.analyze.crosscheck import params_b
+from gpu_audit.analyze.findings import ReportRequest, build
+
+H100 = "NVIDIA H100 80GB HBM3"
+PRICING = str(ASSETS / "pricing.toml")
+
+
+def tokens(path, per_hour: list[tuple[int, int]], model="llama-3.1-8b", gpu="GPU-a"):
+    """One record per hour: (prompt, output) tokens."""
+    path.write_text("".join(json.dumps({"timestamp": T0 + 3600 * h + 60, "model": model, "host": "n1", "gpu_uuid": gpu,
+                                        "prompt_tokens": p, "completion_tokens": c}) + "\n" for h, (p, c) in enumerate(per_hour)))
+    return str(path)
+
+
+def test_params_from_settings_else_from_the_name():
+    assert params_b("llama-3.1-70b") == 70 and params_b("Qwen2.5-0.5B-Instruct") == 0.5 and params_b("qwen2.5-7b") == 7
+    assert params_b("gpt-4o-mini") is None and params_b("my-model", {"my-model": 13}) == 13
+
+
+def test_tokens_beyond_the_gpus_compute_are_a_contradiction_and_withhold_serving_cards(tmp_path):
+    """Hour 0: 290M prompt + 10M output tokens = 2 x 8e9 x 3e8 = 4.8e18 FLOPs, 135 % of the peak.
+    Hour 1: 10M tokens, 4.5 %. One hour above: the model is contradicted, and no card is built on it."""
+    write_samples(str(tmp_path / "s"), series("n1", "GPU-a", H100, 60, 60, [30.0] * 120))
+    t = tokens(tmp_path / "t.jsonl", [(290_000_000, 10_000_000), (9_000_000, 1_000_000)])
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [t], None, None))
+    (c,) = f["data_quality"]["contradictions"]
+    assert (c["kind"], c["host"], c["uuid"], c["model"], c["hours"]) == ("tokens_vs_compute", "n1", "GPU-a", "llama-3.1-8b", 1)
+    assert "implies 135% of the dense BF16 peak" in c["why"]
+    (m,) = f["models"]
+    assert m["contradicted"] is True
+    assert not [r for r in f["recommendations"] if r["kind"] in ("batching", "quantization", "token_economics")]
+
+
+def test_a_plausible_volume_is_no_contradiction(tmp_path):
+    write_samples(str(tmp_path / "s"), series("n1", "GPU-a", H100, 60, 60, [30.0] * 120))
+    t = tokens(tmp_path / "t.jsonl", [(90_000_000, 10_000_000), (9_000_000, 1_000_000)])  # 45 % in the busiest hour
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [t], None, None))
+    assert f["data_quality"]["contradictions"] == [] and f["models"][0]["contradicted"] is False
+
+
+def test_the_settings_file_gives_parameters_a_name_does_not(tmp_path):
+    write_samples(str(tmp_path / "s"), series("n1", "GPU-a", H100, 60, 60, [30.0] * 60))
+    t = tokens(tmp_path / "t.jsonl", [(290_000_000, 10_000_000)], model="house-model")
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [t], None, None))
+    assert f["data_quality"]["contradictions"] == []  # no parameter count, no check
+    st = tmp_path / "settings.toml"
+    st.write_text('[models."house-model"]\nparams_b = 8\n')
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [t], None, None, settings=str(st)))
+    assert [c["model"] for c in f["data_quality"]["contradictions"]] == ["house-model"]
+
+
+def test_memory_above_the_named_gpu_is_a_contradiction(tmp_path, run_cli):
+    """100 GiB used on a GPU named H100 80GB (total 80 GiB): no recommendation on it, and said."""
+    rows = series("n1", "GPU-a", H100, 60, 60, [0.0] * 120)
+    for r in rows:
+        r["mem_used_bytes"] = 100 * 2**30
+    write_samples(str(tmp_path / "s"), rows)
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [], None, None))
+    (c,) = f["data_quality"]["contradictions"]
+    assert c["kind"] == "memory" and c["uuid"] == "GPU-a" and "above the device's total" in c["why"]
+    assert f["recommendations"] == []  # an idle GPU, but its readings contradict each other
+    code, out, _ = run_cli("report", str(tmp_path / "s"), "--pricing", PRICING)
+    assert code == 0 and "contradiction:" in out
