@@ -132,3 +132,16 @@ def mig_profile(parent_name: str, profile: str) -> MigProfile | None:
         if p.name == profile:
             return p
     return None
+
+
+# A parameter count in a model name: "llama-3.1-70b", "Qwen2.5-0.5B-Instruct"; not "a3b" (active
+# parameters of an MoE) and not "8x7b" (MoE experts share layers: the name does not give the size).
+PARAMS_IN_NAME = re.compile(r"(?<![A-Za-z0-9.x])(\d+(?:\.\d+)?)\s*[bB](?![A-Za-z0-9])")
+
+
+def params_in_name(model: str) -> float | None:
+    """Billions of parameters a model's name gives (``llama-3.1-70b`` -> 70.0), or None."""
+    if re.search(r"\d\s*x\s*\d", model or ""):
+        return None
+    m = PARAMS_IN_NAME.search(model or "")
+    return float(m.group(1)) if m else None

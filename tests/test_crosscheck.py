@@ -74,3 +74,23 @@ def test_memory_above_the_named_gpu_is_a_contradiction(tmp_path, run_cli):
     assert f["recommendations"] == []  # an idle GPU, but its readings contradict each other
     code, out, _ = run_cli("report", str(tmp_path / "s"), "--pricing", PRICING)
     assert code == 0 and "contradiction:" in out
+
+
+@pytest.mark.parametrize("parent_pct, visible", [(99.6, False), (6.4, True)])
+def test_a_dcgm_mig_parent_busier_than_its_visible_instances_shows_no_unallocated_slices(tmp_path, parent_pct, visible):
+    """A DCGM scrape of an A100 80GB in MIG mode showing one 1g.10gb instance at 10 %: its share-weighted
+    activity is 10 x 1/7 = 1.43 %. A parent at 99.6 % GR-engine activity runs instances the scrape does
+    not show: invisible, not idle (no unallocated $). At 6.4 % (within 5 points) the other 6/7 are free:
+    unallocated = $7.00/h x 6/7 x 1 h = $6.00."""
+    parent = series("n1", "GPU-p", "NVIDIA A100-SXM4-80GB", 60, 60, [None] * 60, mig_mode=True, source="dcgm",
+                    gr_engine_active_pct=parent_pct)
+    inst = series("n1", "MIG-1", "NVIDIA A100-SXM4-80GB", 60, 60, [None] * 60, parent_uuid="GPU-p", mig_profile="1g.10gb",
+                  source="dcgm", gr_engine_active_pct=10.0)
+    write_samples(str(tmp_path / "s"), parent + inst)
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [], None, None))
+    (p,) = [d for d in f["devices"] if d["uuid"] == "GPU-p"]
+    assert p["mig_instances_visible"] is visible
+    if visible:
+        assert p["unallocated_usd"] == pytest.approx(6.0)
+    else:
+        assert not p["unallocated_usd"] and p["spend_usd"] == pytest.approx(6.0)  # billed whole, no evidence

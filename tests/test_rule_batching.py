@@ -35,3 +35,20 @@ def test_batching_uses_the_devices_named_by_gpu_uuid():
     assert batching(findings(devs, 24, [model("m", ["inf"])]), S) == []
 
 
+
+
+def test_replicas_are_never_split_below_the_tensor_parallel_size_the_weights_need():
+    """llama-3.1-70b in BF16: 140 GB x 1.2 needs 4 x H100 80GB (at 90 % engine memory): 8 GPUs at 10 %
+    are 2 replicas of 4. The peak (8 x 10 % = 80 %) fits one replica at 70 % x 4: 1 replica, 4 GPUs freed,
+    never "7 GPUs instead of 8"."""
+    from findfix import device, findings, served_model
+    from gpu_audit.recommend.base import RecommendSettings
+    from gpu_audit.recommend.serving import batching
+
+    devs = [device("h", f"G{i}", "NVIDIA H100 80GB HBM3", 3.0, [10.0] * 24, 70, covered_hours=24.0) for i in range(8)]
+    f = findings(devs, 24, models=[served_model("llama-3.1-70b", ["h"], gpus=[f"G{i}" for i in range(8)])])
+    (r,) = batching(f, RecommendSettings())
+    e = r.evidence
+    assert (e["gpus_per_replica"], e["replicas"], e["replicas_needed"], e["replicas_freed"], e["gpus_freed"]) == (4, 2, 1, 1, 4)
+    assert r.monthly_savings_usd == pytest.approx(4 * 3.0 * 730)
+    assert "1 replica(s) of 4 GPU(s) instead of 2" in r.action

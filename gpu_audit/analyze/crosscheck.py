@@ -14,22 +14,18 @@ why}), and no recommendation is built on it:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pandas as pd
 
-from gpu_audit.catalog import find_model
-
-_PARAMS = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])")
+from gpu_audit.catalog import find_model, params_in_name
 
 
 def params_b(model: str, given: dict[str, float] | None = None) -> float | None:
     """Billions of parameters of a model: given in settings, else read from its name, else None."""
     if given and model in given:
         return float(given[model])
-    found = _PARAMS.findall(model or "")
-    return float(found[-1]) if found else None
+    return params_in_name(model or "")
 
 
 def _peak_flops_per_s(d: dict[str, Any]) -> float | None:

@@ -7,7 +7,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from gpu_audit.catalog import find_model
+from gpu_audit.catalog import find_model, params_in_name
 from gpu_audit.recommend.base import Recommendation, RecommendSettings, busy, eligible, hourly, monthly, target
 
 
@@ -47,8 +47,10 @@ def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
             for r in series.get((d["host"], d["uuid"]), []):
                 per_hour[r["h"]] += (r["mean_util_pct"] or 0.0) * d["share"] if d.get("share") else (r["mean_util_pct"] or 0.0)
         peak = max(per_hour.values()) if per_hour else 0.0
-        needed = max(1, math.ceil(peak / s.batching_target_util_pct))
-        freed = len(devs) - needed
+        size = replica_size(m["model"], devs, s)  # never split a model below the GPUs its weights need
+        replicas = max(1, len(devs) // size)
+        needed = max(1, math.ceil(peak / (s.batching_target_util_pct * size)))
+        freed = (replicas - needed) * size if needed < replicas else 0
         eng = m.get("engine") or {}
         # Requests queue while the KV cache has room and the GPUs idle: the batch is capped by configuration.
         capped = bool(eng) and (eng.get("mean_requests_waiting") or 0) >= 1 and (eng.get("p95_kv_cache_usage_pct") or 100) < 80
@@ -57,10 +59,11 @@ def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
         spend = sum(d["spend_usd"] for d in devs)
         out.append(Recommendation(
             kind="batching", title=f"{m['model']}: {len(devs)} GPUs serve it at {mean:.0f}% mean utilization; "
-                                   f"{needed} with larger batches carr{'ies' if needed == 1 else 'y'} the peak",
+                                   f"{needed * size} with larger batches carr{'ies' if needed * size == 1 else 'y'} the peak",
             targets=tuple(target(d) for d in devs),
             evidence={"model": m["model"], "gpus": len(devs), "mean_util_pct": mean, "peak_hourly_util_sum_pct": peak,
-                      "replicas_needed": needed, "replicas_freed": freed,
+                      "gpus_per_replica": size, "replicas": replicas, "replicas_needed": needed,
+                      "replicas_freed": replicas - needed if needed < replicas else 0, "gpus_freed": freed,
                       "output_tokens_per_gpu_hour": m["completion_tokens"] / max(1e-9, hours_total),
                       "devices_from": "token logs' gpu_uuid" if m.get("gpus") else "the model's hosts (GPUs doing work)",
                       "engine_metrics": eng or "not in the store: batch size, queueing and KV use come from collect --scrape",
@@ -69,16 +72,13 @@ def batching(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendat
             action=(f"Requests wait (mean {eng.get('mean_requests_waiting', 0):.1f}) while the KV cache is at most "
                     f"{eng.get('p95_kv_cache_usage_pct', 0):.0f}% used (p95) and the GPUs idle: the batch is capped by configuration. "
                     "Raise vLLM --max-num-seqs (SGLang --max-running-requests, TGI --max-batch-total-tokens), then "
-                    if capped else "") + (f"run {needed} replica(s) instead of {len(devs)} and let continuous batching fill them. "
+                    if capped else "") + (f"run {needed} replica(s) of {size} GPU(s) instead of {replicas} and let continuous batching fill them. "
                     if freed > 0 else "") + "Continuous batching's published effect: up to 23x throughput (Anyscale).",
             settings={"max_mean_util_pct": s.batching_max_mean_util_pct, "target_util_pct": s.batching_target_util_pct},
         ))
     return out
 
 
-# A parameter count in a model name: "llama-3.1-70b", "Qwen2.5-0.5B-Instruct"; not "a3b" (active
-# parameters of an MoE) and not "8x7b" (MoE experts share layers: the name does not give the size).
-_PARAMS = re.compile(r"(?<![A-Za-z0-9.x])(\d+(?:\.\d+)?)\s*[bB](?![A-Za-z0-9])")
 _QUANTIZED = re.compile(r"fp8|fp4|int8|int4|awq|gptq|w4a16|w8a8|w8a16|[48]-?bit|nf4|gguf|exl2|bnb|q[2-8]_", re.IGNORECASE)
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 ENGINE_MEMORY_SHARE = 0.9  # vLLM's default gpu_memory_utilization: the memory an engine takes for weights and KV
@@ -89,10 +89,23 @@ PUBLISHED = ("FP8 W8A8: 2x less model memory, up to 1.6x throughput (vLLM FP8 do
 
 def params_from_name(model: str) -> float | None:
     """Parameters in a model's name (70b -> 70e9), or None where the name does not say or says it is quantized."""
-    if _QUANTIZED.search(model) or re.search(r"\d\s*x\s*\d", model):
+    if _QUANTIZED.search(model):
         return None
-    m = _PARAMS.search(model)
-    return float(m.group(1)) * 1e9 if m else None
+    b = params_in_name(model)
+    return b * 1e9 if b is not None else None
+
+
+def replica_size(model: str, devs: list[dict[str, Any]], s: RecommendSettings) -> int:
+    """GPUs per replica (DESIGN.md "Replicas"): the smallest power of two whose engine memory holds the
+    weights x (1 + memory_headroom) (BF16 2 bytes a parameter; FP8/INT8 1, INT4 0.5 where the name
+    says so), where the name gives the parameters; else 1. The quantization card sizes replicas the same way."""
+    b = params_in_name(model)
+    mem = min((d.get("memory_total_bytes") or 0 for d in devs), default=0)
+    if b is None or not mem:
+        return 1
+    fmt = "int4" if re.search(r"int4|awq|gptq|w4a16|4-?bit|nf4", model, re.IGNORECASE) else \
+          "fp8" if re.search(r"fp8|int8|w8a8|w8a16|8-?bit", model, re.IGNORECASE) else "bf16"
+    return gpus_per_replica(b * 1e9 * WEIGHT_BYTES[fmt], mem, s.memory_headroom)  # the quantization card's sizing too
 
 
 def gpus_per_replica(weights_bytes: float, memory_bytes: float, headroom: float) -> int:

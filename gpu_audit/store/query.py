@@ -344,18 +344,24 @@ def several_per_partition(files: list[str]) -> bool:
     return len(set(keys)) < len(keys)
 
 
-MIG_VISIBLE = "(p.source NOT IN ('nvidia-smi', 'dcgm') OR a.used IS NOT NULL)"
+# Instances are visible where the source lists them (the NVML collector always does); from DCGM only
+# where the parent's activity is explained by its visible instances (GR_ENGINE_ACTIVE at most 5 points
+# above their share-weighted sum): a parent busier than that runs instances the scrape does not show.
+MIG_VISIBLE = ("(p.source NOT IN ('nvidia-smi', 'dcgm') OR (a.used IS NOT NULL AND (p.source <> 'dcgm' OR p.u IS NULL "
+               "OR p.u <= coalesce(a.used_u, 0) / p.total_slices + 5)))")
 
 
 def mig_free_sql(rows: str) -> str:
     """Per sample of a GPU in MIG mode: ``free_dt``, the time of its slices that no instance held, and
-    ``blind_dt``, its time where the source showed no instances at all (an nvidia-smi CSV log, a DCGM
-    scrape without GPU_I series): invisible is not idle, so that time is billed with no evidence."""
+    ``blind_dt``, the time of the slices no visible instance holds where the source does not show every
+    instance (an nvidia-smi CSV log, a DCGM scrape without GPU_I series, or one whose parent is busier
+    than its visible instances): invisible is not idle, so that time is billed with no evidence."""
     return f"""
     WITH m AS (SELECT * FROM ({rows}) WHERE mig_mode OR parent_uuid IS NOT NULL),
-    alloc AS (SELECT host, parent_uuid, ts_us, sum(slices * w) AS used FROM m WHERE parent_uuid IS NOT NULL GROUP BY ALL)
+    alloc AS (SELECT host, parent_uuid, ts_us, sum(slices * w) AS used, sum(slices * w * u) AS used_u
+              FROM m WHERE parent_uuid IS NOT NULL GROUP BY ALL)
     SELECT p.*, CASE WHEN {MIG_VISIBLE} THEN greatest(0.0, 1.0 - coalesce(a.used, 0) / p.total_slices) * p.dt ELSE 0.0 END AS free_dt,
-           CASE WHEN {MIG_VISIBLE} THEN 0.0 ELSE p.dt END AS blind_dt
+           CASE WHEN {MIG_VISIBLE} THEN 0.0 ELSE greatest(0.0, 1.0 - coalesce(a.used, 0) / p.total_slices) * p.dt END AS blind_dt
     FROM m p LEFT JOIN alloc a ON a.host = p.host AND a.parent_uuid = p.uuid AND a.ts_us = p.ts_us
     WHERE p.mig_mode AND p.parent_uuid IS NULL
     """
