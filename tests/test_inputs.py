@@ -278,7 +278,7 @@ def test_an_api_comparison_prices_measured_cache_hits_at_the_cached_rate():
     from gpu_audit.recommend.serving import token_economics
 
     d = device("inf", "GPU-h", "NVIDIA H100 80GB HBM3", 3.0, [20] * 24, 70)
-    api = [{"model": "x", "input_per_1m": 1.0, "output_per_1m": 4.0, "cached_input_per_1m": 0.1, "as_of": None, "source": None}]
+    api = [{"model": "x", "input_per_1m": 1.0, "output_per_1m": 4.0, "cached_input_per_1m": 0.1, "as_of": None, "source": None, "serves": ["rag"]}]
     m = served_model("rag", ["inf"], cost=100.0, prompt=10_000_000, completion=1_000_000, cached_tokens=8_000_000)
     (r,) = [r for r in token_economics(findings([d], 24, [m], api), RecommendSettings()) if r.evidence.get("api")]
     # 2M uncached x $1 + 8M cached x $0.10 + 1M output x $4 = $6.80 (not $14 at the full input price)

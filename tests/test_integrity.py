@@ -347,7 +347,7 @@ def _firing_cases():
     from findfix import device, findings, served_model
 
     h100, a100, l40s = H100, "NVIDIA A100-SXM4-80GB", "NVIDIA L40S"
-    api = [{"model": "gpt-4o-mini", "input_per_1m": 0.15, "output_per_1m": 0.60, "as_of": "2026-04-06", "source": "x"}]
+    api = [{"model": "gpt-4o-mini", "input_per_1m": 0.15, "output_per_1m": 0.60, "as_of": "2026-04-06", "source": "x", "serves": ["m"]}]
     parent = {"host": "h", "uuid": "GPU-p", "name": a100, "mig_mode": True, "parent_uuid": None, "spend_usd": 2.0,
               "unallocated_usd": 2.0, "mean_util_pct": None, "coverage_pct": 100.0, "covered_hours": 24.0}
     return {

@@ -21,7 +21,7 @@ from gpu_audit.recommend.base import RecommendSettings
 H100, A100, H200, L40S = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "NVIDIA H200", "NVIDIA L40S"
 S = RecommendSettings(gpu_prices={m.key: (m.price_per_hour, m.provider) for m in MODELS if m.price_per_hour is not None})
 FULL_KV = {"p95_kv_cache_usage_pct": 98.0, "preemptions": 3.0, "mean_requests_waiting": 2.0}
-API = [{"model": "gpt-4o-mini", "input_per_1m": 0.15, "output_per_1m": 0.60, "as_of": "2026-04-06", "source": "x"}]
+API = [{"model": "gpt-4o-mini", "input_per_1m": 0.15, "output_per_1m": 0.60, "as_of": "2026-04-06", "source": "x", "serves": ["tail", "rag"]}]
 NODE, OWNED = {"unit": "node", "commitment": "on-demand"}, {"unit": "gpu", "commitment": "owned"}
 
 

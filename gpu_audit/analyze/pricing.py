@@ -41,6 +41,8 @@ class ApiPrice:
     as_of: str | None
     source: str | None
     cached_input_per_1m: float | None = None  # the API's price for prompt tokens it serves from its cache
+    serves: tuple[str, ...] = ()  # the self-hosted models it stands in for (like for like)
+    params_b: float | None = None  # its model's size: compared with models whose size is within a factor of 2
 
 
 UNITS = ("gpu", "node")
@@ -173,9 +175,16 @@ def load_pricing(path: str | None) -> Pricing:
         cached = spec.get("cached_input_per_1m")
         if cached is not None and not _price_ok(cached, 1e6):
             raise bad(model, f"[api.{model!r}] cached_input_per_1m: expected $ per 1M tokens (a finite number from 0 to 1,000,000), got {cached!r}")
+        serves = spec.get("serves", [])
+        if not isinstance(serves, list) or not all(isinstance(x, str) for x in serves):
+            raise bad(model, f"[api.{model!r}] serves: expected a list of model names, got {serves!r}")
+        size = spec.get("params_b")
+        if size is not None and (isinstance(size, bool) or not _price_ok(size, 1e5) or size == 0):
+            raise bad(model, f"[api.{model!r}] params_b: expected the model's parameters in billions, got {size!r}")
         p.api[model] = ApiPrice(model, float(spec["input_per_1m"]), float(spec["output_per_1m"]),
                                 str(spec["as_of"]) if "as_of" in spec else None, spec.get("source"),
-                                float(cached) if cached is not None else None)
+                                float(cached) if cached is not None else None, tuple(serves),
+                                float(size) if size is not None else None)
     billing = raw.get("billing", {})
     if not isinstance(billing, dict):
         raise bad("billing", "[billing] must be a table (unit, commitment, and [billing.host.\"PATTERN\"])")

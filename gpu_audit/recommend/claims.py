@@ -335,5 +335,5 @@ def totals(findings: dict[str, Any], recs: list[Recommendation]) -> tuple[list[R
         "capacity_monthly_usd": sum(capacity.values()),
         "capacity_gpus_freed": gpus,
         "behaviour_recommendations": sum(1 for r in recs if r.savings_class == "behaviour"),
-        "behaviour_monthly_estimate_usd": sum(r.monthly_savings_usd for r in recs if r.savings_class == "behaviour"),
+        "behaviour_monthly_estimate_usd": sum(max(0.0, r.monthly_savings_usd) for r in recs if r.savings_class == "behaviour"),
     }

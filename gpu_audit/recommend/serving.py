@@ -232,6 +232,26 @@ def quantization(findings: dict[str, Any], s: RecommendSettings) -> list[Recomme
     return out
 
 
+def like_for_like(model: str, apis: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reference APIs of a model's class: those whose ``serves`` names it, or whose ``params_b`` is
+    within a factor of 2 of the parameters in its name. An API of another class is never compared."""
+    size = params_in_name(model)
+    out = []
+    for api in apis:
+        if model in (api.get("serves") or ()):
+            out.append(api)
+        elif size and api.get("params_b") and 0.5 <= api["params_b"] / size <= 2.0:
+            out.append(api)
+    return out
+
+
+def frees_billing_units(devs: list[dict[str, Any]]) -> bool:
+    """Whether moving all of a model's traffic away frees GPUs that leave the bill: every one of its
+    devices a whole GPU billed per GPU on demand (a node billed whole, reserved or owned GPUs: no)."""
+    return bool(devs) and all(not d.get("parent_uuid") and (d.get("billing") or {}).get("unit", "gpu") == "gpu"
+                              and (d.get("billing") or {}).get("commitment", "on-demand") == "on-demand" for d in devs)
+
+
 def api_cost_usd(api: dict[str, Any], m: dict[str, Any]) -> float:
     """What the model's tokens would cost at an API's prices: prompt and completion tokens both, and the
     prompt tokens the logs say were cached at the API's cached-input price where it has one (measured
@@ -257,34 +277,50 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
         if util:
             evidence_base[f"cost_per_1m_output_tokens_at_{s.target_util_for_token_cost_pct:.0f}pct_util"] = (
                 m["cost_per_1m_output_tokens"] * util / s.target_util_for_token_cost_pct)
-        # The cheapest reference API for this model's own token mix (one recommendation, not one per API).
-        apis = [(api, api_cost_usd(api, m)) for api in findings.get("api_prices", [])]
+        # The cheapest reference API of the model's own class, for its own token mix (one card, not one per API).
+        apis = [(api, api_cost_usd(api, m)) for api in like_for_like(m["model"], findings.get("api_prices", []))]
+        frees = frees_billing_units(devs)
         for api, api_cost in sorted(apis, key=lambda x: x[1])[:1]:
-            if api_cost <= 0 or m["cost_usd"] <= api_cost:
+            if api_cost <= 0:
                 continue
+            # Priced net (DESIGN.md "Like-for-like API comparisons"): the GPU spend routing frees, by the
+            # billing rules, minus the API spend for the routed tokens. Negative nets are said, not hidden.
+            freed = m["cost_usd"] if frees else 0.0
+            net = freed - api_cost
             breakeven = util * m["cost_usd"] / api_cost if util else None
             out.append(Recommendation(
-                savings_class="behaviour", kind="token_economics", title=f"{m['model']} costs ${m['cost_usd']:.2f} self-hosted vs ${api_cost:.2f} at {api['model']} prices",
+                savings_class="behaviour", kind="token_economics",
+                title=(f"{m['model']}: routing to {api['model']} nets {'+' if net >= 0 else '-'}${abs(monthly(findings, net)):,.2f}/month "
+                       f"(self-hosted ${m['cost_usd']:.2f} vs ${api_cost:.2f} at its prices)"),
                 targets=({"model": m["model"]},),
                 evidence={**evidence_base, "api": api["model"], "api_cost_usd": api_cost, "self_hosted_cost_usd": m["cost_usd"],
                           "api_price_as_of": api.get("as_of"), "api_price_source": api.get("source"),
-                          "breakeven_util_pct": breakeven},
-                monthly_savings_usd=monthly(findings, m["cost_usd"] - api_cost), confidence="medium",
-                action=(f"Self-hosting breaks even at {breakeven:.0f}% utilization (now {util:.0f}%): raise utilization (batching, "
-                        f"consolidation) or route this traffic to {api['model']} if its quality is enough."
-                        if breakeven and breakeven <= 100 else
-                        f"Even at 100% utilization self-hosting costs more than {api['model']}: route this traffic to the API "
-                        "if its quality is enough, or move to cheaper GPUs."),
+                          "comparable_by": "serves" if m["model"] in (api.get("serves") or ()) else "params_b",
+                          "gpu_spend_freed_usd": freed, "frees_billing_units": frees,
+                          "net_monthly_usd": monthly(findings, net), "breakeven_util_pct": breakeven},
+                monthly_savings_usd=monthly(findings, net), confidence="medium",
+                action=(f"Routing frees no GPU that leaves the bill (billed per node, reserved or owned): it would add "
+                        f"${monthly(findings, api_cost):,.2f}/month of API spend. Raise utilization instead (batching, consolidation)."
+                        if not frees else
+                        f"Self-hosting costs more than {api['model']} for this traffic: route it there if its quality is enough "
+                        f"(self-hosting breaks even at {breakeven:.0f}% utilization, now {util:.0f}%)." if net > 0 and breakeven
+                        else f"Routing would cost more than self-hosting ({api['model']} at its listed prices): keep it, and "
+                        "raise utilization to lower the cost per token."),
                 settings={"target_util_pct": s.target_util_for_token_cost_pct},
             ))
         p50, p99 = m.get("completion_p50"), m.get("completion_p99")
         if p50 and p99 and p99 / p50 >= s.long_tail_ratio:
             share = (m.get("completion_tokens_beyond_p95") or 0) / m["completion_tokens"]
             out.append(Recommendation(
-                savings_class="behaviour", kind="token_economics", title=f"{m['model']}: a long tail of completions (p99 {p99:.0f} vs median {p50:.0f} tokens): set max_tokens",
+                savings_class="behaviour", kind="token_economics", title=f"{m['model']}: a long tail of completions (p99 {p99:.0f} vs median {p50:.0f} tokens): set max_tokens"
+                + ("" if frees else " (GPU time, not cash: no GPU leaves the bill)"),
                 targets=({"model": m["model"], "lever": "max_tokens"},),
                 evidence={**evidence_base, "completion_p50": p50, "completion_p95": m.get("completion_p95"), "completion_p99": p99,
-                          "completion_tokens_beyond_p95": m.get("completion_tokens_beyond_p95"), "share_of_output_beyond_p95": share},
+                          "completion_tokens_beyond_p95": m.get("completion_tokens_beyond_p95"), "share_of_output_beyond_p95": share,
+                          "gpu_time_freed_monthly_usd": monthly(findings, m["cost_usd"] * share),
+                          "net_cash_monthly_usd": 0.0,
+                          "why_no_cash": "GPUs are billed per hour whatever they compute: fewer tokens shrink the bill only once fewer "
+                                         "GPUs serve the model (then batching or consolidation says so)"},
                 monthly_savings_usd=monthly(findings, m["cost_usd"] * share), confidence="low",
                 action=f"Cap max_tokens near the p95 length ({m.get('completion_p95', 0):.0f}); the tokens beyond it are "
                        f"{share:.0%} of this model's output.",
