@@ -94,3 +94,21 @@ def test_a_dcgm_mig_parent_busier_than_its_visible_instances_shows_no_unallocate
         assert p["unallocated_usd"] == pytest.approx(6.0)
     else:
         assert not p["unallocated_usd"] and p["spend_usd"] == pytest.approx(6.0)  # billed whole, no evidence
+
+
+@pytest.mark.parametrize("n, profile, unalloc, stranded", [(4, "1g.20gb", 0.0, 3.0), (3, "1g.20gb", 4.0, 0.0)])
+def test_mig_compute_stranded_by_taken_memory_is_not_unallocated(tmp_path, n, profile, unalloc, stranded):
+    """An A100 80GB ($7.00/h) with n x 1g.20gb instances for 1 h, collected (instances visible). Each takes
+    1 of 7 compute slices and 2 of 8 memory slices. 4 instances take all 8 memory slices: the other 3/7 of
+    compute is stranded ($3.00), not unallocated. 3 instances leave 2 memory slices: 4/7 unallocated ($4.00)."""
+    a100 = "NVIDIA A100-SXM4-80GB"
+    rows = series("n1", "GPU-p", a100, 60, 60, [None] * 60, mig_mode=True, mem_total_bytes=80 * 2**30)
+    for k in range(n):
+        rows += series("n1", f"MIG-{k}", a100, 60, 60, [50.0] * 60, parent_uuid="GPU-p", mig_profile=profile)
+    write_samples(str(tmp_path / "s"), rows)
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [], None, None))
+    (p,) = [d for d in f["devices"] if d["uuid"] == "GPU-p"]
+    assert p["unallocated_usd"] == pytest.approx(unalloc) and p["stranded_usd"] == pytest.approx(stranded)
+    assert f["fleet"]["spend_usd"] == pytest.approx(7.0)  # the whole GPU, once
+    assert f["fleet"]["idle_usd"] == pytest.approx(unalloc)
+    assert not [r for r in f["recommendations"] if r["kind"] == "mig" and stranded]

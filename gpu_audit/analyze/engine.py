@@ -393,9 +393,11 @@ def _percentiles_stage(r: _Run) -> None:
     dh["price"] = [r.prices[(h, u)].per_hour if r.prices[(h, u)] else np.nan for h, u in zip(dh["host"], dh["uuid"])]
     p = dh["price"].fillna(0.0)
     # Unseen MIG time (blind_dt) is billed as the whole GPU, with no evidence: no waste, idle or unallocated.
-    dh["gpu_s"] = dh["share_dt"] + dh["free_dt"] + dh["blind_dt"]
+    # Stranded MIG slices (no instance could use them: every memory slice taken) are billed and wasted, not idle.
+    dh["gpu_s"] = dh["share_dt"] + dh["free_dt"] + dh["blind_dt"] + dh["stranded_dt"]
     dh["spend_usd"] = p * dh["gpu_s"] / 3600
-    dh["waste_usd"] = p * (dh["waste_share_dt"] + dh["free_dt"]) / 3600
+    dh["waste_usd"] = p * (dh["waste_share_dt"] + dh["free_dt"] + dh["stranded_dt"]) / 3600
+    dh["stranded_usd"] = p * dh["stranded_dt"] / 3600
     dh["idle_usd"] = p * (dh["idle_share_dt"] + dh["free_dt"]) / 3600
     dh["unalloc_usd"] = p * dh["free_dt"] / 3600
     dh["sm_waste_usd"] = p * dh["sm_waste_share_dt"] / 3600
@@ -406,7 +408,8 @@ def _percentiles_stage(r: _Run) -> None:
         mig_mode=("mig_mode", "max"), share=("share", "max"), dt_s=("dt_s", "sum"), gpu_s=("gpu_s", "sum"),
         ev_dt=("ev_dt", "sum"), u_dt=("u_dt", "sum"), idle_share_dt=("idle_share_dt", "sum"), free_dt=("free_dt", "sum"),
         blind_dt=("blind_dt", "sum"), spend_usd=("spend_usd", "sum"), waste_usd=("waste_usd", "sum"), idle_usd=("idle_usd", "sum"),
-        unalloc_usd=("unalloc_usd", "sum"), sm_share_dt=("sm_share_dt", "sum"), sm_waste_usd=("sm_waste_usd", "sum"),
+        unalloc_usd=("unalloc_usd", "sum"), stranded_usd=("stranded_usd", "sum"),
+        sm_share_dt=("sm_share_dt", "sum"), sm_waste_usd=("sm_waste_usd", "sum"),
         error_dt=("error_dt", "sum"), mem_max=("mem_max", "max"), mem_total=("mem_total", "max"),
         m_util=("m_util_dt", "sum"), m_gr=("m_gr_dt", "sum"), m_sm=("m_sm_dt", "sum"), n=("n", "sum"), bad_n=("bad_n", "sum"),
         kwh=("kwh", "sum"), idle_kwh=("idle_kwh", "sum"), energy_usd=("energy_usd", "sum"), kgco2e=("kgco2e", "sum"),
@@ -453,6 +456,7 @@ def _devices_stage(r: _Run) -> None:
             "spend_usd": x.spend_usd if pr else None, "waste_usd": x.waste_usd if pr else None,
             "idle_usd": x.idle_usd if pr else None,
             "unallocated_usd": x.unalloc_usd if pr and parent_in_mig else None,
+            "stranded_usd": x.stranded_usd if pr and parent_in_mig else None,
             "mig_instances_visible": (x.blind_dt <= 0) if parent_in_mig else None,
             "waste_sm_active_usd": x.sm_waste_usd if pr and x.sm_share_dt > 0 else None,
             "energy_kwh": x.kwh if x.has_energy else None,
@@ -526,6 +530,7 @@ def _fleet(dh: pd.DataFrame, devices: list[dict[str, Any]]) -> dict[str, Any]:
         "waste_usd": float(dh.loc[priced, "waste_usd"].sum()),
         "idle_usd": float(dh.loc[priced, "idle_usd"].sum()),
         "unallocated_usd": float(dh.loc[priced, "unalloc_usd"].sum()),
+        "stranded_usd": float(dh.loc[priced, "stranded_usd"].sum()),
         "idle_hours": float((dh["idle_share_dt"] + dh["free_dt"]).sum() / 3600),
         "mean_util_pct": float(dh["u_dt"].sum() / ev) if ev > 0 else None,
         "unattributed_usd": None,

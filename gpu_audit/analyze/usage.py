@@ -164,6 +164,7 @@ def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) ->
            sum(util_gpu_dt_s) AS m_util_dt, sum(gr_engine_dt_s) AS m_gr_dt, sum(sm_active_dt_s) AS m_sm_dt,
            max(mem_max_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
            min(epoch_us(first_ts)) AS first_us, max(epoch_us(end_ts)) AS last_us, sum(free_dt_s) AS roll_free_dt,
+           coalesce(sum(stranded_dt_s), 0) AS roll_stranded_dt,
            coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below,
            sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, CAST(coalesce(sum(CASE WHEN energy_counter_dt_s >= dt_s AND dt_s > 0 THEN n END), 0) AS DOUBLE) AS counter_n
     FROM {rollups_source(con, files)} {window_where(w.since, w.until)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
@@ -178,16 +179,17 @@ def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame
     if rollups is not None and not rollups.empty and dh.empty:
         dh = rollups.drop(columns=["roll_idle_below"])  # already one row per (device, hour)
     elif rollups is not None and not rollups.empty:
-        agg = {c: "sum" for c in ("n", "bad_n", "dt_s", *SUM_COLUMNS, "roll_free_dt", "roll_blind_dt")}
+        agg = {c: "sum" for c in ("n", "bad_n", "dt_s", *SUM_COLUMNS, "roll_free_dt", "roll_blind_dt", "roll_stranded_dt")}
         agg.update(parent_uuid="first", name="first", mig_profile="first", mig_mode="max", share="max", mem_max="max",
                    mem_total="max", first_us="min", last_us="max")
-        both = pd.concat([dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0), rollups.drop(columns=["roll_idle_below"])], ignore_index=True)
+        both = pd.concat([dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0, roll_stranded_dt=0.0), rollups.drop(columns=["roll_idle_below"])],
+                         ignore_index=True)
         both["mig_mode"] = both["mig_mode"].fillna(False).astype(bool)  # object dtype would make pandas loop in Python
-        for c in (*SUM_COLUMNS, "roll_free_dt", "roll_blind_dt"):
+        for c in (*SUM_COLUMNS, "roll_free_dt", "roll_blind_dt", "roll_stranded_dt"):
             both[c] = both[c].astype(float).fillna(0.0)
         dh = both.groupby(["host", "uuid", "hour"], as_index=False, dropna=False).agg(agg)
     else:
-        dh = dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0)
+        dh = dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0, roll_stranded_dt=0.0)
     dh["has_energy"] = dh["energy_j"].notna()  # null: no power reading and no counter (not 0 kWh)
     for col in SUM_COLUMNS:
         dh[col] = dh[col].astype(float).fillna(0.0)
@@ -198,10 +200,12 @@ def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame
     dh["idle_share_dt"] = sh * dh["idle_dt"]
     dh["sm_share_dt"] = sh * dh["sm_dt"]
     dh["sm_waste_share_dt"] = sh * (dh["sm_dt"] - dh["smu_dt"] / 100)
-    free = con.execute(f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt FROM ({mig_free_sql(sc.rows)}) "
+    free = con.execute(f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt, sum(stranded_dt) AS stranded_dt "
+                       f"FROM ({mig_free_sql(sc.rows)}) "
                        "GROUP BY ALL").df() if sc.rows else pd.DataFrame()
-    dh = dh.merge(free, on=["host", "uuid", "hour"], how="left") if not free.empty else dh.assign(free_dt=0.0, blind_dt=0.0)
+    dh = dh.merge(free, on=["host", "uuid", "hour"], how="left") if not free.empty else dh.assign(free_dt=0.0, blind_dt=0.0, stranded_dt=0.0)
     dh["free_dt"] = dh["free_dt"].astype(float).fillna(0.0) + dh["roll_free_dt"].astype(float).fillna(0.0)
+    dh["stranded_dt"] = dh["stranded_dt"].astype(float).fillna(0.0) + dh["roll_stranded_dt"].astype(float).fillna(0.0)
     dh["blind_dt"] = dh["blind_dt"].astype(float).fillna(0.0) + dh["roll_blind_dt"].astype(float).fillna(0.0)
     return dh
 

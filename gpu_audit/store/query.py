@@ -355,15 +355,28 @@ def mig_free_sql(rows: str) -> str:
     """Per sample of a GPU in MIG mode: ``free_dt``, the time of its slices that no instance held, and
     ``blind_dt``, the time of the slices no visible instance holds where the source does not show every
     instance (an nvidia-smi CSV log, a DCGM scrape without GPU_I series, or one whose parent is busier
-    than its visible instances): invisible is not idle, so that time is billed with no evidence."""
+    than its visible instances): invisible is not idle, so that time is billed with no evidence; and
+    ``stranded_dt``, slices no instance holds that no new instance could use, since the instances hold
+    every memory slice (DESIGN.md "MIG slices that can still be allocated"): billed, not idle."""
     return f"""
     WITH m AS (SELECT * FROM ({rows}) WHERE mig_mode OR parent_uuid IS NOT NULL),
-    alloc AS (SELECT host, parent_uuid, ts_us, sum(slices * w) AS used, sum(slices * w * u) AS used_u
-              FROM m WHERE parent_uuid IS NOT NULL GROUP BY ALL)
-    SELECT p.*, CASE WHEN {MIG_VISIBLE} THEN greatest(0.0, 1.0 - coalesce(a.used, 0) / p.total_slices) * p.dt ELSE 0.0 END AS free_dt,
+    alloc AS (SELECT host, parent_uuid, ts_us, sum(slices * w) AS used, sum(slices * w * u) AS used_u,
+                     -- memory eighths each instance holds: its profile's GB over an eighth of the GPU's memory
+                     sum(round(TRY_CAST(regexp_extract(mig_profile, 'g[.]([0-9]+)gb', 1) AS DOUBLE)
+                               / nullif(max_mem_gib / 8, 0)) * w) AS used_mem
+              FROM m LEFT JOIN (SELECT host AS h2, uuid AS p2, max(mem_total_bytes) / 2^30 AS max_mem_gib FROM m
+                                WHERE mig_mode AND parent_uuid IS NULL GROUP BY ALL) t ON t.h2 = m.host AND t.p2 = m.parent_uuid
+              WHERE parent_uuid IS NOT NULL GROUP BY ALL),
+    f AS (
+    SELECT p.*, CASE WHEN {MIG_VISIBLE} THEN greatest(0.0, 1.0 - coalesce(a.used, 0) / p.total_slices) * p.dt ELSE 0.0 END AS open_dt,
+           -- compute no new instance can use: every memory slice is taken (4 x 1g.20gb on an A100 80GB)
+           coalesce(a.used_mem, 0) >= 8 AS mem_full,
            CASE WHEN {MIG_VISIBLE} THEN 0.0 ELSE greatest(0.0, 1.0 - coalesce(a.used, 0) / p.total_slices) * p.dt END AS blind_dt
     FROM m p LEFT JOIN alloc a ON a.host = p.host AND a.parent_uuid = p.uuid AND a.ts_us = p.ts_us
-    WHERE p.mig_mode AND p.parent_uuid IS NULL
+    WHERE p.mig_mode AND p.parent_uuid IS NULL)
+    SELECT * EXCLUDE (open_dt, mem_full), CASE WHEN mem_full THEN 0.0 ELSE open_dt END AS free_dt,
+           CASE WHEN mem_full THEN open_dt ELSE 0.0 END AS stranded_dt
+    FROM f
     """
 
 

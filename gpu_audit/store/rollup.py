@@ -47,7 +47,8 @@ def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: 
     WITH s AS ({rows}),
     mf AS ({mig_free_sql("SELECT * FROM s")}),
     f AS (
-      SELECT s.*, coalesce(mf.free_dt, 0.0) AS free_dt, coalesce(mf.blind_dt, 0.0) AS blind_dt
+      SELECT s.*, coalesce(mf.free_dt, 0.0) AS free_dt, coalesce(mf.blind_dt, 0.0) AS blind_dt,
+             coalesce(mf.stranded_dt, 0.0) AS stranded_dt
       FROM s LEFT JOIN mf ON mf.host = s.host AND mf.uuid = s.uuid AND mf.ts_us = s.ts_us
     )
     SELECT make_timestamptz((ts_us // {res_us}) * {res_us}) AS ts, host, uuid,
@@ -62,7 +63,7 @@ def _rollup_sql(con: duckdb.DuckDBPyConnection, files: list[str], resolution_s: 
            coalesce(sum(CASE WHEN metric = 1 THEN dt END), 0) AS util_gpu_dt_s,
            coalesce(sum(CASE WHEN metric = 2 THEN dt END), 0) AS gr_engine_dt_s,
            coalesce(sum(CASE WHEN metric = 3 THEN dt END), 0) AS sm_active_dt_s,
-           sum(free_dt) AS free_dt_s, sum(blind_dt) AS blind_dt_s,
+           sum(free_dt) AS free_dt_s, sum(blind_dt) AS blind_dt_s, sum(stranded_dt) AS stranded_dt_s,
            sum(e_j) AS energy_j, sum(CASE WHEN u < {idle_below} THEN e_j END) AS idle_energy_j,
            coalesce(sum(CASE WHEN energy_j IS NOT NULL THEN dt END), 0) AS energy_counter_dt_s,
            max(mem_used_bytes) AS mem_max_bytes,

@@ -11,7 +11,8 @@ History:
 - 5: processes keep the Unix user and the pod's namespace and name (older files read them as null).
 - 4: samples keep the energy counter (energy_mj) and the energy each sample stands for (energy_j);
   rollups keep energy_j and idle_energy_j (older files read them as null: energy from power x dt).
-- 6: the imports table (content hashes of imported files); compact and rollup carry unknown columns.
+- 6: the imports table (content hashes of imported files); rollups keep stranded_dt_s; compact and
+  rollup carry unknown columns.
 - 3: rollups keep blind_dt_s, the time of a GPU in MIG mode whose source showed no instances (older
   files read it as null: none).
 """
@@ -155,6 +156,7 @@ ROLLUPS = pa.schema(
         ("sm_active_dt_s", pa.float64()),
         ("free_dt_s", pa.float64()),
         ("blind_dt_s", pa.float64()),  # MIG-mode GPU time with no instances visible: billed, no evidence
+        ("stranded_dt_s", pa.float64()),  # MIG slices no instance holds and none could (every memory slice taken): billed, not idle
         ("energy_j", pa.float64()),  # Σ energy of a physical GPU's samples (counter deltas, else power x dt)
         ("idle_energy_j", pa.float64()),  # the same over idle samples
         ("energy_counter_dt_s", pa.float64()),  # Σ dt of the samples whose energy came from the counter
