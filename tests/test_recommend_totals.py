@@ -21,15 +21,17 @@ B = device("h", "B", "NVIDIA L4", 1.0, [50.0] * 730, 1)
 
 
 def test_the_ledger_counts_each_freed_share_once_most_valuable_card_first():
-    """idle frees 40 % of A ($292); a consolidation frees A whole ($730); right-size frees B whole but
-    adds a $200 GPU ($530 net). The consolidation claims A first; idle then adds nothing; right-size B."""
+    """idle frees 40 % of A ($292); a consolidation of A and B frees A whole ($730); right-size frees B
+    whole but adds a $200 GPU ($530 net). The consolidation claims A first; idle then adds nothing; and
+    the right-size of B, the GPU the consolidation puts A's work on, is a plan that buys a GPU for a
+    device a free plan concerns: it counts nothing."""
     a, b = {"host": "h", "uuid": "A"}, {"host": "h", "uuid": "B"}
     recs, t = totals(findings([A, B], 730), [rec("idle", [a], 292, [free("A", 0.4)]),
                                              rec("consolidation", [a, b], 730, [free("A")]),
                                              rec("right_size", [b], 530, [free("B")], adds=200)])
-    assert [r.counted_monthly_usd for r in recs] == [0.0, 730.0, 530.0]
-    assert t["cash_by_device"] == {("h", "A"): 730.0, ("h", "B"): 530.0}
-    assert t["potential_monthly_savings_usd"] == 1260.0  # each freed share once, net of what is bought; not 292 + 730 + 530
+    assert [r.counted_monthly_usd for r in recs] == [0.0, 730.0, 0.0]
+    assert t["cash_by_device"] == {("h", "A"): 730.0}
+    assert t["potential_monthly_savings_usd"] == 730.0  # each freed share once, free plans first; not 292 + 730 + 530
 
 
 def test_a_consolidation_credits_only_the_device_it_empties():
@@ -80,3 +82,13 @@ def test_of_two_plans_for_one_device_the_one_that_adds_nothing_counts_first():
                                          rec("mig", [a], 730, [free("A", cash=0.0)], cls="capacity")])
     assert [r.counted_monthly_usd for r in recs] == [0.0, 730.0]
     assert t["potential_monthly_savings_usd"] == 0 and t["capacity_monthly_usd"] == pytest.approx(730)
+
+
+def test_a_plan_that_buys_a_gpu_for_a_device_another_free_plan_concerns_counts_nothing():
+    """A MIG plan packs A and B onto A, freeing B (adds nothing); a right-size of A to a new $500 GPU would
+    contradict it: the free plan is the one counted ($730), the right-size $0."""
+    a, b = {"host": "h", "uuid": "A"}, {"host": "h", "uuid": "B"}
+    recs, t = totals(findings([A, B], 730), [rec("mig", [a, b], 730, [free("B", cash=0.0)], cls="capacity"),
+                                            rec("right_size", [a], 230, [free("A")], adds=500)])
+    assert [r.counted_monthly_usd for r in recs] == [730.0, 0.0]
+    assert t["capacity_monthly_usd"] == pytest.approx(730) and t["potential_monthly_savings_usd"] == 0

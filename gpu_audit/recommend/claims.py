@@ -297,10 +297,14 @@ def totals(findings: dict[str, Any], recs: list[Recommendation]) -> tuple[list[R
     capacity: dict[tuple[str, str], float] = defaultdict(float)
     gross = {id(r): r.monthly_savings_usd + (r.evidence.get("capacity_part_monthly_usd") or 0.0) + r.adds_monthly_usd for r in recs}
     counted: dict[int, float] = {}
+    planned: set[tuple[str, str]] = set()  # devices a counted plan that adds nothing already concerns
     # most valuable first; of two plans for one device, the one that adds nothing (buys no GPU) first
     for r in sorted(recs, key=lambda r: (r.savings_class == "behaviour", r.adds_monthly_usd > 0, -gross[id(r)], r.kind, r.id)):
         if r.savings_class == "behaviour" or not r.frees:
             counted[id(r)] = 0.0
+            continue
+        if r.adds_monthly_usd > 0 and any((f["host"], f["uuid"]) in planned for f in r.frees):
+            counted[id(r)] = 0.0  # another plan for this device adds nothing: it is the one the totals count
             continue
         parts = []
         for f in r.frees:
@@ -321,6 +325,8 @@ def totals(findings: dict[str, Any], recs: list[Recommendation]) -> tuple[list[R
             if cap_usd * scale > 1e-12:
                 capacity[k] += cap_usd * scale
         counted[id(r)] = net
+        if net > 0 and r.adds_monthly_usd <= 0:
+            planned |= {(t["host"], t["uuid"]) for t in r.targets if "uuid" in t}
     gpus = 0.0
     for k, usd in capacity.items():
         price = (devices.get(k) or {}).get("price_per_hour")
