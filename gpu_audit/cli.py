@@ -315,6 +315,7 @@ def report(
     stores: List[str] = typer.Argument(..., help="One or more store folders (each may hold many hosts)."),
     pricing: Optional[str] = typer.Option(None, help="Pricing TOML ($ per GPU-hour by \\[gpu] and \\[host]; \\[api] reference prices)."),
     tokens: Optional[List[str]] = typer.Option(None, "--tokens", help="Token log(s): JSONL, CSV or Parquet. Repeatable."),
+    tokens_host: Optional[str] = typer.Option(None, "--tokens-host", help="The host of token records that name none (a log from one server)."),
     since: Optional[str] = typer.Option(None, help="Window start (inclusive), ISO 8601 or epoch seconds."),
     until: Optional[str] = typer.Option(None, help="Window end (exclusive)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the findings JSON here."),
@@ -339,7 +340,7 @@ def report(
 
     if group_by is not None and group_by not in GROUP_BY:
         raise GpuAuditError(f"--group-by: expected one of {', '.join(GROUP_BY)}, got {group_by!r}")
-    req = ReportRequest(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings)
+    req = ReportRequest(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings, tokens_host)
     with _stage_progress() as step:
         findings = build(req, step)
     if json_out:
@@ -430,7 +431,8 @@ def import_nvidia_smi(
             progress.stop()
     c = _console()
     how = f" ({', '.join(sorted(res.time_formats))})" if res.time_formats else ""
-    c.print(f"imported {res.rows:,} rows ({res.series} GPU series) from {len(res.files)} file(s); times read as {res.zone}{how}")
+    when = (f"times from --at {at}" if res.time_formats == {"--at"} else f"times read as {res.zone}{how}")  # --at carries its own zone
+    c.print(f"imported {res.rows:,} rows ({res.series} GPU series) from {len(res.files)} file(s); {when}", soft_wrap=True)
     for line in res.tally.summary():
         c.print(_e(line), soft_wrap=True)
     if res.bad:

@@ -56,6 +56,7 @@ class ReportRequest:
     s3_endpoint: str | None = None
     memory_limit: str | None = None
     settings: str | None = None
+    tokens_host: str | None = None  # the host of token records that name none
 
 
 def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -83,7 +84,11 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
     stages = report_stages()
     pricing = load_pricing(pricing_path)
     say(stages[0])
-    tokens = load_tokens(token_paths, strict=strict) if token_paths else None
+    if req.tokens_host is not None:
+        from gpu_audit.store.layout import check_host
+
+        check_host(req.tokens_host, "--tokens-host")
+    tokens = load_tokens(token_paths, strict=strict, default_host=req.tokens_host) if token_paths else None
     roots = []
     for store in stores:  # object-store URIs: the window's partitions mirrored into a local cache
         if "://" in store and not store.startswith("file://"):

@@ -140,11 +140,11 @@ def _record(r: dict[str, Any]) -> tuple[Any, ...]:
     when = r.get("timestamp", r.get("created"))
     if when is None:
         raise ValueError("no timestamp or created")
-    model, host = r.get("model"), r.get("host")
+    model, host = r.get("model"), r.get("host") or _DEFAULT_HOST
     if not model or not isinstance(model, str):
         raise ValueError("no model")
     if not host or not isinstance(host, str):
-        raise ValueError("no host")
+        raise ValueError("no host (give --tokens-host for a log from one server)")
     gpu = r.get("gpu_uuid")
     if "input_tokens" in u and "prompt_tokens" not in u:  # Anthropic: input_tokens excludes what the cache served
         read = _opt(u.get("cache_read_input_tokens"), "cache_read_input_tokens") or 0
@@ -176,7 +176,7 @@ def _otel(r: dict[str, Any], a: dict[str, Any]) -> tuple[Any, ...]:
                              r.get("created")) if v is not None), None)
     if when is None:
         raise ValueError("no timestamp or start time")
-    host = r.get("host") or a.get("host.name") or _get(r, "resource", "host.name")
+    host = r.get("host") or a.get("host.name") or _get(r, "resource", "host.name") or _DEFAULT_HOST
     if not host or not isinstance(host, str):
         raise ValueError("no host (host, or the resource attribute host.name)")
     cached = _opt(a.get("gen_ai.usage.cache_read_input_tokens", a.get("gen_ai.usage.cached_tokens")), "cached_tokens")
@@ -259,6 +259,9 @@ def _tokens_table(ts: pa.ChunkedArray, model: Any, host: Any, prompt: Any, compl
     """The token table and its mask of good rows (a time from 2000-01-01 to tomorrow, a model, a
     host, counts >= 0)."""
     n = len(ts)
+    if _DEFAULT_HOST is not None:  # --tokens-host: records without a host are that host's
+        host = pc.fill_null(host.cast(pa.string()) if host is not None and pa.types.is_dictionary(host.type) else host, _DEFAULT_HOST) \
+            if host is not None else pa.chunked_array([pa.array([_DEFAULT_HOST] * n, pa.string())])
     out = pa.table({"ts": ts, "model": _label(model, n), "host": _label(host, n), "prompt_tokens": _counts(prompt),
                     "completion_tokens": _counts(completion), "gpu_uuid": _label(gpu, n),
                     "cached_tokens": _counts(cached) if cached is not None else pa.nulls(n, pa.int64()),
@@ -316,7 +319,8 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
 
     names = pq.read_schema(path).names
     when = "timestamp" if "timestamp" in names else "created" if "created" in names else None
-    missing = [c for c in ("model", "host", "prompt_tokens", "completion_tokens") if c not in names]
+    missing = [c for c in ("model", "host", "prompt_tokens", "completion_tokens") if c not in names
+               and not (c == "host" and _DEFAULT_HOST is not None)]
     if when is None or missing:
         raise TokenLogError(f"{path}: token log lacks column(s) {', '.join(missing + ['timestamp'] * (when is None))}")
     wanted = [c for c in (when, "model", "host", "prompt_tokens", "completion_tokens", "gpu_uuid", "cached_tokens", "reasoning_tokens",
@@ -326,7 +330,7 @@ def _parquet(path: str, log: TokenLog, strict: bool, max_examples: int) -> pa.Ta
         ts = _to_ts(t[when])
     except ValueError as e:
         raise TokenLogError(f"{path}: {when}: {e}") from None
-    out, ok = _tokens_table(ts, t["model"], t["host"], t["prompt_tokens"], t["completion_tokens"],
+    out, ok = _tokens_table(ts, t["model"], t["host"] if "host" in names else None, t["prompt_tokens"], t["completion_tokens"],
                             t["gpu_uuid"] if "gpu_uuid" in names else None, *_extras(t), _id_column(t))
     bad = pc.invert(ok)
     nbad = pc.sum(bad).as_py() or 0
@@ -447,7 +451,20 @@ def _csv_fast(path: str) -> pa.Table | None:
 READERS = {".jsonl": _rows_jsonl, ".ndjson": _rows_jsonl, ".json": _rows_jsonl, ".csv": _rows_csv, ".parquet": None}
 
 
-def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -> TokenLog:
+def load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5, default_host: str | None = None) -> TokenLog:
+    """Token logs into one table. ``default_host`` is the host of records that name none (``--tokens-host``)."""
+    global _DEFAULT_HOST
+    _DEFAULT_HOST = default_host
+    try:
+        return _load_tokens(paths, strict, max_examples)
+    finally:
+        _DEFAULT_HOST = None
+
+
+_DEFAULT_HOST: str | None = None  # --tokens-host while a load runs
+
+
+def _load_tokens(paths: list[str], strict: bool = False, max_examples: int = 5) -> TokenLog:
     cols: dict[str, list[Any]] = {n: [] for n in TOKENS.names}
     log = TokenLog(table=TOKENS.empty_table(), files=list(paths))
     tables: list[pa.Table] = []  # vectorised reads: Parquet, and JSONL or CSV that pyarrow's readers take whole

@@ -130,9 +130,10 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
     q = f["data_quality"]
     for d in q["unpriced_devices"]:
         console.print(f"[yellow]unpriced:[/] {clean(d['host'])} {clean(d['name'] or '?')} ({clean(d['uuid'])}): "
-                      f"{d.get('why') or 'add it to a pricing file'}")
+                      f"{clean(d.get('why') or 'add it to a pricing file')}", soft_wrap=True)
     for d in q["devices_without_evidence"]:
-        console.print(f"[yellow]no evidence:[/] {clean(d['host'])} {clean(d['name'] or '?')} {clean(d['mig_profile'] or '')}: {d['why']}")
+        console.print(f"[yellow]no evidence:[/] {clean(d['host'])} {clean(d['name'] or '?')} {clean(d['mig_profile'] or '')}: {clean(d['why'])}",
+                      soft_wrap=True)
     for d in q.get("devices_with_read_errors", [])[:top]:
         console.print(f"[yellow]read errors:[/] {clean(d['host'])} {clean(d['name'] or '?')} ({clean(d['uuid'])}): "
                       f"{d['error_hours']:.1f} h of samples could not be read (billed, no utilization)")
@@ -145,7 +146,8 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
         console.print(f"[yellow]gap:[/] {clean(g['host'])} {clean(g['uuid'])}: {g['missing_hours']:.1f} h without samples ({fmt_pct(g['coverage_pct'])} coverage)")
     rj = q["rejected_token_records"]
     if rj["count"]:
-        console.print(f"[yellow]rejected token records:[/] {rj['count']} (" + "; ".join(clean(e) for e in rj["examples"]) + ")")
+        console.print(f"[yellow]rejected token records:[/] {rj['count']} (" + "; ".join(clean(e) for e in rj["examples"]) + ")",
+                      soft_wrap=True)
     for c in q.get("contradictions", [])[:top]:
         console.print(f"[red]contradiction:[/] {clean(c['host'])}{' ' + clean(c['uuid']) if c.get('uuid') else ''}"
                       f"{' ' + clean(c['model']) if c.get('model') else ''}: {clean(c['why'])}", soft_wrap=True)

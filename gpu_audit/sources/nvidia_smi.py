@@ -92,6 +92,7 @@ class _Parser:
     def __init__(self, path: str, fields: list[str] | None, zone: tzinfo, at: float | None = None) -> None:
         self.path = path
         self.zone = zone
+        self._last: float | None = None  # the previous line's time: tells the two passes through a repeated hour apart
         self.at = at  # --at: the time of a log without a timestamp field
         self.time_formats: set[str] = set()
         self.counts: dict[str, int] = {}
@@ -171,7 +172,7 @@ class _Parser:
         hand-rolled ``$(date +%s),`` prefix); the formats seen are said in the summary."""
         for fmt in ("%Y/%m/%d %H:%M:%S.%f", "%Y/%m/%d %H:%M:%S"):
             try:
-                t = datetime.strptime(raw, fmt).replace(tzinfo=self.zone).timestamp()
+                t = self._local(datetime.strptime(raw, fmt))
                 self.time_formats.add("nvidia-smi's own")
                 return t
             except ValueError:
@@ -188,7 +189,17 @@ class _Parser:
         except ValueError:
             raise ValueError(f"timestamp: cannot read {raw!r}") from None
         self.time_formats.add("ISO 8601")
-        return (dt if dt.tzinfo else dt.replace(tzinfo=self.zone)).timestamp()
+        return dt.timestamp() if dt.tzinfo else self._local(dt)
+
+    def _local(self, naive: datetime) -> float:
+        """A local time in the log's zone. The hour a daylight-saving change repeats (the autumn night)
+        is read twice in a log: the second pass through it is the later one (fold 1), told from the
+        order of the lines (a time earlier than the previous line's, where the later reading fits)."""
+        first = naive.replace(tzinfo=self.zone).timestamp()
+        second = naive.replace(tzinfo=self.zone, fold=1).timestamp()
+        t = second if second != first and self._last is not None and first < self._last else first
+        self._last = t
+        return t
 
 
 def _key(row: dict[str, Any]) -> str:

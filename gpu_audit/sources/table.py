@@ -113,6 +113,12 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
 
         _zone(tz)  # an unknown zone is one line, before any file is read
     spec = parse_maps(maps)
+    names = {os.path.basename(p) for p in paths} | set(paths)
+    for store, file, col in spec:
+        if file is not None and file not in names:
+            raise TableError(f"--map {store}={file}:{col}: {file} is not one of the files given",
+                             hint="name a file given on the command line, or leave out FILE: to map every file's column")
+    found: set[tuple[str, str]] = set()  # (store column, file column) mapped in some file
     frames = []
     ledger = ImportLedger(out, "table", host or "")
     shas: dict[str, str] = {}
@@ -135,6 +141,7 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
                     raise TableError(f"{path}: no column {col!r} (from --map {store}={file}:{col}); it has {', '.join(map(str, df.columns))}")
                 continue
             cols[store] = df[col]
+            found.add((store, col))
         missing = [k for k in ("ts", "uuid") if k not in cols]
         if missing:
             raise TableError(f"{path}: no column mapped to {' and '.join(missing)}",
@@ -159,12 +166,28 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
     res.tally.skipped_files = skipped
     if not frames:
         raise res.tally.nothing_stored(", ".join(paths))
+    lost = [(store, col) for store, _, col in spec if (store, col) not in found]
+    if lost:
+        store, col = lost[0]
+        raise TableError(f"--map {store}={col}: no file given has a column {col!r}",
+                         hint="check the column name (the files' header) or leave the mapping out")
     data = pd.concat(frames, ignore_index=True)
-    # Values outside their range never reach the store: the row is dropped and counted.
+    # Values outside their range never reach the store: the row is dropped and counted. A unit that is
+    # wrong for the whole column is refused before anything is written (never an idle card made of it).
     bad = np.zeros(len(data), dtype=bool)
-    for c in UTIL_COLUMNS & set(data.columns):
+    for c in sorted(UTIL_COLUMNS & set(data.columns)):
         v = data[c].astype(float)
-        bad |= (v.notna() & ~v.between(0, 100)).to_numpy()
+        out_of_range = (v.notna() & ~v.between(0, 100)).to_numpy()
+        given = int(v.notna().sum())
+        if given and out_of_range.sum() > 0.05 * given:
+            raise TableError(f"{c}: {int(out_of_range.sum()):,} of {given:,} values lie outside 0-100 % with --util-unit {util_unit}: "
+                             "nothing imported", hint="the column is in percent: give --util-unit percent" if util_unit == "ratio"
+                             else "check the column and its unit (--util-unit)")
+        fractional = v.dropna()
+        if util_unit == "percent" and len(fractional) and fractional.between(0, 1).all() and ((fractional > 0) & (fractional < 1)).any():
+            raise TableError(f"{c}: every value lies between 0 and 1 (a ratio) under --util-unit percent: nothing imported",
+                             hint="give --util-unit ratio (a busy GPU at 0.6 would otherwise read as 0.6 % and look idle)")
+        bad |= out_of_range
     res.rejected = int(bad.sum())
     data = data[~bad]
     # Long format: each file gives some columns of a (host, device, time); the first value of each wins.

@@ -1,0 +1,137 @@
+"""Hardening, round two (issue 20): wrong numbers that exited 0, and inputs that could not get in."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ASSETS, read_table
+from storefix import T0, series, write_samples
+from gpu_audit.analyze.findings import ReportRequest, build
+
+PRICING = str(ASSETS / "pricing.toml")
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def table_args(store, *files, extra=()):
+    return ("import", "table", *map(str, files), "--map", "ts=time", "--map", "uuid=gpu", "--map", "util_gpu_pct=util",
+            "--host", "n1", "--gpu-name", H100, "--out", str(store), *extra)
+
+
+@pytest.mark.parametrize("kind", ["iso", "parquet-us", "parquet-ms"])
+def test_table_times_of_any_unit_are_read_as_what_they_are(tmp_path, run_cli, kind):
+    """Two hours of one-minute samples at 50 %: 2.0 GPU-h and $6.00, whatever the time column's type."""
+    times = [datetime(2026, 11, 28, tzinfo=timezone.utc) + timedelta(minutes=k) for k in range(1, 121)]
+    if kind == "iso":
+        f = tmp_path / "t.csv"
+        f.write_text("time,gpu,util\n" + "".join(f"{t.isoformat()},g0,50\n" for t in times))
+    else:
+        f = tmp_path / "t.parquet"
+        unit = kind.split("-")[1]
+        pq.write_table(pa.table({"time": pa.array(times, pa.timestamp(unit, tz="UTC")), "gpu": ["g0"] * 120, "util": [50.0] * 120}), f)
+    code, out, err = run_cli(*table_args(tmp_path / "s", f))
+    assert code == 0, err
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING))
+    assert f["fleet"]["gpu_hours"] == pytest.approx(2.0) and f["fleet"]["spend_usd"] == pytest.approx(6.0)
+    assert f["window"]["start"].startswith("2026-11-28")
+
+
+def test_the_repeated_autumn_hour_keeps_both_hours(tmp_path, run_cli):
+    """New York, 2026-11-01: 00:00-02:59 local by the minute is 4 real hours (01:xx happens twice): 4.0 GPU-h, not 3."""
+    lines = []
+    for h, m in [(h, m) for h in (0, 1) for m in range(60)] + [(1, m) for m in range(60)] + [(2, m) for m in range(60)]:
+        lines.append(f"2026/11/01 {h:02d}:{m:02d}:00.000, GPU-a, {H100}, 50 %, 1024 MiB\n")
+    log = tmp_path / "dst.csv"
+    log.write_text("timestamp, uuid, name, utilization.gpu [%], memory.used [MiB]\n" + "".join(lines))
+    code, out, err = run_cli("import", "nvidia-smi", str(log), "--host", "n1", "--tz", "America/New_York", "--out", str(tmp_path / "s"))
+    assert code == 0 and "imported 240 rows" in out and "duplicate" not in out, (out, err)
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING))
+    assert f["fleet"]["gpu_hours"] == pytest.approx(4.0) and f["fleet"]["spend_usd"] == pytest.approx(12.0)
+
+
+def test_a_ratio_read_as_percent_is_refused_with_the_hint(tmp_path, run_cli):
+    """A busy GPU at 0.6 read as 0.6 % would make an idle card out of nothing: refused, nothing stored."""
+    f = tmp_path / "t.csv"
+    f.write_text("time,gpu,util\n" + "".join(f"{T0 + 60 * k},g0,0.6\n" for k in range(1, 61)))
+    code, _, err = run_cli(*table_args(tmp_path / "s", f))
+    assert code == 2 and "every value lies between 0 and 1" in err and "--util-unit ratio" in err
+    assert not (tmp_path / "s" / "samples").exists()
+    assert run_cli(*table_args(tmp_path / "s", f, extra=("--util-unit", "ratio")))[0] == 0
+
+
+def test_a_percent_column_read_as_ratio_is_refused_before_anything_is_stored(tmp_path, run_cli):
+    """The docs' old example: the Alibaba duty cycle is in percent; x100 puts most values above 100 %."""
+    f = tmp_path / "t.csv"
+    f.write_text("time,gpu,util\n" + "".join(f"{T0 + 60 * k},g0,{10 + k % 30}\n" for k in range(1, 61)))
+    code, _, err = run_cli(*table_args(tmp_path / "s", f, extra=("--util-unit", "ratio")))
+    assert code == 2 and "60 of 60 values lie outside 0-100 %" in err and "--util-unit percent" in err
+    assert not (tmp_path / "s" / "samples").exists()
+    code, out, _ = run_cli(*table_args(tmp_path / "s", f))  # the right unit still gets in: nothing was stored before
+    assert code == 0 and "imported 60 rows" in out
+
+
+def test_a_map_naming_a_file_or_column_that_is_not_there_is_refused(tmp_path, run_cli):
+    f = tmp_path / "t.csv"
+    f.write_text("time,gpu,util\n" + "".join(f"{T0 + 60 * k},g0,50\n" for k in range(1, 61)))
+    code, _, err = run_cli("import", "table", str(f), "--map", "ts=time", "--map", "uuid=gpu", "--map", "util_gpu_pct=nosuch.csv:value",
+                           "--host", "n1", "--out", str(tmp_path / "s"))
+    assert code == 2 and "nosuch.csv is not one of the files given" in err
+    code, _, err = run_cli("import", "table", str(f), "--map", "ts=time", "--map", "uuid=gpu", "--map", "util_gpu_pct=utilisation",
+                           "--host", "n1", "--out", str(tmp_path / "s"))
+    assert code == 2 and "no file given has a column 'utilisation'" in err
+    assert not (tmp_path / "s" / "samples").exists()
+
+
+def test_prune_and_rollup_with_durations_beyond_the_calendar(tmp_path, run_cli):
+    write_samples(str(tmp_path / "s"), series("n1", "GPU-a", H100, 60, 60, [50.0] * 10))
+    code, out, _ = run_cli("prune", str(tmp_path / "s"), "--keep", "99999999999999999999d")
+    assert code in (0, 2) and "Traceback" not in out
+    code, out, _ = run_cli("rollup", str(tmp_path / "s"), "--older-than", "99999999999999999999d")
+    assert code in (0, 2) and "Traceback" not in out
+    assert read_table(str(tmp_path / "s"), "samples").num_rows == 10
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount nothing; a read-only bind is root's")
+def test_prune_on_a_read_only_store_is_one_line(tmp_path, run_cli):
+    write_samples(str(tmp_path / "s"), series("n1", "GPU-a", H100, 60, 60, [50.0] * 10))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "s"), str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True)
+        code, _, err = run_cli("prune", str(ro), "--keep", "1d")
+        assert code == 2 and err.startswith("Error: cannot prune") and len(err.strip().splitlines()) <= 2
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_a_token_log_without_host_gets_one_with_tokens_host(tmp_path, run_cli):
+    write_samples(str(tmp_path / "s"), series("n1", "GPU-a", H100, 60, 60, [50.0] * 60))
+    t = tmp_path / "t.jsonl"
+    t.write_text("".join(json.dumps({"timestamp": T0 + 60 * k, "model": "llama-3.1-8b", "prompt_tokens": 100,
+                                     "completion_tokens": 10}) + "\n" for k in range(1, 11)))
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [str(t)], tokens_host="n1"))
+    (m,) = f["models"]
+    assert m["completion_tokens"] == 100 and m["cost_usd"] == pytest.approx(3.0)
+    code, out, err = run_cli("report", str(tmp_path / "s"), "--pricing", PRICING, "--tokens", str(t))
+    assert "no host (give --tokens-host for a log from one server)" in out + err
+    code, out, _ = run_cli("report", str(tmp_path / "s"), "--pricing", PRICING, "--tokens", str(t), "--tokens-host", "n1")
+    assert code == 0 and "llama-3.1-8b" in out
+
+
+def test_an_unpriced_line_keeps_its_brackets_and_at_says_its_own_time(tmp_path, run_cli):
+    write_samples(str(tmp_path / "s"), series("n1", "GPU-x", "Weird GPU 9000", 60, 60, [50.0] * 60))
+    code, out, _ = run_cli("report", str(tmp_path / "s"), "--pricing", PRICING)
+    assert code == 0 and "unpriced:" in out and ("[gpu]" in out or "[host]" in out or "pricing" in out)
+    log = tmp_path / "q.csv"
+    log.write_text("uuid, utilization.gpu [%]\nGPU-a, 50 %\n")
+    code, out, _ = run_cli("import", "nvidia-smi", str(log), "--host", "n1", "--at", "2026-11-28T00:00:00Z", "--interval", "60s",
+                           "--out", str(tmp_path / "t"))
+    assert code == 0 and "times from --at 2026-11-28T00:00:00Z" in out and "local zone" not in out
