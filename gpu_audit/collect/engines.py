@@ -196,18 +196,40 @@ def fetch(url: str, timeout_s: float) -> str:
 
 
 def scrape_once(url: str, timeout_s: float) -> list[dict[str, Any]]:
-    """Rows for the engine table from one scrape; a failed scrape is one row with ``error``."""
+    """Rows for the engine table from one scrape; a failed scrape is one row with ``error``, whatever
+    the endpoint answers (a garbage status line, a bad chunk size, a 100 kB header: http.client raises
+    HTTPException and ValueError for those, not OSError)."""
     try:
         engine, rows = parse_engine(fetch(url, timeout_s))
     except urllib.error.HTTPError as e:
-        return [{"endpoint": url, "error": f"scrape failed: HTTP {e.code} {e.reason}"}]
+        return [{"endpoint": url, "error": f"scrape failed: HTTP {e.code} {_short(e.reason)}"}]
     except (urllib.error.URLError, OSError, TimeoutError) as e:
-        return [{"endpoint": url, "error": f"scrape failed: {getattr(e, 'reason', e)}"}]
+        return [{"endpoint": url, "error": f"scrape failed: {_short(getattr(e, 'reason', e))}"}]
     except ParseError as e:
-        return [{"endpoint": url, "error": str(e)}]
+        return [{"endpoint": url, "error": _short(e)}]
+    except Exception as e:  # noqa: BLE001 - any answer of a user's endpoint is an error row, never a dead thread
+        return [{"endpoint": url, "error": f"scrape failed: {type(e).__name__}: {_short(e)}"}]
     if engine is None:
         return [{"endpoint": url, "error": "no inference-engine metrics recognised (vLLM, SGLang, TGI, TensorRT-LLM, NIM)"}]
     return [{**r, "endpoint": url} for r in rows]
+
+
+def _short(e: object, limit: int = 200) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in str(e))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def scrape_guarded(url: str, timeout_s: float) -> list[dict[str, Any]]:
+    """scrape_once with a total deadline that holds even while the answer's headers trickle in (the
+    socket timeout restarts with every byte, and urlopen reads the headers itself): the scrape runs in
+    a worker thread, and past the deadline it is an error row; the worker is left to end on its own."""
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: box.update(rows=scrape_once(url, timeout_s)), daemon=True, name=f"fetch {url}")
+    worker.start()
+    worker.join(timeout_s + 0.5)
+    if "rows" in box:
+        return box["rows"]
+    return [{"endpoint": url, "error": f"scrape failed: no complete answer within {timeout_s:g} s"}]
 
 
 class Scraper:
@@ -239,7 +261,10 @@ class Scraper:
     def _loop(self, ep: Endpoint, now: Callable[[], float]) -> None:
         while not self._stop.is_set():
             t0 = time.monotonic()
-            rows = scrape_once(ep.url, ep.timeout_s)
+            try:
+                rows = scrape_guarded(ep.url, ep.timeout_s)
+            except Exception as e:  # noqa: BLE001 - the thread outlives any endpoint
+                rows = [{"endpoint": ep.url, "error": f"scrape failed: {type(e).__name__}: {_short(e)}"}]
             ts = now()
             with self._lock:
                 ep.scrapes += 1
@@ -252,7 +277,7 @@ class Scraper:
         if self.virtual:
             out = []
             for ep in self.endpoints:
-                rows = scrape_once(ep.url, ep.timeout_s)
+                rows = scrape_guarded(ep.url, ep.timeout_s)
                 ep.scrapes += 1
                 ep.errors += any("error" in r for r in rows)
                 out.extend((now, r) for r in rows)
