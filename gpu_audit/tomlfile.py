@@ -29,3 +29,5 @@ def read_toml(path: str, what: str, error: type[GpuAuditError] = GpuAuditError) 
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
         raise error(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid TOML: nested too deeply") from None

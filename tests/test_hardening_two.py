@@ -135,3 +135,59 @@ def test_an_unpriced_line_keeps_its_brackets_and_at_says_its_own_time(tmp_path, 
     code, out, _ = run_cli("import", "nvidia-smi", str(log), "--host", "n1", "--at", "2026-11-28T00:00:00Z", "--interval", "60s",
                            "--out", str(tmp_path / "t"))
     assert code == 0 and "times from --at 2026-11-28T00:00:00Z" in out and "local zone" not in out
+
+
+@pytest.mark.parametrize("labels, counted", [
+    ('gpu="²",UUID="GPU-a",Hostname="n1"', False),
+    ('gpu="' + "9" * 20 + '",UUID="GPU-a",Hostname="n1"', False),
+    ('gpu="0",UUID="GPU-a",Hostname="' + "h" * 10_001 + '"', True),
+    ('gpu="0",UUID="GPU-a",Hostname="n\x1b]0;x\x071"', True),
+    ('gpu="0",UUID="' + "u" * 5000 + '",Hostname="n1"', True),
+])
+def test_prometheus_labels_are_checked_where_they_enter(tmp_path, run_cli, labels, counted):
+    """Odd gpu labels import with no index; over-long or control-character hosts and ids are refused and counted."""
+    scrape = tmp_path / "s.prom"
+    scrape.write_text(f"DCGM_FI_DEV_GPU_UTIL{{{labels}}} 50\nDCGM_FI_DEV_GPU_UTIL{{gpu=\"1\",UUID=\"GPU-b\",Hostname=\"n1\"}} 50\n")
+    code, out, err = run_cli("import", "prometheus-text", str(scrape), "--out", str(tmp_path / "s"), "--at", "2026-11-28T00:00:00Z")
+    assert code == 0 and "Traceback" not in out + err, err
+    rows = read_table(str(tmp_path / "s"), "samples").to_pylist()
+    assert len(rows) == (1 if counted else 2)
+    assert all(len(r["host"]) <= 253 and len(r["uuid"]) <= 200 and r["host"].isprintable() for r in rows)
+
+
+def test_a_huge_uuid_in_a_csv_log_is_refused_with_its_line(tmp_path, run_cli):
+    log = tmp_path / "u.csv"
+    log.write_text("timestamp, uuid, utilization.gpu [%]\n2026/11/28 00:01:00.000, " + "u" * 5_000_000 + ", 50 %\n")
+    code, _, err = run_cli("import", "nvidia-smi", str(log), "--host", "n1", "--tz", "UTC", "--out", str(tmp_path / "s"))
+    assert code == 2 and f"{log}:2: uuid is 5,000,000 characters long" in err
+    t = tmp_path / "t.csv"
+    t.write_text("time,gpu,util\n1795824060," + "g" * 300 + ",50\n")
+    code, _, err = run_cli(*table_args(tmp_path / "s", t))
+    assert code == 2 and "row 1: the device id is 300 characters long" in err
+    assert not (tmp_path / "s" / "samples").exists()
+
+
+def test_deeply_nested_token_records_and_pricing_are_one_line(tmp_path, run_cli):
+    t = tmp_path / "nest.jsonl"
+    t.write_text("[" * 100_000 + "]" * 100_000 + "\n"
+                 '{"timestamp": "2026-11-28T00:00:00Z", "model": "m", "host": "h", "prompt_tokens": 1, "completion_tokens": 1}\n')
+    from gpu_audit.analyze.tokens import load_tokens
+
+    log = load_tokens([str(t)])
+    assert log.table.num_rows == 1 and log.bad == 1 and "nested too deeply" in log.bad_examples[0]
+    p = tmp_path / "p.toml"
+    p.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    code, _, err = run_cli("report", str(tmp_path), "--pricing", str(p))
+    assert code == 2 and err.startswith(f"Error: {p}: not valid TOML: nested too deeply")
+
+
+@pytest.mark.parametrize("header, value, why", [
+    ("memory.used [MiB]", "1e26 MiB", "memory.used"),
+    ("clocks_throttle_reasons.active", "0xffffffffffffffffffff", "does not fit a 64-bit bit mask"),
+    ("index", "99999999999999", "index: 99999999999999 is out of range"),
+])
+def test_extreme_values_in_a_csv_log_are_rejected_lines_not_tracebacks(tmp_path, run_cli, header, value, why):
+    log = tmp_path / "x.csv"
+    log.write_text(f"timestamp, uuid, utilization.gpu [%], {header}\n2026/11/28 00:01:00.000, GPU-a, 50 %, {value}\n")
+    code, _, err = run_cli("import", "nvidia-smi", str(log), "--host", "n1", "--tz", "UTC", "--out", str(tmp_path / "s"))
+    assert code == 2 and "every row was rejected" in err and why in err

@@ -195,6 +195,8 @@ def _rows_jsonl(path: str) -> Iterable[tuple[int, Any]]:
                 yield i, json.loads(line)
             except json.JSONDecodeError as e:
                 yield i, ValueError(f"not JSON ({e.msg})")
+            except RecursionError:
+                yield i, ValueError("not a request record (nested too deeply)")
 
 
 def _rows_csv(path: str) -> Iterable[tuple[int, Any]]:

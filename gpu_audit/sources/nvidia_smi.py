@@ -14,6 +14,7 @@ nothing is written.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Iterator
 
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.sources.sink import ImportLedger, StoredKeys, Tally, check_interval, row_key, series_times, time_out_of_range, to_us
+from gpu_audit.sources.sink import ImportLedger, bad_name, StoredKeys, Tally, check_interval, row_key, series_times, time_out_of_range, to_us
 from gpu_audit.store.writer import StoreWriter
 
 NA = {"", "[N/A]", "N/A", "[Not Supported]", "[Requested functionality has been deprecated]", "[Unknown Error]",
@@ -143,15 +144,23 @@ class _Parser:
                 row[col] = raw.lower() == "enabled"
             elif kind == "hex":
                 row[col] = int(raw, 16) if raw.lower().startswith("0x") else int(raw)
+                if not 0 <= row[col] < 2**63:
+                    raise ValueError(f"{name}: {raw} does not fit a 64-bit bit mask")
             else:
                 m = _NUM.match(raw)
                 if not m:
                     raise ValueError(f"{name}: cannot read {raw!r}")
                 v = float(m.group(1))
+                if not math.isfinite(v):
+                    raise ValueError(f"{name}: cannot read {raw!r}")
                 if kind == "mem":
                     row[col] = int(v * _MIB[m.group(2)])
+                    if not 0 <= row[col] < 2**53:  # 8 PiB: beyond any GPU's memory, and beyond int64 at 1e26 MiB
+                        raise ValueError(f"{name}: {raw} is not a GPU's memory")
                 elif kind == "int":
                     row[col] = int(v)
+                    if not -2**31 <= row[col] < 2**31:
+                        raise ValueError(f"{name}: {raw} is out of range")
                 elif kind == "pct" and not 0 <= v <= 100:
                     raise ValueError(f"{name}: {raw} is outside 0-100 %")
                 else:
@@ -235,9 +244,9 @@ def _scan(path: str, fields: list[str] | None, zone: tzinfo, result: ImportResul
             progress(pos)
         if row is None:
             continue
-        why = time_out_of_range(row["ts"])
+        why = time_out_of_range(row["ts"]) or (bad_name(str(row["uuid"]), "uuid") if row.get("uuid") else None)
         if why:
-            raise ImportError_(f"{path}:{lineno}: {why}", hint="every sample time must lie between 2000-01-01 and tomorrow")
+            raise ImportError_(f"{path}:{lineno}: {why}", hint="every sample needs a time between 2000-01-01 and tomorrow and a device id of at most 200 characters")
         times.setdefault(_key(row), []).append(to_us(row["ts"]))
     if p.cols is None:
         raise ImportError_(f"{path}: empty log: no header and no rows")

@@ -15,6 +15,7 @@ device from ``UUID``; a MIG instance (``GPU_I_ID``) is a device of its own, ``<U
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import urllib.error
@@ -26,7 +27,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.sources.sink import (ImportLedger, NothingImported, StoredKeys, Tally, check_interval, row_key, series_times,
+from gpu_audit.store.layout import MAX_HOST_BYTES
+from gpu_audit.sources.sink import (ImportLedger, NothingImported, bad_name, StoredKeys, Tally, check_interval, row_key, series_times,
                                    time_out_of_range, to_us)
 from gpu_audit.store.writer import StoreWriter, check_writable
 
@@ -88,7 +90,7 @@ def _device(labels: dict[str, str]) -> tuple[str, str, dict[str, Any]] | None:
         return None
     host = _host(labels)
     ident: dict[str, Any] = {"name": labels.get("modelName") or labels.get("model_name"),
-                             "index": int(labels["gpu"]) if labels.get("gpu", "").isdigit() else None,
+                             "index": int(labels["gpu"]) if re.fullmatch(r"[0-9]{1,6}", labels.get("gpu", "")) else None,
                              "k8s_pod": labels.get("pod") or labels.get("exported_pod"),
                              "k8s_namespace": labels.get("namespace") or labels.get("exported_namespace"),
                              "k8s_container": labels.get("container") or labels.get("exported_container")}
@@ -126,6 +128,11 @@ class Assembler:
             host, uuid, ident = d
             if self.host and host == "unknown":
                 host = self.host
+            why = bad_name(host, "the Hostname label", MAX_HOST_BYTES) or bad_name(uuid, "the UUID label")
+            if why:  # a name no store folder or report can hold: the point is refused and counted
+                self.rejected += 1
+                self.first_rejection = self.first_rejection or f"{name}: {why}"
+                return
             self.found.add(name)
             self.ident.setdefault((host, uuid), ident)
             ts = to_us(ts) / 1e6  # the store's resolution: one instant per microsecond
@@ -143,6 +150,11 @@ class Assembler:
             host = _host(labels)
             if self.host and (host == "unknown" or not (labels.get("Hostname") or labels.get("hostname"))):
                 host = self.host  # an engine's own /metrics names no host: the user says which
+            why = bad_name(host, "the Hostname label", MAX_HOST_BYTES)
+            if why:
+                self.rejected += 1
+                self.first_rejection = self.first_rejection or f"{name}: {why}"
+                return
             self.engine_points[(host, labels.get("instance", ""), ts)].append((name, labels, value))
 
     def _name_mig_series(self) -> None:

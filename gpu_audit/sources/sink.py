@@ -233,3 +233,18 @@ class ImportLedger:
 
         writer.add("imports", {"ts": datetime.now(timezone.utc), "host": self.host, "kind": self.kind, "sha256": sha,  # type: ignore[attr-defined]
                                "path": path, "rows": rows, "time_source": time_source})
+
+
+MAX_ID = 200  # characters of a device id (a GPU or MIG UUID is 40-60): longer is not an id
+
+
+def bad_name(value: str, what: str, limit: int = MAX_ID) -> str | None:
+    """Why a host name or device id from a file cannot be stored (empty, too long, control
+    characters), or None. Checked where every source enters, whatever the source."""
+    if not value or not value.strip():
+        return f"{what} is empty"
+    if len(value) > limit:
+        return f"{what} is {len(value):,} characters long (at most {limit})"
+    if not value.isprintable():
+        return f"{what} holds control characters"
+    return None

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.sources.sink import ImportLedger, StoredKeys, Tally, check_interval, check_times, series_times
+from gpu_audit.store.layout import MAX_HOST_BYTES
+from gpu_audit.sources.sink import MAX_ID, ImportLedger, StoredKeys, Tally, check_interval, check_times, series_times
 from gpu_audit.store.schema import SAMPLES
 
 MEMORY_UNITS = {"bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -160,6 +161,12 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
                 v = v * UTIL_UNITS[util_unit]
             f[store] = v
         f = f.dropna(subset=["ts"])
+        for col, what, limit in (("uuid", "the device id", MAX_ID), ("host", "the host name", MAX_HOST_BYTES)):
+            if col in f and f[col] is not None and len(f):
+                lengths = f[col].astype(str).str.len()
+                if (lengths > limit).any():
+                    i = int(lengths.to_numpy().argmax())
+                    raise TableError(f"{path}: row {int(f.index[i]) + 1}: {what} is {int(lengths.iloc[i]):,} characters long (at most {limit})")
         check_times(f["ts"].to_numpy(dtype="int64"), lambda i, f=f, path=path: f"{path}: row {int(f.index[i]) + 1}")
         frames.append(f)
     res = TableImport()
