@@ -191,3 +191,31 @@ def test_extreme_values_in_a_csv_log_are_rejected_lines_not_tracebacks(tmp_path,
     log.write_text(f"timestamp, uuid, utilization.gpu [%], {header}\n2026/11/28 00:01:00.000, GPU-a, 50 %, {value}\n")
     code, _, err = run_cli("import", "nvidia-smi", str(log), "--host", "n1", "--tz", "UTC", "--out", str(tmp_path / "s"))
     assert code == 2 and "every row was rejected" in err and why in err
+
+
+def test_an_xml_dump_without_timestamp_takes_at(tmp_path, run_cli):
+    import re
+
+    text = (ASSETS / "nvsmi_loop.xml").read_text()
+    bare = re.sub(r"<timestamp>.*?</timestamp>", "", text)
+    one = tmp_path / "one.xml"
+    docs = re.findall(r"<\?xml.*?</nvidia_smi_log>", bare, flags=re.DOTALL)
+    one.write_text(docs[0])
+    store = str(tmp_path / "s")
+    code, _, err = run_cli("import", "nvidia-smi", str(one), "--host", "n1", "--tz", "UTC", "--out", store)
+    assert code == 2 and "no <timestamp>" in err and "--at" in err
+    code, out, err = run_cli("import", "nvidia-smi", str(one), "--host", "n1", "--out", store, "--at", "2026-11-28T00:00:00Z",
+                             "--interval", "60s")
+    assert code == 0 and "times from --at" in out, err
+    assert {str(r["ts"])[:19] for r in read_table(store, "samples").to_pylist()} == {"2026-11-28 00:00:00"}
+    both = tmp_path / "two.xml"
+    both.write_text(docs[0] + "\n" + docs[1])
+    code, _, err = run_cli("import", "nvidia-smi", str(both), "--host", "n2", "--out", store, "--at", "2026-11-28T00:00:00Z")
+    assert code == 2 and "a second dump without <timestamp>" in err and "--interval" in err
+
+
+def test_unclosed_xml_documents_are_read_in_one_pass():
+    from gpu_audit.sources.nvidia_smi_xml import documents
+
+    assert documents("<nvidia_smi_log>" * 40_000) == []  # 680 kB of unclosed tags: was 89 s (quadratic)
+    assert documents("<nvidia_smi_logger/><nvidia_smi_log><a/></nvidia_smi_log>") == ["<nvidia_smi_log><a/></nvidia_smi_log>"]

@@ -298,7 +298,7 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
             continue
         shas[path] = sha
         if is_xml(path):
-            xml[path] = _parse_xml(path, zone, result)
+            xml[path] = _parse_xml(path, zone, result, at_s, interval_s)
             continue
         times = _scan(path, field_list, zone, result, strict, lambda pos, p=path: tick(p, pos), at_s, interval_s)
         plan[path] = {}
@@ -357,7 +357,8 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
     return result
 
 
-def _parse_xml(path: str, zone: tzinfo, result: ImportResult) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _parse_xml(path: str, zone: tzinfo, result: ImportResult, at: float | None = None,
+               step: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Pass 1 for an XML file: parsed, and every time checked, before anything is written."""
     from gpu_audit.sources.nvidia_smi_xml import parse
 
@@ -366,14 +367,16 @@ def _parse_xml(path: str, zone: tzinfo, result: ImportResult) -> tuple[list[dict
     except OSError as e:
         raise ImportError_(f"cannot read {path}: {e.strerror}") from None
     try:
-        samples, procs = parse(text, path, zone)
+        samples, procs = parse(text, path, zone, at, step)
     except ValueError as e:
         raise ImportError_(str(e)) from None
+    except GpuAuditError:
+        raise
     for r in samples:
         why = time_out_of_range(r["ts"])
         if why:
             raise ImportError_(f"{path}: <timestamp>: {why}")
-    result.time_formats.add("nvidia-smi XML <timestamp>")
+    result.time_formats.add("nvidia-smi XML <timestamp>" if at is None or "<timestamp>" in text else "--at")
     return samples, procs
 
 

@@ -38,8 +38,20 @@ def is_xml(path: str) -> bool:
 
 
 def documents(text: str) -> list[str]:
-    """The ``<nvidia_smi_log>`` documents in a file (one dump, or many appended by a loop)."""
-    return re.findall(r"<nvidia_smi_log\b.*?</nvidia_smi_log>", text, flags=re.DOTALL)
+    """The ``<nvidia_smi_log>`` documents in a file (one dump, or many appended by a loop), found in
+    one pass (a lazy regex rescans to the end from every unclosed start tag: quadratic)."""
+    out, pos, start, end = [], 0, "<nvidia_smi_log", "</nvidia_smi_log>"
+    while True:
+        s = text.find(start, pos)
+        while s >= 0 and s + len(start) < len(text) and (text[s + len(start)].isalnum() or text[s + len(start)] == "_"):
+            s = text.find(start, s + 1)  # <nvidia_smi_logger>: not ours
+        if s < 0:
+            return out
+        e = text.find(end, s)
+        if e < 0:
+            return out
+        out.append(text[s:e + len(end)])
+        pos = e + len(end)
 
 
 def _text(el: ET.Element | None, path: str) -> str | None:
@@ -59,10 +71,10 @@ def _num(el: ET.Element | None, path: str, kind: str = "float") -> Any:
     return int(x) if kind == "int" else x
 
 
-def _when(doc: ET.Element, zone: tzinfo, where: str) -> float:
+def _when(doc: ET.Element, zone: tzinfo, where: str) -> float | None:
     raw = _text(doc, "timestamp")
     if raw is None:
-        raise ValueError(f"{where}: no <timestamp>")
+        return None
     raw = re.sub(r"\s+", " ", raw)
     for fmt in ("%a %b %d %H:%M:%S %Y", "%Y/%m/%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
         try:
@@ -90,11 +102,14 @@ def mig_profile(gpu_name: str, memory_bytes: int | None, sm_count: int | None) -
     return None
 
 
-def parse(text: str, path: str, zone: tzinfo) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Sample rows (with ``ts`` as epoch seconds) and process rows of every document in ``text``."""
+def parse(text: str, path: str, zone: tzinfo, at: float | None = None,
+          step: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Sample rows (with ``ts`` as epoch seconds) and process rows of every document in ``text``. A
+    document without ``<timestamp>`` takes ``at`` (``--at``), the k-th such one ``at`` + k x ``step``."""
     docs = documents(text)
     if not docs:
         raise XmlError(f"{path}: no <nvidia_smi_log> document", hint="save it with nvidia-smi -q -x")
+    undated = 0
     samples, procs = [], []
     for k, raw in enumerate(docs, 1):
         where = f"{path} (document {k})"
@@ -103,6 +118,13 @@ def parse(text: str, path: str, zone: tzinfo) -> tuple[list[dict[str, Any]], lis
         except ET.ParseError as e:
             raise XmlError(f"{where}: not well-formed XML: {e}") from None
         t = _when(doc, zone, where)
+        if t is None:
+            if at is None:
+                raise XmlError(f"{where}: no <timestamp>", hint="give --at with the time the dump was taken")
+            if undated and not step:
+                raise XmlError(f"{where}: a second dump without <timestamp>", hint="give --interval with --at (the loop's interval)")
+            t = at + undated * (step or 0.0)
+            undated += 1
         for gpu in doc.findall("gpu"):
             uuid = _text(gpu, "uuid") or f"nvidia-smi:pci:{gpu.get('id')}"
             name = _text(gpu, "product_name")
