@@ -71,17 +71,20 @@ def test_schedule_needs_one_kind(run_cli):
 
 
 def test_prune_removes_old_days_only(tmp_path, run_cli):
+    """Fixed days (2026-08-20 and 2026-11-28, three samples each within the day), and a --keep whose
+    cut-off falls near 2026-10-01 whatever the hour the test runs at."""
     store = tmp_path / "s"
-    now = datetime.now(timezone.utc).timestamp()
-    from storefix import T0
+    from storefix import T0  # 2026-11-28T00:00:00Z
 
-    write_samples(str(store), series("h", "GPU-a", "NVIDIA L4", now - 100 * 86400 - T0, 3600, [1] * 3))
-    write_samples(str(store), series("h", "GPU-a", "NVIDIA L4", now - 3600 - T0, 600, [1] * 3))
+    write_samples(str(store), series("h", "GPU-a", "NVIDIA L4", -100 * 86400, 3600, [1] * 3))  # 2026-08-20
+    write_samples(str(store), series("h", "GPU-a", "NVIDIA L4", 3600, 600, [1] * 3))  # 2026-11-28
+    keep_days = int((datetime.now(timezone.utc) - datetime(2026, 10, 1, tzinfo=timezone.utc)).days)
     days = lambda: sorted(p.name for p in store.glob("samples/host=h/date=*"))  # noqa: E731
     before = days()
-    code, out, _ = run_cli("prune", str(store), "--keep", "90d", "--dry-run")
+    assert before == ["date=2026-08-20", "date=2026-11-28"] and T0
+    code, out, _ = run_cli("prune", str(store), "--keep", f"{keep_days}d", "--dry-run")
     assert code == 0 and "1 partition(s) to remove" in out and days() == before
-    code, out, _ = run_cli("prune", str(store), "--keep", "90d")
+    code, out, _ = run_cli("prune", str(store), "--keep", f"{keep_days}d")
     assert code == 0 and days() == before[1:]
     code, _, err = run_cli("prune", str(tmp_path / "nope"), "--keep", "90d")
     assert code == 2 and err.startswith("Error: store not found")

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from gpu_audit.errors import GpuAuditError
 from gpu_audit.store.layout import MAX_HOST_BYTES
 from gpu_audit.sources.sink import MAX_ID, ImportLedger, StoredKeys, Tally, check_interval, check_times, series_times
@@ -81,16 +83,37 @@ def _times(col: Any, tz: str | None, path: str) -> Any:
 
     if pd.api.types.is_numeric_dtype(col):
         v = col.astype(float).to_numpy()
+        v = np.where(np.isfinite(v) & (np.abs(v) < 9e18), v, np.nan)  # inf, NaN, beyond any epoch unit: no time
         sec = np.vectorize(epoch_seconds, otypes=[float])(v) if len(v) else v
-        return pd.Series(np.round(sec * 1e6), index=col.index).astype("Int64")
-    t = pd.to_datetime(col, errors="coerce", utc=False)
-    if getattr(t.dt, "tz", None) is None:
-        t = t.dt.tz_localize(tz or "UTC", ambiguous="NaT", nonexistent="NaT")
+        us = np.round(sec * 1e6)
+        us = np.where(np.abs(us) < 2.5e17, us, np.nan)  # beyond the year 9999
+        return pd.Series(us, index=col.index).astype("Float64").round().astype("Int64")
+    try:
+        t = pd.to_datetime(col, errors="coerce", utc=False)
+        if getattr(t.dt, "tz", None) is None:
+            t = t.dt.tz_localize(tz or "UTC", ambiguous="NaT", nonexistent="NaT")
+        # whatever unit pandas chose for the column (ns, us, ms, s): microseconds since the epoch
+        us = (t.dt.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "us")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError, ValueError, TypeError, AttributeError):
+        us = pd.Series([_iso_us(v, tz) for v in col], index=col.index, dtype="Float64")  # value by value: unreadable is no time
+        t = us
     if t.isna().all() and len(t):
-        raise TableError(f"{path}: cannot read the time column as epoch seconds or ISO 8601 (first value {col.iloc[0]!r})")
-    # whatever unit pandas chose for the column (ns, us, ms, s): microseconds since the epoch
-    us = (t.dt.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "us")
-    return us.where(t.notna()).astype("Int64")
+        raise TableError(f"{path}: cannot read the time column as epoch seconds or ISO 8601 (first value {str(col.iloc[0])[:40]!r})")
+    return us.where(t.notna()).astype("Float64").round().astype("Int64")
+
+
+def _iso_us(v: Any, tz: str | None) -> float | None:
+    """One ISO 8601 time as epoch microseconds (naive: in ``tz``, else UTC), or None."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    try:
+        d = datetime.fromisoformat(str(v).strip().replace("Z", "+00:00"))
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=ZoneInfo(tz) if tz else timezone.utc)
+        return round(d.timestamp() * 1e6)
+    except (ValueError, OverflowError, OSError, TypeError):
+        return None
 
 
 def import_table(paths: list[str], out: str, maps: list[str], host: str | None = None, gpu_name: str | None = None,
@@ -195,6 +218,12 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
             raise TableError(f"{c}: every value lies between 0 and 1 (a ratio) under --util-unit percent: nothing imported",
                              hint="give --util-unit ratio (a busy GPU at 0.6 would otherwise read as 0.6 % and look idle)")
         bad |= out_of_range
+    # Other numbers must fit their column: finite, and within what the store's type holds.
+    for c in sorted(set(data.columns) - UTIL_COLUMNS - set(KEYS)):
+        if c in SAMPLES.names and (pa.types.is_integer(SAMPLES.field(c).type) or pa.types.is_floating(SAMPLES.field(c).type)):
+            v = pd.to_numeric(data[c], errors="coerce").astype(float)
+            limit = 2.0**31 if SAMPLES.field(c).type == pa.int32() else 2.0**53 if pa.types.is_integer(SAMPLES.field(c).type) else 1e15
+            bad |= (v.notna() & ~(np.isfinite(v) & (v.abs() < limit))).to_numpy()
     res.rejected = int(bad.sum())
     data = data[~bad]
     # Long format: each file gives some columns of a (host, device, time); the first value of each wins.
