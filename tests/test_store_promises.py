@@ -82,6 +82,21 @@ class FaultyOs:
         return call
 
 
+def inject(monkeypatch, op: str, n: int) -> FaultyOs:
+    """A full disk at the n-th call of ``op`` (every fsync, rename or delete of the journal and the
+    writer), or at the write itself; ``fired`` says whether it happened."""
+    faulty = FaultyOs(op, n)
+    if op == "write":
+        def broken(*a, **k):
+            faulty.fired = True
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(writer.pq, "write_table", broken)
+    else:
+        monkeypatch.setattr(replace, "os", faulty)
+        monkeypatch.setattr(writer, "os", faulty)
+    return faulty
+
+
 @pytest.mark.parametrize("op", ["write", "fsync", "replace", "unlink"])
 def test_compact_loses_no_row_when_any_step_fails(tmp_path, monkeypatch, op):
     """For each step (the write itself, each fsync, each rename, each delete) and each of its calls in
@@ -92,15 +107,7 @@ def test_compact_loses_no_row_when_any_step_fails(tmp_path, monkeypatch, op):
         root = tmp_path / f"{op}-{n}"
         part = flushed_store(root)
         before = rows_of(part)
-        faulty = FaultyOs(op, n)
-        if op == "write":
-            def broken(*a, **k):
-                faulty.fired = True
-                raise OSError(errno.ENOSPC, "No space left on device")
-            monkeypatch.setattr(writer.pq, "write_table", broken)
-        else:
-            monkeypatch.setattr(replace, "os", faulty)
-            monkeypatch.setattr(writer, "os", faulty)
+        faulty = inject(monkeypatch, op, n)
         try:
             compact_partition(str(part), "samples")
         except StoreError:
@@ -282,15 +289,7 @@ def test_rollup_loses_no_row_when_any_step_fails(tmp_path, monkeypatch, op):
         root = tmp_path / f"{op}-{n}"
         write_samples(str(root), series("n1", "GPU-a", H100, 60, 60, [50.0] * 60))
         write_samples(str(root), series("n1", "GPU-b", H100, 60, 60, [50.0] * 60))
-        faulty = FaultyOs(op, n)
-        if op == "write":
-            def broken(*a, **k):
-                faulty.fired = True
-                raise OSError(errno.ENOSPC, "No space left on device")
-            monkeypatch.setattr(writer.pq, "write_table", broken)
-        else:
-            monkeypatch.setattr(replace, "os", faulty)
-            monkeypatch.setattr(writer, "os", faulty)
+        faulty = inject(monkeypatch, op, n)
         try:
             rollup(str(root), 86400, now=AFTER)
         except StoreError:
