@@ -112,3 +112,25 @@ def test_mig_compute_stranded_by_taken_memory_is_not_unallocated(tmp_path, n, pr
     assert f["fleet"]["spend_usd"] == pytest.approx(7.0)  # the whole GPU, once
     assert f["fleet"]["idle_usd"] == pytest.approx(unalloc)
     assert not [r for r in f["recommendations"] if r["kind"] == "mig" and stranded]
+
+
+def test_idle_readings_at_high_power_are_no_evidence(tmp_path):
+    """Hour 0 at 50 %; hour 1 reads 0 % while drawing 600 W of a 700 W limit (86 %): hour 1 is billed ($3)
+    with no evidence: waste $1.50 (hour 0 only), no idle $, and a contradiction for the hour."""
+    rows = series("n1", "GPU-a", H100, 0, 60, [50.0] * 60, power_w=300.0, power_limit_w=700.0)  # 00:00-00:59
+    rows += series("n1", "GPU-a", H100, 3600, 60, [0.0] * 60, power_w=600.0, power_limit_w=700.0)  # 01:00-01:59
+    write_samples(str(tmp_path / "s"), rows)
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [], None, None))
+    (d,) = f["devices"]
+    assert d["spend_usd"] == pytest.approx(6.0) and d["waste_usd"] == pytest.approx(1.5) and d["idle_usd"] == pytest.approx(0.0)
+    assert d["mean_util_pct"] == pytest.approx(50.0)
+    (c,) = f["data_quality"]["contradictions"]
+    assert (c["kind"], c["uuid"], c["hours"]) == ("utilization_vs_power", "GPU-a", 1)
+    assert not [r for r in f["recommendations"] if r["kind"] == "idle"]
+
+
+def test_a_few_minutes_of_high_power_at_idle_are_not_a_contradiction(tmp_path):
+    rows = series("n1", "GPU-a", H100, 0, 60, [0.0] * 5 + [50.0] * 55, power_w=600.0, power_limit_w=700.0)
+    write_samples(str(tmp_path / "s"), rows)
+    f = build(ReportRequest([str(tmp_path / "s")], PRICING, [], None, None))
+    assert f["data_quality"]["contradictions"] == [] and f["devices"][0]["idle_usd"] == pytest.approx(3.0 * 5 / 60)

@@ -8,6 +8,9 @@ why}), and no recommendation is built on it:
   GPUs x 3600 s. The token log, or its host/gpu_uuid mapping, cannot be right; the serving rules skip
   the model. Params from ``[models."name"] params_b`` in settings, else from the name ("70b", "8B",
   "0.5b"), else unknown (no check).
+- ``utilization_vs_power``: utilization below 5 % while the board draws over 70 % of its power limit
+  for 10 minutes or more in an hour: those samples are no evidence (billed; no waste, idle or
+  unallocated claim).
 - ``memory``: memory used above the device's total, or above the memory the catalog gives for the
   named GPU (a wrong name): the device gets no recommendation.
 """
@@ -92,4 +95,18 @@ def memory(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if why:
             out.append({"kind": "memory", "host": d["host"], "uuid": d["uuid"], "model": None, "hours": None,
                         "why": why + "; no recommendation is built on this device"})
+    return out
+
+
+def utilization_vs_power(dh: pd.DataFrame) -> list[dict[str, Any]]:
+    """Devices with hours where utilization read idle (< 5 %) while the board drew over 70 % of its power
+    limit for 10 minutes or more (usage.device_hours made those samples no evidence)."""
+    if "hot_hour" not in dh or not dh["hot_hour"].any():
+        return []
+    out = []
+    for (host, uuid), g in dh[dh["hot_hour"]].groupby(["host", "uuid"]):
+        out.append({"kind": "utilization_vs_power", "host": host, "uuid": uuid, "model": None, "hours": int(len(g)),
+                    "why": f"utilization below 5 % while drawing over 70 % of the power limit for {g['hot_dt'].sum() / 60:.0f} min "
+                           f"in {len(g)} hour(s): the reading is not what the GPU does (MIG instances not seen, a wrong unit); "
+                           "those samples are billed as no evidence, with no waste, idle or unallocated claim"})
     return out

@@ -586,7 +586,8 @@ def _models_stage(r: _Run) -> None:
     att = attribute(dh[priced], toks_df)
     from gpu_audit.analyze import crosscheck
 
-    contradictions = crosscheck.tokens_vs_compute(toks_df, r.devices, s.params_b) + crosscheck.memory(r.devices)
+    contradictions = (crosscheck.tokens_vs_compute(toks_df, r.devices, s.params_b) + crosscheck.memory(r.devices)
+                      + crosscheck.utilization_vs_power(dh))
     bad_models = {c["model"]: c["why"] for c in contradictions if c["kind"] == "tokens_vs_compute"}
     bad_devices = {(c["host"], c["uuid"]) for c in contradictions if c["kind"] == "memory"}
     for m in att["models"]:

@@ -23,6 +23,9 @@ from gpu_audit.store.query import (EARLIEST_HOUR, SUM_COLUMNS, Cleaned, dedup, h
                                    rolled_up_sql, rollups_source, samples_source, samples_sql, several_per_partition,
                                    split_covered, window_where)
 
+HOT_IDLE_S = 600.0  # 10 minutes of "idle" at high power in a device-hour: the utilization reading is wrong
+
+
 @dataclass(frozen=True)
 class Window:
     since: datetime | None = None
@@ -166,7 +169,7 @@ def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) ->
            min(epoch_us(first_ts)) AS first_us, max(epoch_us(end_ts)) AS last_us, sum(free_dt_s) AS roll_free_dt,
            coalesce(sum(stranded_dt_s), 0) AS roll_stranded_dt,
            coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below,
-           sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, CAST(coalesce(sum(CASE WHEN energy_counter_dt_s >= dt_s AND dt_s > 0 THEN n END), 0) AS DOUBLE) AS counter_n
+           sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, 0.0 AS hot_dt, 0.0 AS hot_udt, CAST(coalesce(sum(CASE WHEN energy_counter_dt_s >= dt_s AND dt_s > 0 THEN n END), 0) AS DOUBLE) AS counter_n
     FROM {rollups_source(con, files)} {window_where(w.since, w.until)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
     """).df()
 
@@ -193,6 +196,14 @@ def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame
     dh["has_energy"] = dh["energy_j"].notna()  # null: no power reading and no counter (not 0 kWh)
     for col in SUM_COLUMNS:
         dh[col] = dh[col].astype(float).fillna(0.0)
+    # Utilization vs power (DESIGN.md "Evidence cross-checks"): where a device-hour holds 10 minutes or
+    # more of samples read as idle while the board draws over 70 % of its limit, those samples are no
+    # evidence (billed; no waste, idle or unallocated claim). Rolled-up days carry no power: unchecked.
+    hot = dh["hot_dt"] >= HOT_IDLE_S
+    dh["hot_hour"] = hot
+    if hot.any():
+        for col, less in (("ev_dt", "hot_dt"), ("u_dt", "hot_udt"), ("idle_dt", "hot_dt")):
+            dh.loc[hot, col] = (dh.loc[hot, col] - dh.loc[hot, less]).clip(lower=0.0)
     sh = dh["share"].astype(float)
     dh["share_dt"] = sh * dh["dt_s"]
     dh["ev_share_dt"] = sh * dh["ev_dt"]
