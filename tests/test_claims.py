@@ -75,7 +75,8 @@ def test_max_tokens_is_behaviour_and_in_no_total():
     tail = served_model("tail", ["inf"], completion_p50=100.0, completion_p99=1000.0, completion_tokens_beyond_p95=200_000.0)
     out = recommend(findings([d], 24, [tail]), S)
     (r,) = [r for r in out["recommendations"] if r["targets"][0].get("lever") == "max_tokens"]
-    assert r["savings_class"] == "behaviour" and r["monthly_savings_usd"] == pytest.approx(100 * 0.1 * 730 / 24)
+    assert r["savings_class"] == "behaviour" and r["monthly_savings_usd"] == 0.0  # the net: GPUs billed per hour
+    assert r["evidence"]["gpu_time_freed_monthly_usd"] == pytest.approx(100 * 0.1 * 730 / 24)
     assert out["potential_monthly_savings_usd"] == 0 and out["capacity_monthly_usd"] == 0
     assert out["behaviour_recommendations"] == 1
 

@@ -312,8 +312,9 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
         if p50 and p99 and p99 / p50 >= s.long_tail_ratio:
             share = (m.get("completion_tokens_beyond_p95") or 0) / m["completion_tokens"]
             out.append(Recommendation(
-                savings_class="behaviour", kind="token_economics", title=f"{m['model']}: a long tail of completions (p99 {p99:.0f} vs median {p50:.0f} tokens): set max_tokens"
-                + ("" if frees else " (GPU time, not cash: no GPU leaves the bill)"),
+                savings_class="behaviour", kind="token_economics",
+                title=f"{m['model']}: a long tail of completions (p99 {p99:.0f} vs median {p50:.0f} tokens): set max_tokens "
+                      f"(frees ~${monthly(findings, m['cost_usd'] * share):,.0f}/month of GPU time; net $0 until fewer GPUs serve it)",
                 targets=({"model": m["model"], "lever": "max_tokens"},),
                 evidence={**evidence_base, "completion_p50": p50, "completion_p95": m.get("completion_p95"), "completion_p99": p99,
                           "completion_tokens_beyond_p95": m.get("completion_tokens_beyond_p95"), "share_of_output_beyond_p95": share,
@@ -321,7 +322,7 @@ def token_economics(findings: dict[str, Any], s: RecommendSettings) -> list[Reco
                           "net_cash_monthly_usd": 0.0,
                           "why_no_cash": "GPUs are billed per hour whatever they compute: fewer tokens shrink the bill only once fewer "
                                          "GPUs serve the model (then batching or consolidation says so)"},
-                monthly_savings_usd=monthly(findings, m["cost_usd"] * share), confidence="low",
+                monthly_savings_usd=0.0, confidence="low",  # the net: GPUs billed per hour cost the same (the GPU time is in evidence)
                 action=f"Cap max_tokens near the p95 length ({m.get('completion_p95', 0):.0f}); the tokens beyond it are "
                        f"{share:.0%} of this model's output.",
                 settings={"long_tail_ratio": s.long_tail_ratio},
