@@ -201,9 +201,7 @@ def samples_sql(src: str, since: datetime | None = None, until: datetime | None 
                   WHEN sm_active_pct IS NOT NULL THEN 3 END AS metric,
              CASE WHEN NOT bad THEN CAST(sm_active_pct AS DOUBLE) END AS sm,
              mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error, k8s_namespace, k8s_pod,
-             -- "idle" while drawing over 70 % of its power limit: the reading is not what the GPU does (crosscheck)
-             coalesce(NOT bad AND coalesce(util_gpu_pct, gr_engine_active_pct, sm_active_pct) < 5
-                      AND power_w > 0.7 * power_limit_w, false) AS hot_idle,
+             power_w, power_limit_w,
              CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END AS energy_j,
              -- the energy this sample stands for: the counter's delta, else power x dt (a bad row's dt is 0)
              coalesce(CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END,
@@ -223,7 +221,7 @@ class Cleaned:
     devices: dict[tuple[str, str], dict[str, Any]]  # per repaired device: duplicate_rows, overlap_hours
 
 
-ROW_COLUMNS = ("parent_uuid", "name", "mig_profile", "mig_mode", "source", "file_index", "hour", "bad", "dt", "w", "u", "metric", "hot_idle",
+ROW_COLUMNS = ("parent_uuid", "name", "mig_profile", "mig_mode", "source", "file_index", "hour", "bad", "dt", "w", "u", "metric", "power_w", "power_limit_w",
                "sm", "mem_used_bytes", "mem_total_bytes", "has_error", "k8s_namespace", "k8s_pod", "total_slices", "slices", "energy_j", "e_j")
 
 
@@ -308,7 +306,9 @@ _SUMS = (
     ("idle_energy_j", "sum(CASE WHEN u < {idle} THEN e_j END)", "sum"),
     ("counter_n", "count(energy_j)", "sum"),
     # samples read as idle while the board draws over 70 % of its power limit (utilization vs power)
-    ("hot_dt", "sum(CASE WHEN hot_idle THEN dt END)", "sum"), ("hot_udt", "sum(CASE WHEN hot_idle THEN u * dt END)", "sum"),
+    # ("idle" while drawing over 70 % of the power limit: the reading is not what the GPU does; a bad row has no u)
+    ("hot_dt", "sum(dt) FILTER (WHERE u < 5 AND power_w > 0.7 * power_limit_w)", "sum"),
+    ("hot_udt", "sum(u * dt) FILTER (WHERE u < 5 AND power_w > 0.7 * power_limit_w)", "sum"),
     # Where the time the samples stand for begins and ends: backward intervals [ts - dt, ts].
     # ({span_dt} is dt / w where readings were weighted: a reading counted 1/k still spans its interval.)
     ("first_us", "min(ts_us - {span_dt} * 1e6)", "min"), ("last_us", "max(ts_us)", "max"),
