@@ -462,7 +462,8 @@ def import_table(
     local, uri = _store_target(out)
     res = run_import(files, local, map_, host, gpu_name, memory_unit, util_unit, _seconds(interval, "--interval"), tz)
     c = _console()
-    c.print(f"imported {res.rows:,} rows of {res.devices} devices on {len(res.hosts)} host(s) from {len(files)} file(s)", soft_wrap=True)
+    c.print(f"imported {res.rows:,} rows of {res.devices} devices on {len(res.hosts)} host(s) from {len(files)} file(s); {res.times}",
+            soft_wrap=True)
     for line in res.tally.summary():
         c.print(line)
     if res.rejected:

@@ -219,3 +219,22 @@ def test_unclosed_xml_documents_are_read_in_one_pass():
 
     assert documents("<nvidia_smi_log>" * 40_000) == []  # 680 kB of unclosed tags: was 89 s (quadratic)
     assert documents("<nvidia_smi_logger/><nvidia_smi_log><a/></nvidia_smi_log>") == ["<nvidia_smi_log><a/></nvidia_smi_log>"]
+
+
+def test_a_capture_bundle_says_where_its_csv_is(tmp_path, run_cli):
+    bundle = tmp_path / "bundle.txt"
+    bundle.write_text("==== nvidia-smi ====\n+-----------------------------------------+\n| NVIDIA-SMI 550.54 |\n\n"
+                      "==== nvidia-smi --query-gpu ====\ntimestamp, uuid, utilization.gpu [%]\n2026/11/28 00:01:00.000, GPU-a, 50 %\n")
+    code, _, err = run_cli("import", "nvidia-smi", str(bundle), "--host", "n1", "--tz", "UTC", "--out", str(tmp_path / "s"))
+    assert code == 2 and "this looks like a capture bundle" in err and "header is at line 6" in err and "--fields" not in err
+
+
+def test_table_and_prometheus_text_say_their_time_source_and_range(tmp_path, run_cli):
+    t = tmp_path / "t.csv"
+    t.write_text("time,gpu,util\n1795824060,g0,50\n1795827600,g0,40\n")
+    code, out, _ = run_cli(*table_args(tmp_path / "s", t))
+    assert code == 0 and "times read as epoch (UTC), 2026-11-28 00:01:00 to 2026-11-28 01:00:00 UTC" in out
+    p = tmp_path / "s.prom"
+    p.write_text('DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a",Hostname="n1"} 50\n')
+    code, out, _ = run_cli("import", "prometheus-text", str(p), "--out", str(tmp_path / "p"), "--at", "2026-11-28T00:00:00Z")
+    assert code == 0 and "times from --at 2026-11-28T00:00:00+00:00, 2026-11-28 00:00:00 UTC" in out

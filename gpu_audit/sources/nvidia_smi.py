@@ -119,6 +119,11 @@ class _Parser:
         parts = [p.strip() for p in line.split(",")]
         if self.cols is None:
             if not any(_header_name(p) in ("timestamp", "utilization.gpu") for p in parts):
+                later = _header_later(self.path, lineno)
+                if later:  # several tools' outputs in one file (a support bundle): say where the CSV is
+                    raise ImportError_(f"{self.path}:{lineno}: this looks like a capture bundle (several nvidia-smi outputs in "
+                                       f"one file); the --query-gpu CSV header is at line {later}",
+                                       hint=f"extract that section (from line {later} to the next blank line) into its own file")
                 raise ImportError_(f"{self.path}:{lineno}: no header line, and no --fields",
                                    hint="for logs written with --format=csv,noheader, give --fields timestamp,uuid,utilization.gpu,...")
             self._set_columns(parts, self.path, lineno)
@@ -209,6 +214,20 @@ class _Parser:
         t = second if second != first and self._last is not None and first < self._last else first
         self._last = t
         return t
+
+
+def _header_later(path: str, after: int) -> int | None:
+    """The line of a --query-gpu CSV header further down the file (a capture bundle), or None."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if n > after and "," in line and any(_header_name(p.strip()) == "utilization.gpu" for p in line.split(",")):
+                    return n
+                if n > 100_000:
+                    return None
+    except OSError:
+        return None
+    return None
 
 
 def _key(row: dict[str, Any]) -> str:

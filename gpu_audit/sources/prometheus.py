@@ -354,6 +354,7 @@ def import_prometheus_text(paths: list[str], out: str, at: datetime | None = Non
         except (ValueError, TypeError, IndexError) as e:
             raise PrometheusError(f"{_where(path, text, str(e))}: not Prometheus text or OpenMetrics: {_printable(str(e))}") from None
         n = own = 0
+        first, last = math.inf, -math.inf  # the range of times read, for the summary
         for f in fams:
             for s in f.samples:
                 ts = s.timestamp
@@ -364,11 +365,16 @@ def import_prometheus_text(paths: list[str], out: str, at: datetime | None = Non
                     raise PrometheusError(f"{path}: sample {_printable(s.name)}: {why}",
                                           hint="give --at with the time of the scrape" if ts is None else None)
                 asm.add(s.name, dict(s.labels), t, float(s.value))
+                first, last = min(first, t), max(last, t)
                 n += 1
+        span = ""
+        if n:
+            lo, hi = (datetime.fromtimestamp(x, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S") for x in (first, last))
+            span = f", {lo}" + (f" to {hi}" if hi != lo else "") + " UTC"
         source = ("the samples' own timestamps" if own == n else
                   f"--at {at.isoformat()}" if at else
                   f"the file's modification time {datetime.fromtimestamp(when, tz=timezone.utc):%Y-%m-%d %H:%M:%S} UTC (give --at to set it)")
-        times.append(f"{path}: times from {source}")
+        times.append(f"{path}: times from {source}{span}")
         read.append((path, sha, n, source))
     if not read and skipped:
         raise NothingImported(f"nothing imported: {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""),

@@ -44,6 +44,7 @@ class TableImport:
     hosts: list[str] = field(default_factory=list)
     rejected: int = 0
     tally: Tally = field(default_factory=Tally)
+    times: str = ""  # how the times were read and the range they span, for the summary
 
 
 def parse_maps(maps: list[str]) -> list[tuple[str, str | None, str]]:
@@ -184,6 +185,7 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
                 v = v * UTIL_UNITS[util_unit]
             f[store] = v
         f = f.dropna(subset=["ts"])
+        f.attrs["iso"] = not pd.api.types.is_numeric_dtype(df[next(c for st, _, c in spec if st == "ts" and c in df.columns)])
         for col, what, limit in (("uuid", "the device id", MAX_ID), ("host", "the host name", MAX_HOST_BYTES)):
             if col in f and f[col] is not None and len(f):
                 lengths = f[col].astype(str).str.len()
@@ -202,6 +204,11 @@ def import_table(paths: list[str], out: str, maps: list[str], host: str | None =
         raise TableError(f"--map {store}={col}: no file given has a column {col!r}",
                          hint="check the column name (the files' header) or leave the mapping out")
     data = pd.concat(frames, ignore_index=True)
+    if len(data):
+        from datetime import datetime as _dt, timezone as _tz
+
+        lo, hi = (_dt.fromtimestamp(int(x) / 1e6, tz=_tz.utc).strftime("%Y-%m-%d %H:%M:%S") for x in (data["ts"].min(), data["ts"].max()))
+        res.times = f"times read as {'ISO 8601 or timestamps' if any(f.attrs.get('iso') for f in frames) else 'epoch'} ({tz or 'UTC'}), {lo} to {hi} UTC"
     # Values outside their range never reach the store: the row is dropped and counted. A unit that is
     # wrong for the whole column is refused before anything is written (never an idle card made of it).
     bad = np.zeros(len(data), dtype=bool)
