@@ -3,6 +3,7 @@ when it fails), counted in the summary; no endpoint stops the collector or its s
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -115,3 +116,20 @@ def test_a_garbage_endpoint_never_stops_a_simulated_collector(server, tmp_path):
     eng = read_table(tmp_path / "s", "engine").to_pylist()
     assert len(eng) >= 10 and all(r["error"] for r in eng)
     assert read_table(tmp_path / "s", "samples").num_rows > 0
+
+
+def test_a_large_metrics_page_gives_the_same_rows_parsed_from_its_engine_families_only():
+    """A vLLM page padded with 300 kB of other families: the same engine rows as the page alone (only the
+    engine families are parsed above 256 KiB; benchmarks: a 5 MiB page 2.6 s -> 0.17 s of CPU)."""
+    import glob as _glob
+
+    from gpu_audit.collect.engines import PREFILTER_BYTES, parse_engine
+
+    pages = sorted(_glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real", "engine_metrics", "*vllm*.prom")))
+    page = open(pages[0]).read() if pages else (
+        '# TYPE vllm:num_requests_running gauge\\nvllm:num_requests_running{model_name="m"} 3\\n'
+        '# TYPE vllm:generation_tokens_total counter\\nvllm:generation_tokens_total{model_name="m"} 1000\\n'
+        '# TYPE vllm:prompt_tokens_total counter\\nvllm:prompt_tokens_total{model_name="m"} 5000\\n')
+    pad = "".join(f'# HELP other_{i} x\\n# TYPE other_{i} gauge\\nother_{i}{{a="{"z" * 40}"}} {i}\\n' for i in range(5000))
+    assert len(pad + page) > PREFILTER_BYTES
+    assert parse_engine(pad + page) == parse_engine(page)
