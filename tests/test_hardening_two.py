@@ -147,11 +147,12 @@ def test_an_unpriced_line_keeps_its_brackets_and_at_says_its_own_time(tmp_path, 
 def test_prometheus_labels_are_checked_where_they_enter(tmp_path, run_cli, labels, counted):
     """Odd gpu labels import with no index; over-long or control-character hosts and ids are refused and counted."""
     scrape = tmp_path / "s.prom"
-    scrape.write_text(f"DCGM_FI_DEV_GPU_UTIL{{{labels}}} 50\nDCGM_FI_DEV_GPU_UTIL{{gpu=\"1\",UUID=\"GPU-b\",Hostname=\"n1\"}} 50\n")
+    good = "".join(f'DCGM_FI_DEV_GPU_UTIL{{gpu="{k}",UUID="GPU-{k}",Hostname="n1"}} 50\n' for k in range(1, 40))
+    scrape.write_text(f"DCGM_FI_DEV_GPU_UTIL{{{labels}}} 50\n" + good)  # one bad point in 40: under 5 %, the rest imported
     code, out, err = run_cli("import", "prometheus-text", str(scrape), "--out", str(tmp_path / "s"), "--at", "2026-11-28T00:00:00Z")
     assert code == 0 and "Traceback" not in out + err, err
     rows = read_table(str(tmp_path / "s"), "samples").to_pylist()
-    assert len(rows) == (1 if counted else 2)
+    assert len(rows) == (39 if counted else 40)
     assert all(len(r["host"]) <= 253 and len(r["uuid"]) <= 200 and r["host"].isprintable() for r in rows)
 
 
@@ -238,3 +239,11 @@ def test_table_and_prometheus_text_say_their_time_source_and_range(tmp_path, run
     p.write_text('DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a",Hostname="n1"} 50\n')
     code, out, _ = run_cli("import", "prometheus-text", str(p), "--out", str(tmp_path / "p"), "--at", "2026-11-28T00:00:00Z")
     assert code == 0 and "times from --at 2026-11-28T00:00:00+00:00, 2026-11-28 00:00:00 UTC" in out
+
+
+def test_a_scrape_whose_samples_mostly_fail_stores_nothing(tmp_path, run_cli):
+    scrape = tmp_path / "s.prom"
+    scrape.write_text("".join(f'DCGM_FI_DEV_GPU_UTIL{{gpu="{k}",UUID="GPU-{k}",Hostname="n1"}} {150 if k % 2 else 50}\n' for k in range(10)))
+    code, _, err = run_cli("import", "prometheus-text", str(scrape), "--out", str(tmp_path / "s"), "--at", "2026-11-28T00:00:00Z")
+    assert code == 2 and "5 of 10 samples fail a check" in err and "outside 0-100 %" in err
+    assert not (tmp_path / "s" / "samples").exists()

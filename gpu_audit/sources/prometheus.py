@@ -381,6 +381,10 @@ def import_prometheus_text(paths: list[str], out: str, at: datetime | None = Non
                               hint="the store keeps each scrape's content once; importing it again adds nothing")
     if not asm.dev and not asm.engine_points:
         raise PrometheusError(f"no DCGM or inference-engine series in {', '.join(paths)}")
+    total = sum(n for _, _, n, _ in read)
+    if asm.rejected and total and asm.rejected > 0.05 * total:  # mostly refused: a wrong shape, not a glitch
+        raise PrometheusError(f"{asm.rejected:,} of {total:,} samples fail a check (first: {_printable(asm.first_rejection, 160)}): "
+                              "nothing imported", hint="an import stores nothing when over 5 % of its samples fail")
     res = asm.write(out, interval_s, ledger=(ledger, read))
     res.tally.skipped_files = skipped
     res.time_sources = times
