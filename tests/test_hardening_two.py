@@ -247,3 +247,13 @@ def test_a_scrape_whose_samples_mostly_fail_stores_nothing(tmp_path, run_cli):
     code, _, err = run_cli("import", "prometheus-text", str(scrape), "--out", str(tmp_path / "s"), "--at", "2026-11-28T00:00:00Z")
     assert code == 2 and "5 of 10 samples fail a check" in err and "outside 0-100 %" in err
     assert not (tmp_path / "s" / "samples").exists()
+
+
+def test_a_csv_log_whose_lines_mostly_fail_stores_nothing(tmp_path, run_cli):
+    """100 lines, 20 with an unreadable utilization: over 5 % (and over 10 lines) is a wrong shape, not glitches."""
+    log = tmp_path / "x.csv"
+    log.write_text("timestamp, uuid, utilization.gpu [%]\n" + "".join(
+        f"2026/11/28 00:{k // 60:02d}:{k % 60:02d}.000, GPU-a, {'fifty' if k % 5 == 0 else '50'} %\n" for k in range(100)))
+    code, _, err = run_cli("import", "nvidia-smi", str(log), "--host", "n1", "--tz", "UTC", "--out", str(tmp_path / "s"))
+    assert code == 2 and "20 of 100 lines fail a check" in err and "nothing imported" in err
+    assert not (tmp_path / "s" / "samples").exists()

@@ -28,6 +28,7 @@ from gpu_audit.store.writer import StoreWriter
 NA = {"", "[N/A]", "N/A", "[Not Supported]", "[Requested functionality has been deprecated]", "[Unknown Error]",
       "[GPU requires reset]", "[Insufficient Permissions]", "[Not Found]"}
 _NUM = re.compile(r"^(-?\d+(?:\.\d+)?)\s*(%|MiB|GiB|KiB|W|MHz|C)?$")
+MOSTLY_BAD_MIN = 10  # bad lines before the 5 % rule applies: a few glitched lines are skipped and named
 FLUSH_ROWS = 100_000  # rows buffered before a flush (memory stays flat on large logs)
 _MIB = {"MiB": 2**20, "GiB": 2**30, "KiB": 2**10, None: 2**20}
 
@@ -327,6 +328,10 @@ def import_nvidia_smi(paths: list[str], out: str, host: str, tz: str | None = No
             result.single_sample_series += nominal == 0.0
             plan[path][k] = (uniq, dt, np.zeros(len(uniq), dtype=bool))
         done += sizes[path]
+    good = sum(len(ts) for per in plan.values() for ts, _, _ in per.values())
+    if result.bad >= MOSTLY_BAD_MIN and result.bad > 0.05 * (good + result.bad):  # a wrong shape, not a few glitches
+        raise ImportError_(f"{result.bad:,} of {good + result.bad:,} lines fail a check (first: {result.bad_lines[0]}): nothing imported",
+                           hint="an import stores nothing when over 5 % of its lines fail; check --fields, --tz and the log's format")
     stored = StoredKeys(out, "samples", host)
     procs = StoredKeys(out, "processes", host, ("uuid", "pid"))
     writer = StoreWriter(out, host)
