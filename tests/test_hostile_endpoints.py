@@ -127,9 +127,9 @@ def test_a_large_metrics_page_gives_the_same_rows_parsed_from_its_engine_familie
 
     pages = sorted(_glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real", "engine_metrics", "*vllm*.prom")))
     page = open(pages[0]).read() if pages else (
-        '# TYPE vllm:num_requests_running gauge\\nvllm:num_requests_running{model_name="m"} 3\\n'
-        '# TYPE vllm:generation_tokens_total counter\\nvllm:generation_tokens_total{model_name="m"} 1000\\n'
-        '# TYPE vllm:prompt_tokens_total counter\\nvllm:prompt_tokens_total{model_name="m"} 5000\\n')
-    pad = "".join(f'# HELP other_{i} x\\n# TYPE other_{i} gauge\\nother_{i}{{a="{"z" * 40}"}} {i}\\n' for i in range(5000))
+        '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="m"} 3\n'
+        '# TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{model_name="m"} 1000\n'
+        '# TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{model_name="m"} 5000\n')
+    pad = "".join(f'# HELP other_{i} x\n# TYPE other_{i} gauge\nother_{i}{{a="{"z" * 40}"}} {i}\n' for i in range(5000))
     assert len(pad + page) > PREFILTER_BYTES
     assert parse_engine(pad + page) == parse_engine(page)
