@@ -30,19 +30,19 @@ GPUS, HOSTS = 64, 8
 T0 = 1795824000  # 2026-11-28T00:00:00Z
 
 
-def build_store(path: Path, samples: int) -> None:
+def build_store(path: Path, samples: int, gpus: int = GPUS, hosts: int = HOSTS) -> None:
     if (path / ".complete").exists():
         return
-    per_gpu = samples // GPUS
+    per_gpu = samples // gpus
     rng = np.random.default_rng(7)
     day = 86400
-    for h in range(HOSTS):
+    for h in range(hosts):
         for d0 in range(0, per_gpu, day):
             n = min(day, per_gpu - d0)
             t = np.arange(d0, d0 + n, dtype=np.int64)
             parts = []
-            for g in range(GPUS // HOSTS):
-                gi = h * (GPUS // HOSTS) + g
+            for g in range(gpus // hosts):
+                gi = h * (gpus // hosts) + g
                 hour = (t % day) / 3600
                 base = 15 + 70 * (0.5 + 0.5 * np.cos(2 * np.pi * (hour - 15) / 24)) if gi % 4 else np.where((hour > 8) & (hour < 20), 60.0, 0.0)
                 util = np.clip(base + rng.normal(0, 5, n), 0, 100).round().astype(np.float32)

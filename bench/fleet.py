@@ -28,37 +28,39 @@ T0 = 1795824000 - 30 * 86400
 PER_HOST = 8
 
 
-def host_files(args: tuple[str, int, int]) -> int:
+def host_files(args: tuple) -> int:
+    """One host's rollup files, one per day; ``res`` seconds a row (60: minute rollups, 3600: hourly)."""
     from gpu_audit.store.schema import ROLLUPS, with_version
 
-    root, h, days = args
+    root, h, days, res = (*args, 60)[:4]
     rng = np.random.default_rng(h)
-    n = 1440 * PER_HOST
-    minute = np.tile(np.arange(1440), PER_HOST)
-    gpu = np.repeat(np.arange(PER_HOST), 1440)
+    per_day = 86400 // res
+    n = per_day * PER_HOST
+    minute = np.tile(np.arange(per_day), PER_HOST) * (res // 60)  # the row's start, in minutes of the day
+    gpu = np.repeat(np.arange(PER_HOST), per_day)
     rows = 0
     for d in range(days):
         day0 = T0 + d * 86400
         ts = (day0 + minute * 60) * 1_000_000
-        hour = minute / 60
+        hour = minute / 60 + (res / 7200 if res > 60 else 0)
         idle_gpu = (gpu + h) % 7 == 0
         util = np.clip(15 + 70 * (0.5 + 0.5 * np.cos(2 * np.pi * (hour - 15) / 24)) + rng.normal(0, 5, n), 0, 100)
         util = np.where(idle_gpu, 0.0, util)
-        dt = np.full(n, 60.0)
+        dt = np.full(n, float(res))
         t = pa.table({
             "ts": pa.array(ts, pa.timestamp("us", tz="UTC")), "host": np.full(n, f"node-{h:05d}"),
             "uuid": np.array([f"GPU-{h:05d}-{g}" for g in range(PER_HOST)])[gpu], "parent_uuid": pa.nulls(n, pa.string()),
             "index": gpu.astype(np.int32), "name": np.full(n, "NVIDIA H100 80GB HBM3"), "mig_profile": pa.nulls(n, pa.string()),
-            "mig_mode": np.zeros(n, bool), "k8s_namespace": pa.nulls(n, pa.string()), "resolution_s": np.full(n, 60.0, np.float32), "idle_below_pct": np.full(n, 5.0, np.float32),
-            "n": np.full(n, 60), "dt_s": dt, "ev_dt_s": dt, "u_dt": util * dt, "idle_dt_s": np.where(util < 5, dt, 0.0),
+            "mig_mode": np.zeros(n, bool), "k8s_namespace": pa.nulls(n, pa.string()), "resolution_s": np.full(n, float(res), np.float32), "idle_below_pct": np.full(n, 5.0, np.float32),
+            "n": np.full(n, res), "dt_s": dt, "ev_dt_s": dt, "u_dt": util * dt, "idle_dt_s": np.where(util < 5, dt, 0.0),
             "sm_dt_s": dt, "sm_u_dt": 0.5 * util * dt, "error_dt_s": np.zeros(n), "util_gpu_dt_s": dt, "gr_engine_dt_s": np.zeros(n),
             "sm_active_dt_s": np.zeros(n), "free_dt_s": np.zeros(n), "mem_max_bytes": np.full(n, 70 * 2**30),
             "mem_total_bytes": np.full(n, 81559 * 2**20), "first_ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
-            "end_ts": pa.array(ts + 60_000_000, pa.timestamp("us", tz="UTC")),
+            "end_ts": pa.array(ts + res * 1_000_000, pa.timestamp("us", tz="UTC")),
         }).cast(with_version(ROLLUPS))
         folder = Path(root) / "rollups" / f"host=node-{h:05d}" / f"date={time.strftime('%Y-%m-%d', time.gmtime(day0))}"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(t, folder / "rollup-60s.parquet", compression="zstd",
+        pq.write_table(t, folder / f"rollup-{res}s.parquet", compression="zstd",
                        use_dictionary=[c for c in t.column_names if c not in ("ts", "first_ts", "end_ts")])
         rows += n
     return rows
