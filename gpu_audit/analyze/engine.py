@@ -383,7 +383,7 @@ def _energy_columns(dh: pd.DataFrame, pricing: Pricing) -> None:
 
 def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
-    r.hist, mem = device_distributions(r.con, r.sc.fine, r.w, r.rfiles)
+    r.hist, mem = device_distributions(r.con, r.sc.rows, r.w, r.rfiles)
     r.start, r.end = window_of(r.dh, r.s)
     dh = r.dh
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.

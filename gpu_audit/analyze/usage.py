@@ -19,9 +19,9 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from gpu_audit.store.query import (EARLIEST_HOUR, SUM_COLUMNS, Cleaned, dedup, fine_sql, hist_sql, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
+from gpu_audit.store.query import (EARLIEST_HOUR, SUM_COLUMNS, Cleaned, dedup, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
                                    rolled_up_sql, rollups_source, samples_source, samples_sql, several_per_partition,
-                                   split_covered, window_where, UBIN, MBIN)
+                                   split_covered, window_where)
 
 HOT_IDLE_S = 600.0  # 10 minutes of "idle" at high power in a device-hour: the utilization reading is wrong
 
@@ -41,56 +41,40 @@ class Scan:
     dh: pd.DataFrame
     repaired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    fine: str | None = None  # the one scan's temp table (sums per device, hour and p95 bin), None: rollups only
-
-
-FINE = "scan_fine"  # the temp table of the one scan (query.fine_sql)
 
 
 def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window, rollup_files: list[str] | None = None) -> Scan:
-    """Read the samples once into ``scan_fine`` (sums per device, hour and p95 bin); the hourly sums
-    and the histograms are read from it. Where the detection flags device-hours, just those are
-    re-read, repaired, and their rows of ``scan_fine`` replaced. Raw rows of a time that
-    ``rollup_files`` cover (late rows for a rolled-up day, a rollup interrupted before its raw files
-    went) are left out where the rollup has that device and minute."""
+    """Read the samples once; where the detection flags device-hours, re-read just those, repaired.
+    Raw rows of a time that ``rollup_files`` cover (late rows for a rolled-up day, a rollup
+    interrupted before its raw files went) are left out where the rollup has that device and minute."""
     if not files:
         return Scan(None, pd.DataFrame())
     files, covered_from = split_covered(files, rollup_files or [])
     if covered_from is not None:
         rolled_up_sql(con, [f for f in rollup_files or [] if partition_key(f) in {partition_key(x) for x in files[covered_from:]}])
-    idle = float(w.idle_below)
     src = samples_source(con, files, covered_from=covered_from)
     rows = samples_sql(src, w.since, w.until)
     per_file = several_per_partition(files)  # else no two files can hold the same device-hour
-
-    def read_once(rows: str) -> pd.DataFrame:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {FINE} AS {fine_sql(rows, idle, per_file)}")
-        return con.execute(hour_sums_sql(f"SELECT * FROM {FINE}", idle, per_file, fine=True)).df()
-
-    dh = read_once(rows)
+    dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
     early = bool((dh["hour"] < EARLIEST_HOUR).any())  # rows before 2000: read again, rejecting them
     if dh["host"].isna().any() or early:  # a file without a host column: the host comes from its host= folder
         src = samples_source(con, files, host_from_path=bool(dh["host"].isna().any()), covered_from=covered_from)
         rows = samples_sql(src, w.since, w.until, early=early)
-        dh = read_once(rows)
+        dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
     rejected = _rejected(con, src, w, files, early) if dh["bad_n"].sum() > 0 else []
     if not rejected:  # every row in range: the later scans need not check again
         rows = samples_sql(src, w.since, w.until, check=False)
     # rows without ts or uuid, or with a time before 2000, were counted as rejected: their hours are no part of the window
     dh = dh[dh["uuid"].notna() & dh["hour"].notna() & (dh["hour"] >= EARLIEST_HOUR)]
-    con.execute(f"DELETE FROM {FINE} WHERE uuid IS NULL OR hour IS NULL OR hour < {EARLIEST_HOUR}")
     sus = dh.loc[dh["suspect"].astype(bool), ["host", "uuid", "hour"]]
     flagged = sorted((h, u, int(hr)) for h, u, hr in sus.itertuples(index=False))
     cleaned: Cleaned = dedup(con, rows, flagged)
-    if flagged:  # the flagged device-hours' rows of the one scan, replaced by their repaired sums
-        con.execute(f"DELETE FROM {FINE} f USING flagged_hours g WHERE f.host = g.host AND f.uuid = g.uuid AND f.hour = g.hour")
-        con.execute(f"INSERT INTO {FINE} BY NAME " + fine_sql(
-            f"SELECT * FROM ({cleaned.sql}) SEMI JOIN flagged_hours USING (host, uuid, hour)", idle, per_file, weighted=True))
-        fixed = con.execute(hour_sums_sql(f"SELECT * FROM {FINE} SEMI JOIN flagged_hours USING (host, uuid, hour)",
-                                          idle, False, fine=True)).df()
+    if flagged:
+        fixed = con.execute(hour_sums_sql(f"SELECT * FROM ({cleaned.sql}) SEMI JOIN flagged_hours USING (host, uuid, hour)",
+                                          float(w.idle_below), False, weighted=True)).df()
         keys = pd.MultiIndex.from_frame(dh[["host", "uuid", "hour"]].astype({"hour": "int64"}))
         dh = pd.concat([dh[~keys.isin(flagged)], fixed], ignore_index=True)
-    return Scan(cleaned.sql, dh.drop(columns=["suspect"]), cleaned.devices, rejected, FINE)
+    return Scan(cleaned.sql, dh.drop(columns=["suspect"]), cleaned.devices, rejected)
 
 
 def _rejected(con: duckdb.DuckDBPyConnection, src: str, w: Window, files: list[str], early: bool = False) -> list[dict[str, Any]]:
@@ -237,24 +221,27 @@ def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame
     return dh
 
 
-def device_distributions(con: duckdb.DuckDBPyConnection, fine: str | None, w: Window,
+def device_distributions(con: duckdb.DuckDBPyConnection, rows: str | None, w: Window,
                          rollup_files: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per device: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of the device's
-    total), from which the 95th percentiles are read: the samples' from the one scan's table
-    ``fine`` (no second read), rolled-up minutes as their mean utilization and peak memory."""
+    """Per device, in one scan: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of
+    the device's total), from which the 95th percentiles are read. Rolled-up minutes count as their
+    mean utilization and peak memory."""
     parts = []
-    if fine:
-        parts.append(hist_sql(f"SELECT * FROM {fine}"))
+    if rows:
+        parts.append(f"SELECT host, uuid, u, mem_used_bytes, mem_total_bytes, dt FROM ({rows})")
     if rollup_files:
-        parts.append(hist_sql(f"""SELECT host, uuid, dt_s, {UBIN} AS ubin, {MBIN} AS mbin FROM (
-                         SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
-                                mem_total_bytes, dt_s FROM {rollups_source(con, rollup_files)} {window_where(w.since, w.until)})"""))
-    if not parts:
-        return pd.DataFrame(columns=["host", "uuid", "bin", "w"]), weighted_p95(pd.DataFrame()).rename(
-            columns={"p95_util_pct": "mem_p95_permille"})
-    h = con.execute(f"SELECT host, uuid, bin, sum(w) AS w, is_mem FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL").df()
-    util = h[h["is_mem"] == 0][["host", "uuid", "bin", "w"]]
-    mem = h[h["is_mem"] == 1][["host", "uuid", "bin", "w"]]
+        parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
+                         mem_total_bytes, dt_s AS dt
+                         FROM {rollups_source(con, rollup_files)} {window_where(w.since, w.until)}""")
+    h = con.execute(f"""
+        SELECT host, uuid, CAST(round(u) AS INTEGER) AS ubin,
+               CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin,
+               sum(dt) AS w, grouping(ubin) AS is_mem
+        FROM ({" UNION ALL ".join(parts)})
+        GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
+    """).df()
+    util = h[(h["is_mem"] == 0) & h["ubin"].notna()].rename(columns={"ubin": "bin"})[["host", "uuid", "bin", "w"]]
+    mem = h[(h["is_mem"] == 1) & h["mbin"].notna()].rename(columns={"mbin": "bin"})[["host", "uuid", "bin", "w"]]
     return util, weighted_p95(mem).rename(columns={"p95_util_pct": "mem_p95_permille"})
 
 

@@ -317,52 +317,18 @@ SUM_COLUMNS = ("ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_uti
                "idle_energy_j", "counter_n", "hot_dt", "hot_udt")
 
 
-def _per_sample(idle: float, weighted: bool) -> str:
-    return ", ".join(f"{e.format(idle=idle, span_dt='dt / w' if weighted else 'dt')} AS {c}" for c, e, _ in _SUMS)
-
-
-def _combined() -> str:
-    return ", ".join(f"{agg}({c}) AS {c}" for c, _, agg in _SUMS)
-
-
-# The bins of the p95s (docs/metrics.md): utilization to 1 %, memory used to 0.1 % of the device's total.
-UBIN = "CAST(round(u) AS INTEGER)"
-MBIN = "CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER)"
-
-
-def fine_sql(rows: str, idle: float, per_file: bool = True, weighted: bool = False) -> str:
-    """The one scan of the samples (docs/metrics.md "One scan"): the sums of ``_SUMS`` per device,
-    clock hour, utilization bin and memory bin (and file, with ``per_file``). Every per-(device,
-    hour) figure (``hour_sums_sql(..., fine=True)``) and both p95 histograms (``hist_sql``) are
-    sums over these rows, so the samples are read once. A device-hour holds as many rows as it has
-    distinct (utilization %, memory 0.1 %) pairs: tens, where it holds 3,600 samples."""
-    keys = "host, uuid, hour, " + ("file_index, " if per_file else "") + "ubin, mbin"
-    return f"""
-    SELECT {keys}, {_per_sample(idle, weighted)}
-    FROM (SELECT *, {UBIN} AS ubin, {MBIN} AS mbin FROM ({rows})) GROUP BY {keys}"""
-
-
-def hist_sql(fine: str) -> str:
-    """Per device, the dt-weighted histograms behind the p95s, from ``fine_sql`` rows: ``is_mem`` 0
-    for utilization (1 % bins), 1 for memory used (0.1 % bins)."""
-    return f"""
-    SELECT host, uuid, ubin AS bin, sum(dt_s) AS w, 0 AS is_mem FROM ({fine}) WHERE ubin IS NOT NULL GROUP BY host, uuid, ubin
-    UNION ALL
-    SELECT host, uuid, mbin AS bin, sum(dt_s) AS w, 1 AS is_mem FROM ({fine}) WHERE mbin IS NOT NULL GROUP BY host, uuid, mbin"""
-
-
-def hour_sums_sql(rows: str, idle: float, per_file: bool = True, weighted: bool = False, fine: bool = False) -> str:
+def hour_sums_sql(rows: str, idle: float, per_file: bool = True, weighted: bool = False) -> str:
     """Per (device, hour): the sums, and ``suspect`` where rows stand for more time than they span
     (backward intervals [ts - dt, ts] are disjoint within one clean series: duplicates or overlapping
     series) or, with ``per_file``, where two files' spans overlap. Without ``per_file`` (each
-    partition holds one file, as after compact) the sums are taken in one level. With ``fine``,
-    ``rows`` are ``fine_sql`` rows (already summed per bin), combined here."""
-    inner = _combined() if fine else _per_sample(idle, weighted)
+    partition holds one file, as after compact) the sums are taken in one level."""
+    inner = ", ".join(f"{e.format(idle=idle, span_dt='dt / w' if weighted else 'dt')} AS {c}" for c, e, _ in _SUMS)
     if not per_file:
         return f"""
     SELECT *, dt_s * 1e6 > last_us - first_us + {TOLERANCE_US} AS suspect
     FROM (SELECT host, uuid, hour, {inner} FROM ({rows}) GROUP BY host, uuid, hour)
     """
+    outer = ", ".join(f"{agg}({c}) AS {c}" for c, _, agg in _SUMS)
     return f"""
     WITH f AS (
       SELECT host, uuid, hour, file_index, {inner}
@@ -372,7 +338,7 @@ def hour_sums_sql(rows: str, idle: float, per_file: bool = True, weighted: bool 
                                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) - {TOLERANCE_US}, false)
                 OR dt_s * 1e6 > last_us - first_us + {TOLERANCE_US} AS suspect
       FROM f)
-    SELECT host, uuid, hour, {_combined()}, bool_or(suspect) AS suspect FROM o GROUP BY host, uuid, hour
+    SELECT host, uuid, hour, {outer}, bool_or(suspect) AS suspect FROM o GROUP BY host, uuid, hour
     """
 
 
