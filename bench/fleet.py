@@ -57,7 +57,12 @@ def host_files(args: tuple) -> int:
             "sm_active_dt_s": np.zeros(n), "free_dt_s": np.zeros(n), "mem_max_bytes": np.full(n, 70 * 2**30),
             "mem_total_bytes": np.full(n, 81559 * 2**20), "first_ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
             "end_ts": pa.array(ts + res * 1_000_000, pa.timestamp("us", tz="UTC")),
-        }).cast(with_version(ROLLUPS))
+        })
+        schema = with_version(ROLLUPS)
+        for f in schema:  # columns of later rollup schema versions (MIG, energy): zero here
+            if f.name not in t.column_names:
+                t = t.append_column(f.name, pa.array(np.zeros(n)).cast(f.type))
+        t = t.select(schema.names).cast(schema)
         folder = Path(root) / "rollups" / f"host=node-{h:05d}" / f"date={time.strftime('%Y-%m-%d', time.gmtime(day0))}"
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(t, folder / f"rollup-{res}s.parquet", compression="zstd",

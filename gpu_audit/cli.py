@@ -330,6 +330,9 @@ def report(
     settings: Optional[str] = typer.Option(None, "--settings", help="Settings TOML: \\[report] and the rules' \\[recommend] thresholds (default $GPU_AUDIT_SETTINGS)."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Workloads in the terminal summed per job, pod, namespace, user or container."),
     workloads_csv: Optional[str] = typer.Option(None, "--workloads-csv", help="Write the cost per workload as CSV here (for chargeback spreadsheets)."),
+    engine: str = typer.Option("duckdb", "--engine", help="Where the scan of the samples runs: duckdb (here) or spark (docs/scale.md)."),
+    spark_master: str = typer.Option("local[*]", "--spark-master", help="Spark master URL for --engine spark (local[*], spark://host:7077, yarn, k8s://...)."),
+    spark_conf: Optional[List[str]] = typer.Option(None, "--spark-conf", help="A Spark setting KEY=VALUE for --engine spark. Repeatable."),
 ) -> int:
     """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
     from gpu_audit.analyze.findings import ReportRequest, build, write_json
@@ -340,7 +343,8 @@ def report(
 
     if group_by is not None and group_by not in GROUP_BY:
         raise GpuAuditError(f"--group-by: expected one of {', '.join(GROUP_BY)}, got {group_by!r}")
-    req = ReportRequest(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings, tokens_host)
+    req = ReportRequest(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings, tokens_host,
+                        engine, spark_master, list(spark_conf or []))
     with _stage_progress() as step:
         findings = build(req, step)
     if json_out:

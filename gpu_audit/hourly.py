@@ -82,14 +82,8 @@ class HourlyColumns(Sequence):
         hours = self.hour[idx].tolist()
         host, uuid = self.hosts[self.host_code[idx[0]]], self.uuids[self.uuid_code[idx[0]]]  # one device
         cols = [_nullable(self.values[c][idx]) for c in _VALUES]
-        out = []
-        for j, h in enumerate(hours):
-            r = {"host": host, "uuid": uuid, "hour": self._hour_text(h)}
-            for c, col in zip(_VALUES, cols):
-                r[c] = col[j]
-            r["h"] = h
-            out.append(r)
-        return out
+        keys = ("host", "uuid", "hour", *_VALUES, "h")
+        return [dict(zip(keys, (host, uuid, self._hour_text(h), *vals, h))) for h, *vals in zip(hours, *cols)]
 
     def frame(self) -> pd.DataFrame:
         """The columns as a frame: host as a categorical, hour as an integer."""

@@ -20,12 +20,13 @@ import pyarrow as pa
 from gpu_audit.hourly import COLUMNS as HOURLY_COLUMNS, HourlyColumns
 from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.reader import table_files
+from gpu_audit.analyze.runner import DuckRunner, DuckRunner as Runner
 from gpu_audit.analyze.tokens import TokenLog
 from gpu_audit.duck import session
 from gpu_audit.errors import GpuAuditError
 from gpu_audit.analyze.usage import (Scan, Window, device_distributions, device_hours, namespaces, rollup_hours, scan,
                                      weighted_p95)
-from gpu_audit.store.query import read_sql, window_where
+from gpu_audit.store.query import read_sql, rollups_source, window_where
 
 class EmptyStore(GpuAuditError):
     pass
@@ -39,6 +40,9 @@ class AnalyzeSettings:
     memory_limit: str = "1GB"
     threads: int | None = None
     params_b: dict[str, float] = field(default_factory=dict)  # [models."name"] params_b from the settings file
+    engine: str = "duckdb"  # where the scan runs: duckdb, or spark (docs/scale.md)
+    spark_master: str = "local[*]"
+    spark_conf: tuple[tuple[str, str], ...] = ()
 
 
 _KNOWN_HOST = "host IN (SELECT host FROM sample_hosts)"  # a token record's host has samples
@@ -74,17 +78,19 @@ def flag_rows(rows: pd.DataFrame, hosts: set[str], start: float, end: float) -> 
                        known_host=rows["host"].isin(hosts))
 
 
-def engine_data(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSettings) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+def engine_data(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSettings,
+                q: Runner | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """From the engine table: hourly token deltas per (host, model), and per-model engine statistics.
 
     Counters are stored as scraped; a series is one (host, endpoint, model). A sample's delta is its
     value minus the previous one of its series; a value below the previous one is a counter reset
     (a restarted server), whose delta is the new value; a series' first scrape has no delta.
     """
-    files = table_files(roots, "engine", s.since, s.until)
+    q = q or DuckRunner(con)
+    files = q.table_files(roots, "engine", s.since, s.until)
     if not files:
         return pd.DataFrame(), {}
-    src = f"(SELECT * FROM {read_sql(files)} {window_where(s.since, s.until, 'error IS NULL', 'model IS NOT NULL')})"
+    src = f"(SELECT * FROM {q.local_table(files)} {window_where(s.since, s.until, 'error IS NULL', 'model IS NOT NULL')})"
 
     def delta(col: str) -> str:
         prev = f"lag({col}) OVER w"
@@ -118,17 +124,17 @@ def engine_data(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSett
     return hourly, stats
 
 
-def top_processes(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSettings) -> dict[tuple[str, str], dict[str, Any]]:
+def top_processes(q: Runner, roots: list[str], s: AnalyzeSettings) -> dict[tuple[str, str], dict[str, Any]]:
     """Per device, the process that held the most GPU memory in the window (name, pid, bytes)."""
-    files = table_files(roots, "processes", s.since, s.until)
+    files = q.table_files(roots, "processes", s.since, s.until)
     if not files:
         return {}
-    cond = window_where(s.since, s.until)
-    rows = con.execute(f"""
-        SELECT host, uuid, arg_max(name, used_mem_bytes) AS name, arg_max(pid, used_mem_bytes) AS pid,
+    cond = window_where(s.since, s.until, d=q.d)
+    rows = q.fetch(f"""
+        SELECT host, uuid, max_by(name, used_mem_bytes) AS name, max_by(pid, used_mem_bytes) AS pid,
                max(used_mem_bytes) AS used_mem_bytes
-        FROM {read_sql(files)} {cond} GROUP BY host, uuid
-    """).fetchall()
+        FROM {q.table(files)} p {cond} GROUP BY host, uuid
+    """)
     return {(h, u): {"name": n, "pid": int(p) if p is not None else None, "used_mem_bytes": _f(b)} for h, u, n, p, b in rows}
 
 
@@ -277,11 +283,22 @@ def analyze(roots: list[str], pricing: Pricing, tokens: TokenLog | None, s: Anal
     stage as it starts (ANALYZE_STAGES, in order), for a progress display."""
     say = step or (lambda _name: None)
     with session(s.memory_limit, s.threads) as con:
-        run = _Run(con, roots, pricing, tokens, s)
-        for name, stage in zip(ANALYZE_STAGES, (_scan_stage, _percentiles_stage, _devices_stage, _models_stage)):
-            say(name)
-            stage(run)
+        run = _Run(con, roots, pricing, tokens, s, _runner(con, s))
+        try:
+            for name, stage in zip(ANALYZE_STAGES, (_scan_stage, _percentiles_stage, _devices_stage, _models_stage)):
+                say(name)
+                stage(run)
+        finally:
+            run.q.close()
         return run.findings()
+
+
+def _runner(con: duckdb.DuckDBPyConnection, s: AnalyzeSettings) -> Runner:
+    if s.engine == "spark":
+        from gpu_audit.analyze.spark import SparkRunner
+
+        return SparkRunner(con, s.spark_master, dict(s.spark_conf))
+    return DuckRunner(con)
 
 
 ANALYZE_STAGES = ("scanning samples per device and hour", "percentiles", "devices and costs",
@@ -297,6 +314,7 @@ class _Run:
     pricing: Pricing
     tokens: TokenLog | None
     s: AnalyzeSettings
+    q: Runner  # where the scan runs (DuckDB here, or Spark)
     w: Window = field(init=False)
     sc: Scan | None = None
     rfiles: list[str] = field(default_factory=list)
@@ -304,6 +322,8 @@ class _Run:
     dev: pd.DataFrame | None = None
     hist: pd.DataFrame | None = None
     rollup_idle: list[float] = field(default_factory=list)
+    rsrc: str | None = None  # the rollups' FROM item (rollups_source), built once
+    rollup_namespaces: bool | None = None  # whether some rollup row names a namespace
     start: float = 0.0
     end: float = 0.0
     prices: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -335,16 +355,20 @@ class _Run:
 def _scan_stage(r: _Run) -> None:
     """Every sample of the window read once into per-(device, hour) sums (and rollup rows)."""
     s = r.s
-    r.rfiles = table_files(r.roots, "rollups", s.since, s.until)
+    r.rfiles = r.q.table_files(r.roots, "rollups", s.since, s.until)
     # Raw rows of a rolled-up day (late rows, an interrupted rollup) are read too; where the rollup
     # has their device and minute they count once (usage.scan).
-    files = table_files(r.roots, "samples", s.since, s.until)
+    files = r.q.table_files(r.roots, "samples", s.since, s.until)
     if not files and not r.rfiles:
         raise EmptyStore(f"no samples in {', '.join(r.roots)}" + (" in the window" if s.since or s.until else ""))
-    r.sc = scan(r.con, files, r.w, r.rfiles)
-    ru = rollup_hours(r.con, r.rfiles, r.w) if r.rfiles else None
+    r.sc = scan(r.q, files, r.w, r.rfiles)
+    r.rsrc = r.q.rollups_source(r.rfiles) if r.rfiles else None  # read the rollups' footers once
+    ru = rollup_hours(r.q, r.rfiles, r.w, r.rsrc) if r.rfiles else None
+    r.rollup_namespaces = bool(ru["ns_n"].sum() > 0) if ru is not None else None
+    if ru is not None:
+        ru = ru.drop(columns=["ns_n"])
     r.rollup_idle = sorted({float(x) for x in ru["roll_idle_below"].dropna()}) if ru is not None else []
-    r.dh = device_hours(r.con, r.sc, ru)
+    r.dh = device_hours(r.q, r.sc, ru)
     if r.dh.empty or not (r.dh["dt_s"].sum() > 0 or r.dh["n"].sum() > r.dh["bad_n"].sum()):
         if r.sc.rejected:
             first = r.sc.rejected[0]
@@ -383,14 +407,16 @@ def _energy_columns(dh: pd.DataFrame, pricing: Pricing) -> None:
 
 def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
-    r.hist, mem = device_distributions(r.con, r.sc.rows, r.w, r.rfiles)
+    r.hist, mem = device_distributions(r.q, r.sc.rows, r.w, r.rfiles, r.rsrc)
     r.start, r.end = window_of(r.dh, r.s)
     dh = r.dh
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.
     devs = dh.groupby(["host", "uuid"], as_index=False).agg(name=("name", "first"))
     # A device without a name (a DCGM series without modelName) is NaN here: no name, not a float.
     r.prices = {(h, u): r.pricing.price(h, n if isinstance(n, str) else None) for h, u, n in devs.itertuples(index=False)}
-    dh["price"] = [r.prices[(h, u)].per_hour if r.prices[(h, u)] else np.nan for h, u in zip(dh["host"], dh["uuid"])]
+    per_dev = devs[["host", "uuid"]].assign(price=[r.prices[(h, u)].per_hour if r.prices[(h, u)] else np.nan
+                                                   for h, u in zip(devs["host"], devs["uuid"])])
+    dh["price"] = dh[["host", "uuid"]].merge(per_dev, on=["host", "uuid"], how="left")["price"].to_numpy(dtype=float)  # a join, not a loop per device-hour
     p = dh["price"].fillna(0.0)
     # Unseen MIG time (blind_dt) is billed as the whole GPU, with no evidence: no waste, idle or unallocated.
     # Stranded MIG slices (no instance could use them: every memory slice taken) are billed and wasted, not idle.
@@ -511,7 +537,8 @@ def _blind_source(r: _Run, host: str, uuid: str) -> str:
     assert r.sc is not None
     if r.sc.rows is None:
         return "the rolled-up source"
-    got = r.con.execute(f"SELECT any_value(source) FROM ({r.sc.rows}) WHERE host = ? AND uuid = ?", [host, uuid]).fetchall()
+    lit = lambda v: "'" + str(v).replace("'", "''") + "'"  # noqa: E731 (a host or uuid as an SQL string)
+    got = r.q.fetch(f"SELECT any_value(source) FROM ({r.sc.rows}) b WHERE host = {lit(host)} AND uuid = {lit(uuid)}")
     src = got[0][0] if got else None
     return {"nvidia-smi": "nvidia-smi CSV", "dcgm": "this DCGM data (no GPU_I series)"}.get(src, src or "its source")
 
@@ -566,19 +593,19 @@ def _models_stage(r: _Run) -> None:
     """Top processes, engine counters, token logs, and the cost per model."""
     assert r.sc is not None and r.dh is not None and r.hist is not None
     con, s, dh, tokens, fleet = r.con, r.s, r.dh, r.tokens, r.fleet
-    ns_costs = namespaces(con, r.sc.rows, r.rfiles, r.w, r.devices)
+    ns_costs = namespaces(r.q, r.sc.rows, r.rfiles, r.w, r.devices, r.rsrc, r.rollup_namespaces)
     from gpu_audit.analyze.workloads import workloads
 
-    by_workload, on_device = workloads(con, table_files(r.roots, "processes", s.since, s.until), s.since, s.until, dh, r.sc.rows)
+    by_workload, on_device = workloads(r.q, r.q.table_files(r.roots, "processes", s.since, s.until), s.since, s.until, dh, r.sc.rows)
     for d in r.devices:
         d["workloads"] = on_device.get((d["host"], d["uuid"]), [])
-    procs = top_processes(con, r.roots, s)
+    procs = top_processes(r.q, r.roots, s)
     for d in r.devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))
     priced = dh["price"].notna()
     sample_hosts = set(dh["host"])
     toks_df = token_hours(con, tokens.table, sample_hosts, r.start, r.end) if tokens is not None and tokens.table.num_rows else None
-    engine_hourly, engine_stats = engine_data(con, r.roots, s)
+    engine_hourly, engine_stats = engine_data(con, r.roots, s, r.q)
     token_source = "token logs" if toks_df is not None else None
     if toks_df is None and not engine_hourly.empty:
         toks_df = flag_rows(engine_hourly, sample_hosts, r.start, r.end)  # no token logs: the engines' counters are the token source

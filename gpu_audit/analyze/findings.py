@@ -57,6 +57,10 @@ class ReportRequest:
     memory_limit: str | None = None
     settings: str | None = None
     tokens_host: str | None = None  # the host of token records that name none
+    engine: str = "duckdb"  # where the scan of the samples runs: duckdb, or spark (docs/scale.md)
+    spark_master: str = "local[*]"
+    spark_conf: list[str] = field(default_factory=list)  # KEY=VALUE
+    baseline: str | None = None  # an earlier report's findings JSON to compare with (docs/findings.md "baseline")
 
 
 def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -74,6 +78,13 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
     settings = load_settings(settings_path)
     idle_below = settings.idle_below if idle_below is None else idle_below
     memory_limit = settings.memory_limit if memory_limit is None else memory_limit
+    if req.engine not in ("duckdb", "spark"):
+        raise GpuAuditError(f"--engine: expected duckdb or spark, got {req.engine!r}")
+    spark_conf = ()
+    if req.engine == "spark":
+        from gpu_audit.analyze.spark import parse_conf
+
+        spark_conf = parse_conf(req.spark_conf)
     if not 0 <= idle_below <= 100:
         raise GpuAuditError(f"--idle-below must be between 0 and 100, got {idle_below}")
     s = parse_time(since, "--since") if since else None
@@ -91,14 +102,17 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
     tokens = load_tokens(token_paths, strict=strict, default_host=req.tokens_host) if token_paths else None
     roots = []
     for store in stores:  # object-store URIs: the window's partitions mirrored into a local cache
-        if "://" in store and not store.startswith("file://"):
+        if req.engine == "spark" and store.startswith(("s3a://", "hdfs://", "gs://", "abfs://", "abfss://", "wasbs://")):
+            roots.append(store)  # Spark reads these itself
+        elif "://" in store and not store.startswith("file://"):
             from gpu_audit.store.remote import mirror
 
             roots.append(mirror(store, ("samples", "processes", "engine", "rollups"), s, u, s3_endpoint))
         else:
             roots.append(store)
     findings = analyze(roots, pricing, tokens, AnalyzeSettings(idle_below=idle_below, since=s, until=u, memory_limit=memory_limit,
-                                                                  params_b=settings.params_b), say)
+                                                                  params_b=settings.params_b, engine=req.engine,
+                                                                  spark_master=req.spark_master, spark_conf=spark_conf), say)
     findings["inputs"]["stores"] = list(stores)
     findings["inputs"]["settings"] = settings.path
     say(stages[-2])

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import duckdb
 import pandas as pd
+
+from gpu_audit.analyze.runner import DuckRunner as Runner  # the interface; Spark's runner has the same methods
 
 from gpu_audit.store.query import (EARLIEST_HOUR, SUM_COLUMNS, Cleaned, dedup, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
                                    rolled_up_sql, rollups_source, samples_source, samples_sql, several_per_partition,
@@ -43,7 +44,7 @@ class Scan:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
-def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window, rollup_files: list[str] | None = None) -> Scan:
+def scan(q: Runner, files: list[str], w: Window, rollup_files: list[str] | None = None) -> Scan:
     """Read the samples once; where the detection flags device-hours, re-read just those, repaired.
     Raw rows of a time that ``rollup_files`` cover (late rows for a rolled-up day, a rollup
     interrupted before its raw files went) are left out where the rollup has that device and minute."""
@@ -51,44 +52,43 @@ def scan(con: duckdb.DuckDBPyConnection, files: list[str], w: Window, rollup_fil
         return Scan(None, pd.DataFrame())
     files, covered_from = split_covered(files, rollup_files or [])
     if covered_from is not None:
-        rolled_up_sql(con, [f for f in rollup_files or [] if partition_key(f) in {partition_key(x) for x in files[covered_from:]}])
-    src = samples_source(con, files, covered_from=covered_from)
-    rows = samples_sql(src, w.since, w.until)
+        q.rolled_up([f for f in rollup_files or [] if partition_key(f) in {partition_key(x) for x in files[covered_from:]}])
+    src = q.samples_source(files, covered_from=covered_from)
+    rows = samples_sql(src, w.since, w.until, d=q.d)
     per_file = several_per_partition(files)  # else no two files can hold the same device-hour
-    dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
+    dh = q.df(hour_sums_sql(rows, float(w.idle_below), per_file))
     early = bool((dh["hour"] < EARLIEST_HOUR).any())  # rows before 2000: read again, rejecting them
     if dh["host"].isna().any() or early:  # a file without a host column: the host comes from its host= folder
-        src = samples_source(con, files, host_from_path=bool(dh["host"].isna().any()), covered_from=covered_from)
-        rows = samples_sql(src, w.since, w.until, early=early)
-        dh = con.execute(hour_sums_sql(rows, float(w.idle_below), per_file)).df()
-    rejected = _rejected(con, src, w, files, early) if dh["bad_n"].sum() > 0 else []
+        src = q.samples_source(files, host_from_path=bool(dh["host"].isna().any()), covered_from=covered_from)
+        rows = samples_sql(src, w.since, w.until, early=early, d=q.d)
+        dh = q.df(hour_sums_sql(rows, float(w.idle_below), per_file))
+    rejected = _rejected(q, src, w, files, early) if dh["bad_n"].sum() > 0 else []
     if not rejected:  # every row in range: the later scans need not check again
-        rows = samples_sql(src, w.since, w.until, check=False)
+        rows = samples_sql(src, w.since, w.until, check=False, d=q.d)
     # rows without ts or uuid, or with a time before 2000, were counted as rejected: their hours are no part of the window
     dh = dh[dh["uuid"].notna() & dh["hour"].notna() & (dh["hour"] >= EARLIEST_HOUR)]
     sus = dh.loc[dh["suspect"].astype(bool), ["host", "uuid", "hour"]]
     flagged = sorted((h, u, int(hr)) for h, u, hr in sus.itertuples(index=False))
-    cleaned: Cleaned = dedup(con, rows, flagged)
+    cleaned: Cleaned = q.dedup(rows, flagged)
     if flagged:
-        fixed = con.execute(hour_sums_sql(f"SELECT * FROM ({cleaned.sql}) SEMI JOIN flagged_hours USING (host, uuid, hour)",
-                                          float(w.idle_below), False, weighted=True)).df()
+        fixed = q.df(hour_sums_sql(q.only_hours(cleaned.sql, "flagged_hours"), float(w.idle_below), False, weighted=True))
         keys = pd.MultiIndex.from_frame(dh[["host", "uuid", "hour"]].astype({"hour": "int64"}))
         dh = pd.concat([dh[~keys.isin(flagged)], fixed], ignore_index=True)
     return Scan(cleaned.sql, dh.drop(columns=["suspect"]), cleaned.devices, rejected)
 
 
-def _rejected(con: duckdb.DuckDBPyConnection, src: str, w: Window, files: list[str], early: bool = False) -> list[dict[str, Any]]:
+def _rejected(q: Runner, src: str, w: Window, files: list[str], early: bool = False) -> list[dict[str, Any]]:
     """Per file, the rows that reach no sum and why (a second scan, run only when there are some)."""
-    from gpu_audit.store.query import BAD, BAD_EARLY, EARLIEST_SQL, StoreFileError
+    from gpu_audit.store.query import EARLIEST_US, StoreFileError, bad_sql
 
-    found = con.execute(f"""
+    found = [(q.file_name(files, i), *rest) for i, *rest in q.fetch(f"""
       SELECT file_index, count(*),
              count(*) FILTER (WHERE ts IS NULL OR uuid IS NULL),
-             count(*) FILTER (WHERE interval_s IS NULL OR NOT isfinite(CAST(interval_s AS DOUBLE)) OR interval_s < 0),
-             count(*) FILTER (WHERE ts < {EARLIEST_SQL})
-      FROM {src} {window_where(w.since, w.until, BAD_EARLY if early else BAD)} GROUP BY file_index ORDER BY file_index
-    """).fetchall()
-    lacking = missing_columns([files[i] for i, *_ in found])
+             count(*) FILTER (WHERE interval_s IS NULL OR interval_s < 0 OR NOT CAST(interval_s AS DOUBLE) BETWEEN -1e308 AND 1e308),
+             count(*) FILTER (WHERE {q.d.epoch_us("ts")} < {EARLIEST_US})
+      FROM {src} {window_where(w.since, w.until, bad_sql(early, q.d), d=q.d)} GROUP BY file_index ORDER BY file_index
+    """)]
+    lacking = missing_columns([f for f, *_ in found])
     if lacking:
         f, cols = next(iter(lacking.items()))
         raise StoreFileError(f"cannot read {f}: a samples file without the column {cols[0]!r}",
@@ -104,22 +104,24 @@ def _rejected(con: duckdb.DuckDBPyConnection, src: str, w: Window, files: list[s
             why.append(f"{early} with a time before 2000-01-01")
         if n - no_key - bad_dt - early > 0:
             why.append(f"{n - no_key - bad_dt - early} with utilization outside 0-100 %")
-        out.append({"file": files[i], "rows": int(n), "why": "; ".join(why)})
+        out.append({"file": i, "rows": int(n), "why": "; ".join(why)})
     return out
 
 
-def namespaces(con: duckdb.DuckDBPyConnection, rows: str | None, rfiles: list[str], w: Window,
-               devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def namespaces(q: Runner, rows: str | None, rfiles: list[str], w: Window,
+               devices: list[dict[str, Any]], rsrc: str | None = None, any_rollup_namespace: bool | None = None) -> list[dict[str, Any]]:
     """Each device's spend, waste and idle cost split among the Kubernetes namespaces its samples name
     (DCGM imports label each sample with the pod then on the GPU): spend and GPU-hours by the
     namespace's share of the device's dt, waste by its share of dt x (1 - u/100) over samples with
     evidence, idle by its share of idle time (each falls back to the dt share where the device's
     weight is 0). Samples without a namespace form the ``null`` namespace, so the namespaces add up to
     the priced devices' totals. Empty (and no second scan) when no sample names a namespace."""
-    rsrc = rollups_source(con, rfiles) if rfiles else None
+    rsrc = rsrc or (q.rollups_source(rfiles) if rfiles else None)
+    # (``any_rollup_namespace``: the rollup scan already counted them; no probe over the rollups)
     probes = ([f"SELECT 1 FROM ({rows}) WHERE k8s_namespace IS NOT NULL"] if rows else []) + \
-             ([f"SELECT 1 FROM {rsrc} WHERE k8s_namespace IS NOT NULL"] if rsrc else [])
-    if not probes or not con.execute(f"SELECT EXISTS ({' UNION ALL '.join(probes)})").fetchall()[0][0]:  # all rows fetched: nothing left open
+             ([f"SELECT 1 FROM {rsrc} WHERE k8s_namespace IS NOT NULL"] if rsrc and any_rollup_namespace is None else
+              ["SELECT 1"] if any_rollup_namespace else [])
+    if not probes or not q.fetch(f"SELECT count(*) FROM ({' UNION ALL '.join(probes)} LIMIT 1) p")[0][0]:  # all rows fetched: nothing left open
         return []
     parts = []
     if rows:
@@ -130,9 +132,9 @@ def namespaces(con: duckdb.DuckDBPyConnection, rows: str | None, rfiles: list[st
     if rsrc:
         parts.append(f"""SELECT host, uuid, k8s_namespace AS ns, sum(dt_s) AS dt, sum(ev_dt_s - u_dt / 100) AS waste_w,
                  sum(idle_dt_s) AS idle_dt
-          FROM {rsrc} {window_where(w.since, w.until)} GROUP BY ALL""")
-    df = con.execute(f"SELECT host, uuid, ns, sum(dt) AS dt, sum(waste_w) AS waste_w, sum(idle_dt) AS idle_dt "
-                     f"FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL").df()
+          FROM {rsrc} {window_where(w.since, w.until, d=q.d)} GROUP BY ALL""")
+    df = q.df(f"SELECT host, uuid, ns, sum(dt) AS dt, sum(waste_w) AS waste_w, sum(idle_dt) AS idle_dt "
+              f"FROM ({' UNION ALL '.join(parts)}) p GROUP BY ALL")
     by_dev = {(d["host"], d["uuid"]): d for d in devices}
     tot = {k: (float(r["dt"]), float(r["waste_w"]), float(r["idle_dt"]))
            for k, r in df.groupby(["host", "uuid"])[["dt", "waste_w", "idle_dt"]].sum().iterrows()}
@@ -153,10 +155,11 @@ def namespaces(con: duckdb.DuckDBPyConnection, rows: str | None, rfiles: list[st
     return sorted(out.values(), key=lambda e: -e["spend_usd"])
 
 
-def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) -> pd.DataFrame:
+def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None) -> pd.DataFrame:
     """The same per-(device, hour) sums as the sample scan, from rollup rows."""
-    return con.execute(f"""
-    SELECT host, uuid, epoch_us(ts) // 3600000000 AS hour,
+    d = q.d
+    return q.df(f"""
+    SELECT host, uuid, {d.hour("ts")} AS hour,
            any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
            bool_or(mig_mode) AS mig_mode,
            max(CASE WHEN parent_uuid IS NOT NULL
@@ -166,15 +169,16 @@ def rollup_hours(con: duckdb.DuckDBPyConnection, files: list[str], w: Window) ->
            sum(sm_dt_s) AS sm_dt, sum(sm_u_dt) AS smu_dt, sum(error_dt_s) AS error_dt,
            sum(util_gpu_dt_s) AS m_util_dt, sum(gr_engine_dt_s) AS m_gr_dt, sum(sm_active_dt_s) AS m_sm_dt,
            max(mem_max_bytes) AS mem_max, max(mem_total_bytes) AS mem_total,
-           min(epoch_us(first_ts)) AS first_us, max(epoch_us(end_ts)) AS last_us, sum(free_dt_s) AS roll_free_dt,
+           min({d.epoch_us("first_ts")}) AS first_us, max({d.epoch_us("end_ts")}) AS last_us, sum(free_dt_s) AS roll_free_dt,
            coalesce(sum(stranded_dt_s), 0) AS roll_stranded_dt,
            coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below,
-           sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, 0.0 AS hot_dt, 0.0 AS hot_udt, CAST(coalesce(sum(CASE WHEN energy_counter_dt_s >= dt_s AND dt_s > 0 THEN n END), 0) AS DOUBLE) AS counter_n
-    FROM {rollups_source(con, files)} {window_where(w.since, w.until)} GROUP BY host, uuid, epoch_us(ts) // 3600000000
-    """).df()
+           sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, 0.0 AS hot_dt, 0.0 AS hot_udt, CAST(coalesce(sum(CASE WHEN energy_counter_dt_s >= dt_s AND dt_s > 0 THEN n END), 0) AS DOUBLE) AS counter_n,
+           count(k8s_namespace) AS ns_n
+    FROM {rsrc or q.rollups_source(files)} {window_where(w.since, w.until, d=d)} GROUP BY host, uuid, {d.hour("ts")}
+    """)
 
 
-def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame | None = None) -> pd.DataFrame:
+def device_hours(q: Runner, sc: Scan, rollups: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs: the scan's
     sums, rollup rows, and the unallocated (``free_dt``) and unseen (``blind_dt``) time of GPUs in MIG
     mode from a small query over MIG rows only."""
@@ -211,9 +215,8 @@ def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame
     dh["idle_share_dt"] = sh * dh["idle_dt"]
     dh["sm_share_dt"] = sh * dh["sm_dt"]
     dh["sm_waste_share_dt"] = sh * (dh["sm_dt"] - dh["smu_dt"] / 100)
-    free = con.execute(f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt, sum(stranded_dt) AS stranded_dt "
-                       f"FROM ({mig_free_sql(sc.rows)}) "
-                       "GROUP BY ALL").df() if sc.rows else pd.DataFrame()
+    free = q.df(f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt, sum(stranded_dt) AS stranded_dt "
+                f"FROM ({mig_free_sql(sc.rows)}) m GROUP BY ALL") if sc.rows and _any_mig(sc.dh, rollups) else pd.DataFrame()
     dh = dh.merge(free, on=["host", "uuid", "hour"], how="left") if not free.empty else dh.assign(free_dt=0.0, blind_dt=0.0, stranded_dt=0.0)
     dh["free_dt"] = dh["free_dt"].astype(float).fillna(0.0) + dh["roll_free_dt"].astype(float).fillna(0.0)
     dh["stranded_dt"] = dh["stranded_dt"].astype(float).fillna(0.0) + dh["roll_stranded_dt"].astype(float).fillna(0.0)
@@ -221,8 +224,8 @@ def device_hours(con: duckdb.DuckDBPyConnection, sc: Scan, rollups: pd.DataFrame
     return dh
 
 
-def device_distributions(con: duckdb.DuckDBPyConnection, rows: str | None, w: Window,
-                         rollup_files: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def device_distributions(q: Runner, rows: str | None, w: Window,
+                         rollup_files: list[str] | None = None, rsrc: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per device, in one scan: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of
     the device's total), from which the 95th percentiles are read. Rolled-up minutes count as their
     mean utilization and peak memory."""
@@ -232,17 +235,22 @@ def device_distributions(con: duckdb.DuckDBPyConnection, rows: str | None, w: Wi
     if rollup_files:
         parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
                          mem_total_bytes, dt_s AS dt
-                         FROM {rollups_source(con, rollup_files)} {window_where(w.since, w.until)}""")
-    h = con.execute(f"""
-        SELECT host, uuid, CAST(round(u) AS INTEGER) AS ubin,
-               CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin,
-               sum(dt) AS w, grouping(ubin) AS is_mem
-        FROM ({" UNION ALL ".join(parts)})
+                         FROM {rsrc or q.rollups_source(rollup_files)} {window_where(w.since, w.until, d=q.d)}""")
+    h = q.df(f"""
+        SELECT host, uuid, ubin, mbin, sum(dt) AS w, grouping(ubin) AS is_mem
+        FROM (SELECT host, uuid, dt, CAST(round(u) AS INTEGER) AS ubin,
+                     CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin
+              FROM ({" UNION ALL ".join(parts)}) p) b
         GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
-    """).df()
+    """)
     util = h[(h["is_mem"] == 0) & h["ubin"].notna()].rename(columns={"ubin": "bin"})[["host", "uuid", "bin", "w"]]
     mem = h[(h["is_mem"] == 1) & h["mbin"].notna()].rename(columns={"mbin": "bin"})[["host", "uuid", "bin", "w"]]
     return util, weighted_p95(mem).rename(columns={"p95_util_pct": "mem_p95_permille"})
+
+
+def _any_mig(dh: pd.DataFrame, rollups: pd.DataFrame | None) -> bool:
+    """Whether the scan saw a MIG instance or a GPU in MIG mode (else no MIG query runs)."""
+    return bool(dh["parent_uuid"].notna().any() or dh["mig_mode"].fillna(False).astype(bool).any())
 
 
 def weighted_p95(hist: pd.DataFrame) -> pd.DataFrame:

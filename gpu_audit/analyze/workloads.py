@@ -18,31 +18,37 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 
-from gpu_audit.store.query import read_sql, window_where
+from gpu_audit.analyze.runner import DuckRunner as Runner  # the interface; Spark's runner has the same methods
+from gpu_audit.store.dialect import Dialect
+from gpu_audit.store.query import window_where
+
+def _q(name: str, d: Dialect) -> str:
+    """A column name quoted for the dialect (``user`` is a word in both)."""
+    return f'"{name}"' if d.name == "duckdb" else f"`{name}`"
+
 
 KIND_SQL = """CASE WHEN slurm_job_id IS NOT NULL THEN 'slurm_job' WHEN k8s_pod_uid IS NOT NULL THEN 'pod'
                    WHEN container_id IS NOT NULL THEN 'container' ELSE 'process' END"""
 ID_SQL = """coalesce(slurm_job_id, CASE WHEN k8s_pod IS NOT NULL THEN coalesce(k8s_namespace, '?') || '/' || k8s_pod END, k8s_pod_uid,
-                     container_id, host || ':' || coalesce(user || ':', '') || coalesce(name, 'pid ' || CAST(pid AS VARCHAR)))"""
+                     container_id, host || ':' || coalesce({user} || ':', '') || coalesce(name, 'pid ' || CAST(pid AS {string})))"""
 OPTIONAL = ("container_id", "k8s_pod_uid", "slurm_job_id", "user", "k8s_namespace", "k8s_pod")
 
 
-def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, until: Any,
+def workloads(q: Runner, files: list[str], since: Any, until: Any,
               dh: pd.DataFrame, rows: str | None = None) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
     """Per workload: its GPUs, GPU-hours, spend, waste, idle cost and hours, mean utilization of its GPUs
     while present, peak memory; plus one "no workload" entry (empty without a processes table). And
     per device, the workloads seen on it."""
-    pods = _dcgm_pods(con, rows)
+    pods = _dcgm_pods(q, rows)
     if not files and pods.empty:
         return [], {}
     if not files:
         w = pods
     else:
-        w = _process_rows(con, files, since, until)
+        w = _process_rows(q, files, since, until)
         if not pods.empty:  # DCGM pod labels speak for the device-hours without process rows
             seen = w[["host", "uuid", "hour"]].drop_duplicates().assign(_p=True)
             extra = pods.merge(seen, on=["host", "uuid", "hour"], how="left")
@@ -50,33 +56,37 @@ def workloads(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, unti
     return _split(w, dh)
 
 
-def _dcgm_pods(con: duckdb.DuckDBPyConnection, rows: str | None) -> pd.DataFrame:
+def _dcgm_pods(q: Runner, rows: str | None) -> pd.DataFrame:
     """Device-hours whose samples carry Kubernetes pod labels (dcgm-exporter), as workload rows weighted
     by the time each pod was on the device (the same identity, ``namespace/pod``, as the collector's)."""
     if rows is None:
         return pd.DataFrame()
-    return con.execute(f"""
+    d = q.d
+    return q.df(f"""
         SELECT host, uuid, hour, 'pod' AS kind, coalesce(k8s_namespace, '?') || '/' || k8s_pod AS id, k8s_pod AS name,
-               CAST(NULL AS VARCHAR) AS "user", any_value(k8s_namespace) AS namespace, sum(dt) AS sm, CAST(NULL AS DOUBLE) AS mem,
-               max(mem_used_bytes) AS peak
-        FROM ({rows}) WHERE k8s_pod IS NOT NULL GROUP BY ALL
-    """).df() if _has_pods(con, rows) else pd.DataFrame()
+               CAST(NULL AS {d.type("VARCHAR")}) AS {_q("user", d)}, any_value(k8s_namespace) AS namespace, sum(dt) AS sm,
+               CAST(NULL AS DOUBLE) AS mem, max(mem_used_bytes) AS peak
+        FROM ({rows}) b WHERE k8s_pod IS NOT NULL GROUP BY ALL
+    """) if _has_pods(q, rows) else pd.DataFrame()
 
 
-def _has_pods(con: duckdb.DuckDBPyConnection, rows: str) -> bool:
-    return bool(con.execute(f"SELECT EXISTS (SELECT 1 FROM ({rows}) WHERE k8s_pod IS NOT NULL)").fetchall()[0][0])
+def _has_pods(q: Runner, rows: str) -> bool:
+    return bool(q.fetch(f"SELECT count(*) FROM (SELECT 1 FROM ({rows}) b WHERE k8s_pod IS NOT NULL LIMIT 1) p")[0][0])
 
 
-def _process_rows(con: duckdb.DuckDBPyConnection, files: list[str], since: Any, until: Any) -> pd.DataFrame:
-    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {read_sql(files)}").fetchall()}
-    cols = ", ".join(f'"{c}"' if c in have else f'CAST(NULL AS VARCHAR) AS "{c}"' for c in OPTIONAL)
-    src = f"(SELECT ts, host, uuid, pid, name, used_mem_bytes, sm_util_pct, {cols} FROM {read_sql(files)})"
-    return con.execute(f"""
-        SELECT host, uuid, epoch_us(ts) // 3600000000 AS hour, {KIND_SQL} AS kind, {ID_SQL} AS id, any_value(name) AS name,
-               any_value("user") AS "user", any_value(k8s_namespace) AS namespace,
+def _process_rows(q: Runner, files: list[str], since: Any, until: Any) -> pd.DataFrame:
+    """Per (device, hour, workload): its name, user and namespace, mean SM share and memory, peak memory."""
+    d = q.d
+    have = q.columns(files)
+    string = d.type("VARCHAR")
+    cols = ", ".join(_q(c, d) if c in have else f'CAST(NULL AS {string}) AS {_q(c, d)}' for c in OPTIONAL)
+    src = f"(SELECT ts, host, uuid, pid, name, used_mem_bytes, sm_util_pct, {cols} FROM {q.table(files)} p)"
+    return q.df(f"""
+        SELECT host, uuid, {d.hour("ts")} AS hour, {KIND_SQL} AS kind, {ID_SQL.format(user=_q("user", d), string=string)} AS id,
+               any_value(name) AS name, any_value({_q("user", d)}) AS {_q("user", d)}, any_value(k8s_namespace) AS namespace,
                avg(sm_util_pct) AS sm, avg(used_mem_bytes) AS mem, max(used_mem_bytes) AS peak
-        FROM {src} {window_where(since, until)} GROUP BY ALL
-    """).df()
+        FROM {src} s {window_where(since, until, d=d)} GROUP BY ALL
+    """)
 
 
 def _split(w: pd.DataFrame, dh: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:

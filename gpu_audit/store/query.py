@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 
 from gpu_audit.errors import GpuAuditError
+from gpu_audit.store.dialect import DUCK, Dialect
 
 DUCK_TYPES = {"timestamp[us, tz=UTC]": "TIMESTAMPTZ", "string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT",
               "float": "FLOAT", "double": "DOUBLE", "bool": "BOOLEAN"}
@@ -42,13 +43,13 @@ def read_sql(files: list[str]) -> str:
     return f"read_parquet({sql_list(files)}, union_by_name = true, hive_partitioning = false)"
 
 
-def window_where(since: datetime | None, until: datetime | None, *extra: str) -> str:
+def window_where(since: datetime | None, until: datetime | None, *extra: str, d: Dialect = DUCK) -> str:
     """The WHERE clause selecting ts in [since, until), with any extra conditions."""
     where = list(extra)
     if since:
-        where.append(f"ts >= TIMESTAMPTZ '{since.isoformat()}'")
+        where.append(f"ts >= {d.ts(since.isoformat())}")
     if until:
-        where.append(f"ts < TIMESTAMPTZ '{until.isoformat()}'")
+        where.append(f"ts < {d.ts(until.isoformat())}")
     return ("WHERE " + " AND ".join(where)) if where else ""
 
 
@@ -173,16 +174,22 @@ def missing_columns(files: list[str]) -> dict[str, list[str]]:
 _UTIL = ("util_gpu_pct", "gr_engine_active_pct", "sm_active_pct")
 # NaN compares above every number in DuckDB, so BETWEEN rejects NaN and infinities as well as values out of range.
 EARLIEST_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"  # older times are not real samples (sources.sink.EARLIEST)
+EARLIEST_US = 946684800 * 10**6
 BAD = ("(ts IS NULL OR uuid IS NULL OR NOT coalesce(interval_s BETWEEN 0 AND 1e12, false) OR "
        + " OR ".join(f"NOT coalesce({c} BETWEEN 0 AND 100, true)" for c in _UTIL) + ")")
 # Rows before 2000 are rare (written before the importers refused them): the scan finds their hours
 # (hour < EARLIEST_HOUR) without a per-row test, and only then reads again with this one.
 BAD_EARLY = f"({BAD[1:-1]} OR ts < {EARLIEST_SQL})"
+
+
+def bad_sql(early: bool, d: Dialect = DUCK) -> str:
+    """The test of a rejected row (``BAD``; with ``early``, also a time before 2000-01-01)."""
+    return f"({BAD[1:-1]} OR {d.epoch_us('ts')} < {EARLIEST_US})" if early else BAD
 EARLIEST_HOUR = 946684800 // 3600  # 2000-01-01 as a clock hour
 
 
 def samples_sql(src: str, since: datetime | None = None, until: datetime | None = None, check: bool = True,
-                early: bool = False) -> str:
+                early: bool = False, d: Dialect = DUCK) -> str:
     """Per-sample rows with the columns every sum needs.
 
     share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30); 0 for
@@ -194,8 +201,8 @@ def samples_sql(src: str, since: datetime | None = None, until: datetime | None 
     also rejects rows before 2000-01-01."""
     return f"""
       SELECT host, uuid, parent_uuid, name, mig_profile, coalesce(mig_mode, false) AS mig_mode, source, file_index,
-             epoch_us(ts) AS ts_us, epoch_us(ts) // 3600000000 AS hour, bad,
-             CASE WHEN bad THEN 0.0 ELSE CAST(interval_s AS DOUBLE) END AS dt, 1.0 AS w,
+             {d.epoch_us("ts")} AS ts_us, {d.hour("ts")} AS hour, bad,
+             CASE WHEN bad THEN 0.0 ELSE CAST(interval_s AS DOUBLE) END AS dt, 1e0 AS w,
              CASE WHEN NOT bad THEN CAST(coalesce(util_gpu_pct, gr_engine_active_pct, sm_active_pct) AS DOUBLE) END AS u,
              CASE WHEN bad THEN NULL WHEN util_gpu_pct IS NOT NULL THEN 1 WHEN gr_engine_active_pct IS NOT NULL THEN 2
                   WHEN sm_active_pct IS NOT NULL THEN 3 END AS metric,
@@ -207,9 +214,9 @@ def samples_sql(src: str, since: datetime | None = None, until: datetime | None 
              coalesce(CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END,
                       CAST(power_w AS DOUBLE) * CASE WHEN bad THEN 0.0 ELSE CAST(interval_s AS DOUBLE) END) AS e_j,
              CASE WHEN parent_uuid IS NOT NULL OR mig_mode THEN
-                  (CASE WHEN name ILIKE '%A30%' THEN 4.0 ELSE 7.0 END) END AS total_slices,
+                  (CASE WHEN name ILIKE '%A30%' THEN 4e0 ELSE 7e0 END) END AS total_slices,
              CASE WHEN parent_uuid IS NOT NULL THEN TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) END AS slices
-      FROM (SELECT *, {(BAD_EARLY if early else BAD) if check else "false"} AS bad FROM {src} {window_where(since, until)})
+      FROM (SELECT *, {bad_sql(early, d) if check else "false"} AS bad FROM {src} {window_where(since, until, d=d)})
     """
 
 
@@ -369,7 +376,7 @@ def mig_free_sql(rows: str) -> str:
                      -- memory eighths each instance holds: its profile's GB over an eighth of the GPU's memory
                      sum(round(TRY_CAST(regexp_extract(mig_profile, 'g[.]([0-9]+)gb', 1) AS DOUBLE)
                                / nullif(max_mem_gib / 8, 0)) * w) AS used_mem
-              FROM m LEFT JOIN (SELECT host AS h2, uuid AS p2, max(mem_total_bytes) / 2^30 AS max_mem_gib FROM m
+              FROM m LEFT JOIN (SELECT host AS h2, uuid AS p2, max(mem_total_bytes) / 1073741824.0 AS max_mem_gib FROM m
                                 WHERE mig_mode AND parent_uuid IS NULL GROUP BY ALL) t ON t.h2 = m.host AND t.p2 = m.parent_uuid
               WHERE parent_uuid IS NOT NULL GROUP BY ALL),
     f AS (
@@ -379,7 +386,7 @@ def mig_free_sql(rows: str) -> str:
            CASE WHEN {MIG_VISIBLE} THEN 0.0 ELSE greatest(0.0, 1.0 - coalesce(a.used, 0) / p.total_slices) * p.dt END AS blind_dt
     FROM m p LEFT JOIN alloc a ON a.host = p.host AND a.parent_uuid = p.uuid AND a.ts_us = p.ts_us
     WHERE p.mig_mode AND p.parent_uuid IS NULL)
-    SELECT * EXCLUDE (open_dt, mem_full), CASE WHEN mem_full THEN 0.0 ELSE open_dt END AS free_dt,
+    SELECT f.*, CASE WHEN mem_full THEN 0.0 ELSE open_dt END AS free_dt,
            CASE WHEN mem_full THEN open_dt ELSE 0.0 END AS stranded_dt
     FROM f
     """

@@ -1,0 +1,72 @@
+"""Where the scan of the samples runs: DuckDB in this process (the default), or Spark
+(``report --engine spark``, ``gpu_audit.analyze.spark``).
+
+Both run the same SQL text, written once by ``gpu_audit.store.query`` in the runner's dialect
+(``gpu_audit.store.dialect``); what differs is how a store's files become a FROM item, how a small
+table is registered, and how the rows of the device-hours flagged as duplicated are repaired. A
+runner's results come back as pandas frames through DuckDB's conversion, so that both engines hand
+the analysis the same types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from gpu_audit.analyze import reader
+from gpu_audit.store import query
+from gpu_audit.store.dialect import DUCK, Dialect
+
+
+class DuckRunner:
+    """The scan in this process's DuckDB connection."""
+
+    d: Dialect = DUCK
+    name = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def df(self, sql: str) -> pd.DataFrame:
+        return self.con.execute(sql).df()
+
+    def fetch(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql).fetchall()
+
+    def samples_source(self, files: list[str], host_from_path: bool = False, covered_from: int | None = None) -> str:
+        return query.samples_source(self.con, files, host_from_path, covered_from)
+
+    def rolled_up(self, rollup_files: list[str]) -> None:
+        query.rolled_up_sql(self.con, rollup_files)
+
+    def rollups_source(self, files: list[str]) -> str:
+        return query.rollups_source(self.con, files)
+
+    def table_files(self, roots: list[str], table: str, since: Any = None, until: Any = None) -> list[str]:
+        return reader.table_files(roots, table, since, until)
+
+    def local_table(self, files: list[str]) -> str:
+        """A small table (engine counters) as a FROM item of the local DuckDB."""
+        return query.read_sql(files)
+
+    def table(self, files: list[str]) -> str:
+        """A plain table's files (processes) as a FROM item."""
+        return query.read_sql(files)
+
+    def columns(self, files: list[str]) -> set[str]:
+        return {r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {query.read_sql(files)}").fetchall()}
+
+    def dedup(self, rows: str, flagged: list[tuple[str, str, int]]) -> query.Cleaned:
+        return query.dedup(self.con, rows, flagged)
+
+    def only_hours(self, rows: str, table: str) -> str:
+        """The rows of the device-hours in ``table`` (host, uuid, hour)."""
+        return f"SELECT * FROM ({rows}) SEMI JOIN {table} USING (host, uuid, hour)"
+
+    def file_name(self, files: list[str], key: Any) -> str:
+        return files[int(key)]
+
+    def close(self) -> None:
+        pass

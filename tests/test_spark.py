@@ -1,0 +1,149 @@
+"""``report --engine spark`` (issue 22, docs/scale.md): every figure equals the DuckDB engine's.
+
+Each store is reported by both engines, Spark on ``local[2]``; every number of the findings must
+agree to a relative difference below 1e-9. The stores hold what the scan must get right: a
+hand-computed fleet (one H100 at $3.00/h: 1 GPU-hour, $3.00, waste $1.50, idle $1.00), MIG
+instances and their parent, a file imported twice and an overlapping series, a rolled-up day with
+late raw rows, Kubernetes namespaces and pods, and processes. Skipped where pyspark or Java is
+missing (CI installs both: .ci/run).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import ASSETS, ROOT
+from storefix import series, write_samples
+from gpu_audit.analyze.findings import ReportRequest, build
+from gpu_audit.store.rollup import rollup
+from gpu_audit.store.writer import StoreWriter
+
+PRICING = str(ASSETS / "pricing.toml")
+H100 = "NVIDIA H100 80GB HBM3"
+A100 = "NVIDIA A100-SXM4-80GB"
+AFTER = datetime(2026, 11, 30, tzinfo=timezone.utc)
+
+needs_spark = pytest.mark.skipif(
+    shutil.which("java") is None and not os.environ.get("JAVA_HOME") or __import__("importlib").util.find_spec("pyspark") is None,
+    reason="needs pyspark and Java 17 (pip install 'gpu-audit[spark]'; apt install openjdk-17-jre-headless)")
+
+
+def both(*stores: str) -> tuple[dict, dict]:
+    duck = build(ReportRequest(list(stores), PRICING))
+    spark = build(ReportRequest(list(stores), PRICING, engine="spark", spark_master="local[2]"))
+    return duck, spark
+
+
+def same(a, b, path: str = "") -> list[str]:
+    """Where two findings differ (numbers: relative difference of 1e-9 or more)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k not in ("generated_at",):
+                out += same(a.get(k), b.get(k), f"{path}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items vs {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in same(x, y, f"{path}[{i}]")]
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        if math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9):
+            return []
+        return [f"{path}: {a} vs {b}"]
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def hand_fleet(root: Path) -> None:
+    write_samples(str(root), series("n1", "GPU-a", H100, 0, 600, [0, 0, 50, 50, 100, 100]))
+
+
+@needs_spark
+def test_hand_computed_fleet_is_the_same_on_both_engines(tmp_path):
+    hand_fleet(tmp_path / "s")
+    duck, spark = both(str(tmp_path / "s"))
+    assert same(duck, spark) == []
+    fl = spark["fleet"]
+    assert (fl["gpu_hours"], fl["spend_usd"], fl["waste_usd"], fl["idle_usd"]) == pytest.approx((1.0, 3.0, 1.5, 1.0))
+
+
+@needs_spark
+def test_mig_duplicates_overlap_namespaces_and_processes_on_both_engines(tmp_path):
+    store = tmp_path / "s"
+    rows = series("h", "GPU-p", A100, 0, 600, [None] * 6, mig_mode=True)
+    rows += series("h", "MIG-3", A100, 0, 600, [None] * 6, parent_uuid="GPU-p", mig_profile="3g.40gb", sm_active_pct=40.0)
+    rows += series("h", "MIG-2", A100, 0, 600, [None] * 6, parent_uuid="GPU-p", mig_profile="2g.20gb")
+    rows += series("n1", "GPU-a", H100, 0, 60, [50.0] * 60, k8s_namespace="team-a", k8s_pod="infer-0")
+    write_samples(str(store), rows)
+    write_samples(str(store), series("n1", "GPU-a", H100, 0, 60, [50.0] * 60, k8s_namespace="team-a", k8s_pod="infer-0"))  # imported twice
+    write_samples(str(store), series("n1", "GPU-b", H100, 0, 60, [20.0] * 60))
+    write_samples(str(store), series("n1", "GPU-b", H100, 30, 60, [80.0] * 60))  # an overlapping series, 30 s off
+    w = StoreWriter(str(store), "n1")
+    for k in range(6):
+        w.add("processes", {"ts": series("n1", "GPU-b", H100, k * 600, 1, [0])[0]["ts"], "host": "n1", "uuid": "GPU-b", "pid": 42,
+                            "name": "python", "used_mem_bytes": 10 * 2**30, "sm_util_pct": 30.0, "user": "alice"})
+    w.flush()
+    duck, spark = both(str(store))
+    assert same(duck, spark) == []
+    assert spark["data_quality"]["duplicate_or_overlapping_samples"]  # the repair ran, on the rows Spark handed back
+    assert "team-a" in [n["namespace"] for n in spark["namespaces"]]
+    assert any(w["kind"] == "process" for w in spark["workloads"])
+    p = next(d for d in spark["devices"] if d["uuid"] == "GPU-p")
+    assert p["unallocated_usd"] == pytest.approx(2)  # hand: 2 free slices of 7 of a $7/h A100 for an hour
+
+
+@needs_spark
+def test_rollups_and_late_rows_on_both_engines(tmp_path):
+    store = tmp_path / "s"
+    write_samples(str(store), series("n1", "GPU-a", H100, 0, 60, [50.0] * 120))
+    rollup(str(store), 86400, now=AFTER)
+    write_samples(str(store), series("n1", "GPU-a", H100, 7200, 60, [50.0] * 60))  # late rows for the rolled-up day
+    duck, spark = both(str(store))
+    assert same(duck, spark) == []
+    assert spark["fleet"]["gpu_hours"] == pytest.approx(3.0) and spark["fleet"]["spend_usd"] == pytest.approx(9.0)
+
+
+@needs_spark
+def test_the_cli_takes_spark_master_and_conf(tmp_path):
+    hand_fleet(tmp_path / "s")
+    r = subprocess.run([sys.executable, "-m", "gpu_audit", "report", str(tmp_path / "s"), "--pricing", PRICING, "--engine", "spark",
+                        "--spark-master", "local[1]", "--spark-conf", "spark.sql.shuffle.partitions=2", "--json", str(tmp_path / "f.json")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert '"spend_usd": 3.0' in (tmp_path / "f.json").read_text()
+
+
+def test_without_pyspark_the_engine_says_how_to_install_it(tmp_path):
+    hand_fleet(tmp_path / "s")
+    fake = tmp_path / "nopyspark"
+    (fake / "pyspark").mkdir(parents=True)
+    (fake / "pyspark" / "__init__.py").write_text("raise ImportError('no pyspark here')\n")
+    env = {**os.environ, "PYTHONPATH": f"{fake}{os.pathsep}{ROOT}"}
+    r = subprocess.run([sys.executable, "-m", "gpu_audit", "report", str(tmp_path / "s"), "--engine", "spark"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "pip install 'gpu-audit[spark]'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("pyspark") is None, reason="needs pyspark")
+def test_without_java_the_engine_says_so_in_one_line(tmp_path):
+    hand_fleet(tmp_path / "s")
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(Path(sys.executable).parent)  # python, and no java
+    r = subprocess.run([sys.executable, "-m", "gpu_audit", "report", str(tmp_path / "s"), "--engine", "spark"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "Java 17" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bad_engine_or_spark_conf_is_one_line(tmp_path, run_cli):
+    hand_fleet(tmp_path / "s")
+    code, _, err = run_cli("report", str(tmp_path / "s"), "--engine", "presto")
+    assert code == 2 and "--engine: expected duckdb or spark" in err
