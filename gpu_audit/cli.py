@@ -8,6 +8,7 @@ commands that need them, so that ``collect`` starts fast on GPU hosts.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import List, Optional
@@ -171,12 +172,12 @@ def _console(stderr: bool = False):  # imported lazily: rich costs import time
     return c
 
 
-def check_threshold(value: float | None, flag: str) -> None:
-    """A money threshold: finite and >= 0 (NaN compares false with everything: it would never fire)."""
+def check_threshold(value: float | None, flag: str, unit: str = "USD") -> None:
+    """A threshold: finite and >= 0 (NaN compares false with everything: it would never fire)."""
     import math
 
     if value is not None and not (math.isfinite(value) and value >= 0):
-        raise GpuAuditError(f"{flag} must be a number of USD >= 0, got {value}")
+        raise GpuAuditError(f"{flag} must be a number of {unit} >= 0, got {value}")
 
 
 def _e(value: object) -> str:
@@ -333,18 +334,22 @@ def report(
     engine: str = typer.Option("duckdb", "--engine", help="Where the scan of the samples runs: duckdb (here) or spark (docs/scale.md)."),
     spark_master: str = typer.Option("local[*]", "--spark-master", help="Spark master URL for --engine spark (local[*], spark://host:7077, yarn, k8s://...)."),
     spark_conf: Optional[List[str]] = typer.Option(None, "--spark-conf", help="A Spark setting KEY=VALUE for --engine spark. Repeatable."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="An earlier report's findings JSON (or a folder of kept ones: the newest before this window) to compare with."),
+    history: Optional[str] = typer.Option(None, "--history", help="A folder of kept findings: daily spend, waste and realised savings over time (default: a --baseline folder)."),
+    fail_on_regression: Optional[float] = typer.Option(None, "--fail-on-regression", help="Exit 1 when waste per 730 h rose by more than this % against the baseline."),
 ) -> int:
     """Spend, waste, idle cost, cost per 1M tokens and recommendations from stores, pricing and token logs."""
     from gpu_audit.analyze.findings import ReportRequest, build, write_json
     from gpu_audit.report.terminal import render
 
     check_threshold(fail_on, "--fail-on")
+    check_threshold(fail_on_regression, "--fail-on-regression", "percent")
     from gpu_audit.report.terminal import GROUP_BY
 
     if group_by is not None and group_by not in GROUP_BY:
         raise GpuAuditError(f"--group-by: expected one of {', '.join(GROUP_BY)}, got {group_by!r}")
     req = ReportRequest(stores, pricing, tokens or [], since, until, idle_below, strict, s3_endpoint, memory_limit, settings, tokens_host,
-                        engine, spark_master, list(spark_conf or []))
+                        engine, spark_master, list(spark_conf or []), baseline, history, json_out)
     with _stage_progress() as step:
         findings = build(req, step)
     if json_out:
@@ -359,10 +364,19 @@ def report(
     if html or pdf:
         _write_report_files(findings, html, pdf, browser)
     savings = findings["fleet"]["potential_monthly_savings_usd"]
+    code = 0
     if fail_on is not None and savings > fail_on:
         _console(stderr=True).print(f"potential monthly savings ${savings:,.2f} exceed --fail-on ${fail_on:,.2f}")
-        return 1
-    return 0
+        code = 1
+    if fail_on_regression is not None:
+        from gpu_audit.analyze.baseline import regression
+
+        if findings.get("baseline") is None:
+            _console(stderr=True).print("--fail-on-regression: no baseline to compare with (give --baseline)")
+        elif (why := regression(findings, fail_on_regression)) is not None:
+            _console(stderr=True).print(why, soft_wrap=True)
+            code = 1
+    return code
 
 
 @app.command()
@@ -594,19 +608,25 @@ def demo(
     hours: float = typer.Option(24.0, help="Simulated hours per host."),
     start: Optional[str] = typer.Option(None, help="Start of the simulated fleet (ISO 8601 or epoch seconds; default: "
                                                    "$GPU_AUDIT_DEMO_START, else ending now). The same start gives the same fleet."),
+    days: int = typer.Option(2, "--days", help="Simulated days: 2 runs a second day after the first day's cash cards are carried out, "
+                                               "and compares it with the first (realised savings)."),
 ) -> None:
     """Run the whole pipeline on a simulated fleet (no GPU needed): collect, token logs, report."""
     from gpu_audit.demo import run_demo
     from gpu_audit.report.terminal import render
 
     err = _console(stderr=True)
-    res = run_demo(out, hours=hours, step=lambda msg: err.print(f"[dim]{msg}[/]"), start=start)
+    res = run_demo(out, hours=hours, step=lambda msg: err.print(f"[dim]{msg}[/]"), start=start, days=days)
     render(res.findings, _console())
     c = _console()
     c.print(f"\nstore: {_e(res.store)}\ntoken log: {_e(res.tokens)} ({res.requests:,} requests)\npricing: {_e(res.pricing)}\n"
             f"findings: {_e(res.json)}\n[bold]HTML report: {_e(res.html)}[/]", soft_wrap=True)
-    c.print(f"rerun by hand: gpu-audit report {_e(res.store)} --pricing {_e(res.pricing)} --tokens {_e(res.tokens)} --html report.html",
-            soft_wrap=True)
+    again = f"gpu-audit report {_e(res.store)} --pricing {_e(res.pricing)} --tokens {_e(res.tokens)}"
+    if res.days and len(res.days) > 1:
+        again += f" --since {res.findings['window']['start']} --baseline {_e(os.path.join(res.out, 'audits'))}"
+        c.print(f"day 2 gave back {len(res.released or [])} GPU(s) the first day's cash cards freed; the first day's findings are in "
+                f"{_e(os.path.join(res.out, 'audits'))}", soft_wrap=True)
+    c.print(f"rerun by hand: {again} --html report.html", soft_wrap=True)
     if open_report and res.html:
         import webbrowser
 

@@ -3,6 +3,13 @@
 The real collector runs against the virtual NVML for each shipped scenario (24 simulated hours),
 token logs are generated from the same simulated load (each served model's output tokens follow
 its GPUs' utilization), and `report` writes the findings and the HTML report.
+
+With two days (the default), the second day is simulated after the first day's cash cards are
+carried out the way a person would: every whole GPU a cash card frees (an idle GPU, the GPU a
+consolidation empties) is given back, and the second report compares itself with the first
+(``--baseline``: realised savings, docs/findings.md "baseline"). Cards that need a person to move
+work (right-sizing, MIG layouts, batching) are left as they were. Each day's findings are kept in
+``audits/``, as a scheduled audit keeps them.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class DemoResult:
     html: str | None
     requests: int
     findings: dict[str, Any]
+    days: list[dict[str, Any]] | None = None  # each simulated day's findings, the last one is ``findings``
+    released: list[str] | None = None  # the GPUs the second day gave back
 
 
 def token_log(scenarios: list[tuple[Scenario, float]], duration_s: float, path: str, seed: int = 1) -> int:
@@ -103,16 +112,27 @@ def demo_start(start: str | float | None, duration_s: float) -> float:
     return math.floor(t / 3600) * 3600
 
 
+def released_by(findings: dict[str, Any]) -> list[str]:
+    """The whole GPUs that the cash cards of ``findings`` free (what the demo's second day gives back)."""
+    whole = {d["uuid"] for d in findings["devices"] if not d.get("parent_uuid") and not d.get("mig_mode")}
+    return sorted({x["uuid"] for r in findings["recommendations"] if r.get("savings_class") == "cash"
+                   for x in r.get("frees") or [] if x.get("share", 0) >= 1 and x["uuid"] in whole})
+
+
 def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool = True,
-             step: Callable[[str], None] | None = None, start: str | float | None = None) -> DemoResult:
+             step: Callable[[str], None] | None = None, start: str | float | None = None, days: int = 2) -> DemoResult:
+    from datetime import datetime, timezone
+
     from gpu_audit.analyze.findings import ReportRequest, build, write_json
 
     say = step or (lambda _msg: None)
+    if days not in (1, 2):
+        raise GpuAuditError(f"--days must be 1 or 2, got {days}")
     if not hours > 0 or not interval_s > 0:  # checked before anything in the folder is touched
         raise GpuAuditError(f"--hours must be positive, got {hours:g}" if not hours > 0 else
                             f"the interval must be positive, got {interval_s:g}")
     duration = hours * 3600
-    t0 = demo_start(start, duration)  # checked before anything in the folder is touched
+    t0 = demo_start(start, duration * days)  # checked before anything in the folder is touched
     outp = Path(out)
     if outp.exists() and not outp.is_dir():
         raise GpuAuditError(f"--out {out}: exists and is not a folder")
@@ -120,25 +140,41 @@ def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool
         outp.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise GpuAuditError(f"cannot create {out}: {e.strerror}") from None
-    store = outp / "store"
-    if store.exists():
-        shutil.rmtree(store)  # a demo rerun starts clean; nothing else in the folder is touched
-    runs = []
-    for name in SCENARIOS:
-        text = (PKG / "scenarios" / name).read_text()
-        path = outp / f".scenario-{name}"
-        path.write_text(text.replace("[host]\n", f'[host]\nstart = {t0}\n', 1))
-        say(f"collecting {name}: {hours:g} simulated hours at {interval_s:g} s")
-        collect(str(store), interval_s=interval_s, duration_s=duration, simulate=str(path), handle_signals=False)
-        runs.append((load_scenario(str(path)), float(t0)))
-        path.unlink()
-    say("generating token logs from the simulated load")
-    tokens = str(outp / "tokens.parquet")
-    requests = token_log(runs, duration, tokens)
+    store, audits = outp / "store", outp / "audits"
+    for old in (store, audits):
+        if old.exists():
+            shutil.rmtree(old)  # a demo rerun starts clean; nothing else in the folder is touched
+    audits.mkdir()
     pricing = str(outp / "pricing.toml")
     shutil.copyfile(PKG / "data" / "demo-pricing.toml", pricing)
-    say("analyzing")
-    findings = build(ReportRequest([str(store)], pricing, [tokens], None, None))
+    found: list[dict[str, Any]] = []
+    released: list[str] = []
+    requests = 0
+    for day in range(days):
+        start_s = t0 + day * duration
+        if day:
+            released = released_by(found[-1])
+            say(f"day {day + 1}: giving back {len(released)} GPU(s) that day {day}'s cash cards free")
+        runs = []
+        for name in SCENARIOS:
+            text = (PKG / "scenarios" / name).read_text()
+            path = outp / f".scenario-{name}"
+            head = f"[host]\nstart = {start_s}\n" + (f"released = {json_list(released)}\n" if released else "")
+            path.write_text(text.replace("[host]\n", head, 1))
+            say(f"collecting {name}: {hours:g} simulated hours at {interval_s:g} s" + (f" (day {day + 1})" if days > 1 else ""))
+            collect(str(store), interval_s=interval_s, duration_s=duration, simulate=str(path), handle_signals=False)
+            runs.append((load_scenario(str(path)), float(start_s)))
+            path.unlink()
+        say("generating token logs from the simulated load")
+        tokens = str(outp / ("tokens.parquet" if day == days - 1 else f"tokens-day{day + 1}.parquet"))
+        requests = token_log(runs, duration, tokens)
+        say("analyzing")
+        kept = str(audits / f"findings-day{day + 1}.json")
+        since = datetime.fromtimestamp(start_s, timezone.utc).isoformat() if day else None
+        findings = build(ReportRequest([str(store)], pricing, [tokens], since, None, baseline=str(audits) if day else None,
+                                       writes=kept))
+        write_json(findings, kept)
+        found.append(findings)
     js = str(outp / "findings.json")
     write_json(findings, js)
     html_path = None
@@ -149,4 +185,11 @@ def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool
         html_path = str(outp / "report.html")
         write_html(findings, html_path)
     return DemoResult(out=str(outp), store=str(store), tokens=tokens, pricing=pricing, json=js, html=html_path,
-                      requests=requests, findings=findings)
+                      requests=requests, findings=findings, days=found, released=released)
+
+
+def json_list(items: list[str]) -> str:
+    """A TOML array of strings."""
+    import json
+
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"

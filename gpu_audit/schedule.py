@@ -38,7 +38,7 @@ def _report_args(s: ScheduleSettings, date_expr: str) -> str:
     pricing += f" --settings {q(s.settings)}" if s.settings else ""
     return (f"report {q(s.store)}{pricing} --since \"$(date -u -d yesterday +%F)\" --until \"$(date -u +%F)\""
             f" --json {q(s.report_to)}/findings-{date_expr}.json --html {q(s.report_to)}/report-{date_expr}.html"
-            f" --fail-on {s.fail_on:g}")
+            f" --fail-on {s.fail_on:g} --baseline {q(s.report_to)}")  # each day compared with the newest kept findings
 
 
 def cron(s: ScheduleSettings) -> dict[str, str]:

@@ -12,7 +12,7 @@ from gpu_audit.demo import run_demo
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(str(out), hours=12, interval_s=60, html=False)
+    return run_demo(str(out), hours=12, interval_s=60, html=False, days=1)  # the rules on one simulated day
 
 
 def by_kind(f, kind):
@@ -99,3 +99,22 @@ def test_demo_out_that_is_a_file(run_cli, tmp_path):
     f.write_text("x")
     code, _, err = run_cli("demo", "--out", str(f))
     assert code == 2 and err.startswith(f"Error: --out {f}: exists and is not a folder") and f.read_text() == "x"
+
+
+def test_the_second_demo_day_realises_the_first_days_cash_cards(tmp_path):
+    """Two days: every whole GPU a day-1 cash card frees is given back on day 2, and day 2's report
+    measures it against day 1 (docs/findings.md "baseline")."""
+    res = run_demo(str(tmp_path), hours=12, interval_s=120, html=False, days=2)
+    day1, day2 = res.days
+    assert res.released and set(res.released) <= {x["uuid"] for r in day1["recommendations"] for x in r.get("frees") or []}
+    assert not set(res.released) & {d["uuid"] for d in day2["devices"]}  # given back: gone from day 2
+    b = day2["baseline"]
+    assert b is not None and b["window"] == day1["window"]
+    freed = [r for r in b["recommendations"] if r["status"] == "done" and r["savings_class"] == "cash"]
+    assert freed and b["realized_monthly_usd"] > 0
+    # each released GPU realises its day-1 monthly spend once (hand: spend x 730 / window hours)
+    hours = day1["window"]["hours"]
+    expect = sum(d["spend_usd"] * 730 / hours for d in day1["devices"] if d["uuid"] in res.released)
+    assert b["realized_monthly_usd"] == pytest.approx(expect)
+    assert [p["window_end"] for p in day2["history"]] == [day1["window"]["end"], day2["window"]["end"]]
+    assert sorted(p.name for p in (tmp_path / "audits").iterdir()) == ["findings-day1.json", "findings-day2.json"]

@@ -60,7 +60,9 @@ class ReportRequest:
     engine: str = "duckdb"  # where the scan of the samples runs: duckdb, or spark (docs/scale.md)
     spark_master: str = "local[*]"
     spark_conf: list[str] = field(default_factory=list)  # KEY=VALUE
-    baseline: str | None = None  # an earlier report's findings JSON to compare with (docs/findings.md "baseline")
+    baseline: str | None = None  # an earlier report's findings JSON, or a folder of kept ones (docs/findings.md "baseline")
+    history: str | None = None  # a folder of kept findings: the "since the last audit" chart (default: a --baseline folder)
+    writes: str | None = None  # the findings file this report will write (never its own baseline)
 
 
 def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -117,8 +119,27 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
     findings["inputs"]["settings"] = settings.path
     say(stages[-2])
     findings = add_recommendations(findings, pricing, settings.recommend)
+    since_last_audit(findings, req)
     say(stages[-1])
     return _clean(aggregate_series(findings))
+
+
+def since_last_audit(findings: dict[str, Any], req: ReportRequest) -> None:
+    """The ``baseline`` section (null without --baseline), ``history`` (the kept findings' daily
+    figures, with --history or a --baseline folder), and each recommendation's ``first_seen``."""
+    import os
+
+    from gpu_audit.analyze import baseline as bl
+
+    path, base = bl.pick(req.baseline, findings["window"], req.writes) if req.baseline else (None, None)
+    findings["baseline"] = bl.compare(findings, base, path) if base is not None else None
+    if req.baseline and base is None:
+        findings["data_quality"]["baseline_missing"] = f"no earlier findings in {req.baseline}: nothing to compare with yet"
+    bl.first_seen(findings, base)
+    folder = req.history or (req.baseline if req.baseline and os.path.isdir(req.baseline) else None)
+    if req.history and not os.path.isdir(req.history):
+        raise GpuAuditError(f"--history {req.history}: not a folder", hint="give the folder where the daily findings are kept")
+    findings["history"] = bl.history(folder, findings, req.writes) if folder else None
 
 
 def aggregate_series(findings: dict[str, Any]) -> dict[str, Any]:

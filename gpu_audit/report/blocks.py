@@ -105,6 +105,11 @@ def build_sections(f: dict[str, Any], charts: dict[str, str]) -> list[Section]:
 
     return [
         Section("headline", "Headline", [headline(f)]),
+        *([Section("since", "Since the last audit", [chart("since", "Spend, waste and realised savings over the kept audits"),
+                                                        Block("baseline", data={"b": f.get("baseline"), "missing": (f.get("data_quality") or {}).get("baseline_missing")})],
+                   "Each recommendation of the baseline report checked against what the fleet did since: its freed devices' spend then "
+                   "and now, per 730 h (done: 80 % or more of the claim; partly: 20-80 %; not done; gone: its devices left the store).")]
+          if f.get("baseline") or f.get("history") else []),
         Section("recommendations", "Recommendations", [recommendations(f)],
                 "Cash first (bills that shrink), then capacity (GPU time freed), then behaviour (product or client changes), "
                 "most valuable first. Each shows its evidence, its monthly figure (730 h), its confidence and why, and the "

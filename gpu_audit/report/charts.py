@@ -164,4 +164,23 @@ def workloads(f: dict[str, Any]) -> str | None:
     return fragment(fig, "chart-workloads", height=max(240, 24 * len(wl) + 90))
 
 
-CHARTS = {"heatmap": heatmap, "distribution": distribution, "memory": memory, "spend": spend, "tokens": tokens, "energy": energy, "workloads": workloads}
+def since(f: dict[str, Any]) -> str | None:
+    """Over every kept findings file (``history``): spend and waste per day, and the realised savings
+    each report measured against its baseline (per month, right axis)."""
+    pts = f.get("history") or []
+    if not pts:
+        return None
+    x = [p["window_end"] for p in pts]
+    fig = go.Figure([
+        go.Scatter(x=x, y=[p["spend_per_day_usd"] for p in pts], name="spend / day", mode="lines+markers", marker_color="#2b6cb0"),
+        go.Scatter(x=x, y=[p["waste_per_day_usd"] for p in pts], name="waste / day", mode="lines+markers", marker_color=COLORS["idle"]),
+        go.Bar(x=x, y=[p["realized_monthly_usd"] for p in pts], name="realised savings / month", yaxis="y2",
+               marker_color=COLORS["productive"], opacity=0.5),
+    ])
+    fig.update_layout(legend=dict(orientation="h"), yaxis=dict(title="USD per day"),
+                      yaxis2=dict(title="USD per month", overlaying="y", side="right", rangemode="tozero"))
+    fig.update_xaxes(title="end of each audit's window (UTC)")
+    return fragment(fig, "chart-since", height=320)
+
+
+CHARTS = {"since": since, "heatmap": heatmap, "distribution": distribution, "memory": memory, "spend": spend, "tokens": tokens, "energy": energy, "workloads": workloads}

@@ -78,6 +78,7 @@ def render(f: dict[str, Any], console: Console, top: int = 10, group_by: str | N
     if fl.get("waste_sm_active_usd") is not None:
         console.print(f"On GPUs with SM activity (GPM/DCGM), waste by util_gpu is {fmt_usd(fl['waste_util_on_sm_devices_usd'])}; "
                       f"by SM activity it is {fmt_usd(fl['waste_sm_active_usd'])}: the duty cycle hides the difference.")
+    _since_last_audit(f, console)
     recs = f.get("recommendations") or []
     if recs:
         shown = recs[:MAX_RECS]
@@ -166,3 +167,44 @@ def _billing_label(r: dict[str, Any]) -> str:
     if not b or r.get("savings_class") == "behaviour":
         return ""
     return f"{b.get('unit')}, {b.get('commitment')}" + ("" if b.get("declared") else ", assumed")
+
+
+def _since_last_audit(f: dict[str, Any], console: Console, top: int = 5) -> None:
+    """Realised savings since the baseline and the largest changes (docs/findings.md "baseline")."""
+    b = f.get("baseline")
+    if not b:
+        if (f.get("data_quality") or {}).get("baseline_missing"):
+            console.print(f"since the last audit: {clean(f['data_quality']['baseline_missing'])}", soft_wrap=True)
+        return
+    w = b["window"]
+    counts = b["status_counts"]
+    console.print(f"[bold]Since the last audit[/] ({w.get('start')} -> {w.get('end')}): realised "
+                  f"[bold]{fmt_usd(b['realized_monthly_usd'])}/month[/] of {fmt_usd(b['claimed_monthly_usd'])}/month claimed in cash; "
+                  f"recommendations done {counts['done']}, partly {counts['partly']}, not done {counts['not done']}, gone {counts['gone']}",
+                  soft_wrap=True)
+    if b.get("note"):
+        console.print(f"[yellow]{clean(b['note'])}[/]", soft_wrap=True)
+    fl = b["deltas"]["fleet"]
+    parts = []
+    for key, label in (("spend_monthly_usd", "spend"), ("waste_monthly_usd", "waste"), ("idle_monthly_usd", "idle cost")):
+        d = fl[key]
+        if d["change"] is not None:
+            parts.append(f"{label} {'+' if d['change'] >= 0 else '-'}{fmt_usd(abs(d['change']))}/month"
+                         + (f" ({d['change_pct']:+.1f}%)" if d["change_pct"] is not None else ""))
+    u = fl["mean_util_pct"]
+    if u["change"] is not None:
+        parts.append(f"mean utilization {u['change']:+.1f} points")
+    if parts:
+        console.print("per 730 h against the baseline: " + "; ".join(parts), soft_wrap=True)
+    moved = [e for e in b["deltas"]["devices"] if (e["spend_monthly_usd"]["change"] or 0) != 0 or e["status"] != "both"][:top]
+    if moved:
+        t = Table("host", "device", "status", "spend / month then", "now", "change", title="Largest changes per device", title_justify="left")
+        for e in moved:
+            d = e["spend_monthly_usd"]
+            change = d["change"] if d["change"] is not None else (d["after"] or 0) - (d["before"] or 0)
+            t.add_row(clean(e["host"]), clean(short_id(e["uuid"])), e["status"], fmt_usd(d["before"]), fmt_usd(d["after"]), fmt_usd(change))
+        console.print(t)
+    done = [r for r in b["recommendations"] if r["status"] in ("done", "partly")]
+    for r in done[:top]:
+        console.print(f"  {r['status']}: {clean(r['title'] or r['id'] or '')}: {fmt_usd(r['realized_monthly_usd'])}/month realised "
+                      f"of {fmt_usd(r['claimed_monthly_usd'])}", soft_wrap=True)

@@ -298,7 +298,14 @@ def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
     if not isinstance(gpus_raw, list) or not gpus_raw:
         raise _err(path, "gpus", "at least one [[gpus]] table is needed")
 
+    # GPUs given back (the demo's second day applies the first day's cards): each keeps its uuid,
+    # which comes from its place in the file (its slot), and the others keep theirs.
+    released = host.get("released", [])
+    if not isinstance(released, list) or not all(isinstance(u, str) for u in released):
+        raise _err(path, "host.released", "expected a list of GPU uuids")
     whole: list[VDevice] = []
+    slots: list[int] = []  # per device in whole, its slot
+    slot = 0
     migs: list[tuple[int, dict, int]] = []
     for gi, g in enumerate(gpus_raw):
         where = f"gpus[{gi}]"
@@ -316,13 +323,19 @@ def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
         if mig is not None and not model.mig_total_slices:
             raise _err(path, f"{where}.mig", f"{model.key} does not support MIG")
         for _ in range(count):
-            i = len(whole)
+            slot += 1
+            if _uuid(seed, name, slot - 1) in released:
+                continue
+            i, k = len(whole), slot - 1
             whole.append(VDevice(
-                index=i, uuid=_uuid(seed, name, i), model=model, workload=w, pid=4000 + 10 * i,
-                pci_bus_id=f"00000000:{0x18 + 0x10 * i:02X}:00.0",
+                index=i, uuid=_uuid(seed, name, k), model=model, workload=w, pid=4000 + 10 * k,
+                pci_bus_id=f"00000000:{0x18 + 0x10 * k:02X}:00.0",
             ))
+            slots.append(k)
             for mi, m in enumerate(mig or []):
                 migs.append((i, m, mi))
+    if not whole:
+        raise _err(path, "host.released", "every GPU of the host is released")
 
     devices = list(whole)
     children: dict[int, list[int]] = {}
@@ -342,7 +355,7 @@ def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
         j = len(devices)
         children.setdefault(parent, []).append(j)
         devices.append(VDevice(
-            index=parent, uuid="MIG-" + _uuid(seed, name, 1000 * (parent + 1) + mi)[4:], model=pmodel,
+            index=parent, uuid="MIG-" + _uuid(seed, name, 1000 * (slots[parent] + 1) + mi)[4:], model=pmodel,
             workload=_workload(m.get("workload"), path, f"{where}.workload"), pid=5000 + 10 * j,
             parent=parent, mig=prof, gi_id=len(children[parent]), pci_bus_id=whole[parent].pci_bus_id,
         ))
@@ -357,9 +370,12 @@ def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
         if kind not in ("not_supported", "lost", "slow", "no_permission", "init_no_permission", "init_driver_not_loaded"):
             raise _err(path, f"{where}.kind", f"unknown fault {kind!r} (known: not_supported, lost, slow, no_permission, "
                                                "init_no_permission, init_driver_not_loaded)")
-        gpus = f.get("gpus", [f["gpu"]] if "gpu" in f else list(range(len(whole))))
-        if not all(isinstance(x, int) and 0 <= x < len(whole) for x in gpus):
-            raise _err(path, f"{where}.gpus", f"expected GPU indices below {len(whole)}")
+        gpus = f.get("gpus", [f["gpu"]] if "gpu" in f else list(range(slot)))
+        if not all(isinstance(x, int) and 0 <= x < slot for x in gpus):
+            raise _err(path, f"{where}.gpus", f"expected GPU indices below {slot}")
+        gpus = [slots.index(x) for x in gpus if x in slots]  # the file's GPU numbers, as places among those not released
+        if not gpus:
+            continue
         fld = f.get("field")
         if kind == "not_supported" and fld not in FAULT_FIELDS:
             raise _err(path, f"{where}.field", f"expected one of {', '.join(FAULT_FIELDS)}")
