@@ -1,6 +1,10 @@
 """The report against its floor, side by side in one run (docs/benchmarks.md "Report speed").
 
-    python bench/speed.py [--runs N] [PARTS...]     parts: 10M 100M one fleet demo imports (default: all)
+    python bench/speed.py [--runs N] [--code DIR] [PARTS...]     parts: 10M 100M one fleet demo imports spark
+                                                                  (default: all but spark)
+
+``--code DIR`` times the gpu-audit of another checkout (a worktree of an older commit: the
+before/after tables of docs/benchmarks.md), the stores and the floor staying the same.
 
 Every figure is a whole process (Python start-up and imports included), the median of N runs
 (default 3), the report and its floor alternating so that both see the same machine:
@@ -16,11 +20,15 @@ Every figure is a whole process (Python start-up and imports included), the medi
 - ``demo``: ``gpu-audit demo`` end to end.
 - ``imports``: ``python -X importtime`` of the terminal-only report: the slowest imports, and whether
   plotly, jinja2 or pandas were imported.
+- ``spark``: the 100M store on both engines, ``--engine spark --spark-master local[2]`` beside
+  ``--engine duckdb`` (one run each; Spark's JVM start-up included), their figures compared, and
+  what came back to the driver (rows of the hourly table).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -52,9 +60,12 @@ RUSAGE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
           "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, r.returncode)")
 
 
+CODE = ROOT  # the checkout whose gpu-audit is timed (``python -m gpu_audit`` runs in it)
+
+
 def timed(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of ``cmd`` in a fresh process family."""
-    r = subprocess.run([sys.executable, "-c", RUSAGE, *cmd], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", RUSAGE, *cmd], capture_output=True, text=True, cwd=CODE)
     wall, rss, rc = r.stdout.split()
     if rc != "0":
         raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr.strip()[-2000:]}")
@@ -116,7 +127,7 @@ def fleet_store(devices: int = 10_000, days: int = 30) -> Path:
 
 def imports(store: Path) -> None:
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "gpu_audit", "report", str(store)],
-                       capture_output=True, text=True, cwd=ROOT)
+                       capture_output=True, text=True, cwd=CODE)
     rows = []
     for line in r.stderr.splitlines():
         if line.startswith("import time:") and "|" in line and "cumulative" not in line:
@@ -137,8 +148,15 @@ def main() -> None:
         i = args.index("--runs")
         runs = int(args[i + 1])
         del args[i:i + 2]
+    global CODE
+    if "--code" in args:
+        i = args.index("--code")
+        CODE = Path(args[i + 1]).resolve()
+        del args[i:i + 2]
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "gpu_audit"], cwd=CODE, capture_output=True)
     parts = args or ["10M", "100M", "one", "fleet", "demo", "imports"]
-    print(f"report speed, {runs} runs each, medians; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "gpu_audit"], cwd=CODE, capture_output=True)  # as pip installs it
+    print(f"report speed, {runs} runs each, medians; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; code: {CODE}")
     print(f"{'work':<34} {'report':>10} {'peak RSS':>11} {'floor':>10} {'ratio':>7}")
     out = tempfile.mkdtemp(prefix="gpu-audit-speed-")
     for part in parts:
@@ -164,6 +182,20 @@ def main() -> None:
         elif part == "demo":
             wall, rss = timed([*CLI, "demo", "--out", f"{out}/demo", "--start", "2026-11-28T00:00:00Z"])
             print(f"{'gpu-audit demo':<34} {wall:8.2f} s {rss:7.0f} MiB", flush=True)
+        elif part == "spark":
+            store = samples_store("100M")
+            outs = {}
+            for engine in ("duckdb", "spark"):
+                wall, rss = timed([*CLI, "report", str(store), "--json", f"{out}/{engine}.json", "--engine", engine,
+                                   "--spark-master", "local[2]"])
+                outs[engine] = json.loads(Path(f"{out}/{engine}.json").read_text())
+                print(f"{'100M on --engine ' + engine:<34} {wall:8.2f} s {rss:7.0f} MiB (driver process)", flush=True)
+            a, b = outs["duckdb"]["fleet"], outs["spark"]["fleet"]
+            worst = max(abs(a[k] - b[k]) / max(1e-12, abs(a[k])) for k in ("spend_usd", "waste_usd", "idle_usd", "gpu_hours"))
+            f = outs["spark"]
+            rows = len(f["devices"]) * math.ceil(f["window"]["hours"])
+            print(f"  fleet figures agree to {worst:.1e} (relative); back to the driver: the hourly table (~{rows:,} device-hours) "
+                  f"and {len(f['devices'])} devices' histograms", flush=True)
         elif part == "imports":
             imports(one_device_store())
         else:

@@ -61,7 +61,9 @@ def test_demo_report_renders_with_every_chart_and_exact_headline(browser, demo):
     page, problems, _ = load(browser, demo.html)
     assert problems == []
     charts = page.eval_on_selector_all(".chart", "els => els.map(e => [e.id, e.querySelectorAll('svg.main-svg').length])")
-    assert len(charts) == 7 and all(n > 0 for _, n in charts), charts
+    assert len(charts) == 8 and all(n > 0 for _, n in charts), charts  # with "since the last audit": the demo's second day
+    assert charts[0][0] == "chart-since"
+    assert "realised" in page.inner_text("#since").lower()
     f = demo.findings
     fl = f["fleet"]
     expect = {"fleet.spend_usd": fmt_usd(fl["spend_usd"]), "fleet.waste_usd": fmt_usd(fl["waste_usd"]),
@@ -73,7 +75,10 @@ def test_demo_report_renders_with_every_chart_and_exact_headline(browser, demo):
               "fleet.capacity_monthly_usd": fmt_usd(fl["capacity_monthly_usd"]),
               "fleet.behaviour_recommendations": str(fl["behaviour_recommendations"]),
               "fleet.energy_kwh": f"{fl['energy_kwh']:,.1f} kWh", "fleet.energy_usd": fmt_usd(fl["energy_usd"]),
-              "fleet.idle_energy_share_pct": fmt_pct(fl["idle_energy_share_pct"]), "fleet.kgco2e": f"{fl['kgco2e']:,.1f} kgCO2e"}
+              "fleet.idle_energy_share_pct": fmt_pct(fl["idle_energy_share_pct"]), "fleet.kgco2e": f"{fl['kgco2e']:,.1f} kgCO2e",
+              "baseline.realized_monthly_usd": fmt_usd(f["baseline"]["realized_monthly_usd"]),
+              **{f"baseline.deltas.fleet.{k}.after": fmt_usd(f["baseline"]["deltas"]["fleet"][k]["after"])
+                 for k in ("spend_monthly_usd", "waste_monthly_usd", "idle_monthly_usd")}}
     # the run-rate is spend x 730 / window hours, beside every monthly figure
     assert fl["monthly_run_rate_usd"] == pytest.approx(fl["spend_usd"] * 730 / f["window"]["hours"])
     shown = dict(page.eval_on_selector_all("[data-kpi]", "els => els.map(e => [e.dataset.kpi, e.textContent.trim()])"))
@@ -94,7 +99,7 @@ def test_report_is_self_contained_and_under_15_mb(demo):
     text = open(demo.html, encoding="utf-8").read()
     # plotly.js mentions its CDN as a config default; no element loads anything (the browser test
     # also fails on any request that is not file:, data: or about:).
-    assert text.count("Plotly.newPlot") == 7 and "<script src=" not in text and "<link " not in text
+    assert text.count("Plotly.newPlot") == 8 and "<script src=" not in text and "<link " not in text
     assert os.path.getsize(demo.html) < 15 * 2**20
 
 
@@ -111,13 +116,17 @@ def test_hostile_names_stay_text(browser, tmp_path, run_cli):
     toks.write_text(json.dumps({"timestamp": T0 + 60, "model": HOSTILE_MODEL, "host": HOSTILE_HOST,
                                 "prompt_tokens": 5000, "completion_tokens": 20}) + "\n")
     html = tmp_path / "r.html"
-    code, _, err = run_cli("report", store, "--pricing", str(ASSETS / "pricing.toml"), "--tokens", str(toks), "--html", str(html))
+    code, _, err = run_cli("report", store, "--pricing", str(ASSETS / "pricing.toml"), "--tokens", str(toks), "--json", str(tmp_path / "b.json"))
+    assert code == 0, err
+    # compared with itself as the baseline: the "since the last audit" section shows the hostile titles too
+    code, _, err = run_cli("report", store, "--pricing", str(ASSETS / "pricing.toml"), "--tokens", str(toks), "--html", str(html),
+                           "--baseline", str(tmp_path / "b.json"))
     assert code == 0, err
     page, problems, dialogs = load(browser, html)
     assert dialogs == [] and problems == []
     assert page.locator("img[src=x]").count() == 0
     assert HOSTILE_HOST in page.inner_text("#devices") and HOSTILE_MODEL in page.inner_text("#tokens")
-    assert HOSTILE_HOST in page.inner_text("#recommendations")
+    assert HOSTILE_HOST in page.inner_text("#recommendations") and HOSTILE_HOST in page.inner_text("#since")
     page.close()
 
 
@@ -132,8 +141,8 @@ def test_pdf_has_pages_text_and_charts(demo, tmp_path, run_cli):
     need(CHROMIUM, "chromium")
     need(shutil.which("pdftotext") and shutil.which("pdftoppm"), "poppler-utils")
     pdf = tmp_path / "r.pdf"
-    code, out, err = run_cli("report", demo.store, "--pricing", demo.pricing, "--tokens", demo.tokens,
-                             "--html", str(tmp_path / "r.html"), "--pdf", str(pdf))
+    code, out, err = run_cli("report", demo.store, "--pricing", demo.pricing, "--tokens", demo.tokens, "--since", demo.findings["window"]["start"],
+                             "--baseline", os.path.join(demo.out, "audits"), "--html", str(tmp_path / "r.html"), "--pdf", str(pdf))
     assert code == 0, err
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
     pages = int(next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages:")))
