@@ -147,3 +147,34 @@ def test_a_bad_engine_or_spark_conf_is_one_line(tmp_path, run_cli):
     hand_fleet(tmp_path / "s")
     code, _, err = run_cli("report", str(tmp_path / "s"), "--engine", "presto")
     assert code == 2 and "--engine: expected duckdb or spark" in err
+
+
+@needs_spark
+def test_the_demo_fleet_is_the_same_on_both_engines(tmp_path):
+    """Four simulated hosts: MIG on two, engine counters, processes with owners and pods, token logs."""
+    from gpu_audit.demo import run_demo
+
+    res = run_demo(str(tmp_path / "demo"), hours=6, interval_s=120, html=False, days=1)
+    duck = build(ReportRequest([res.store], res.pricing, [res.tokens]))
+    spark = build(ReportRequest([res.store], res.pricing, [res.tokens], engine="spark", spark_master="local[2]"))
+    assert same(duck, spark) == []
+    assert spark["models"] and spark["recommendations"] and any(d["mig_profile"] for d in spark["devices"])
+
+
+@needs_spark
+def test_engine_counters_come_back_from_spark_the_same(tmp_path):
+    """The engine table (a small one) is read by Spark and handed to the driver: counter resets and
+    the cost per model as the DuckDB engine computes them (hand: 350 output tokens, $6.00)."""
+    from storefix import at
+
+    store = str(tmp_path / "s")
+    write_samples(store, series("inf", "GPU-a", H100, 0, 600, [40] * 12))
+    w = StoreWriter(store, "inf")
+    for t, gen in ((0, 100.0), (1800, 300.0), (3600, 50.0), (5400, 150.0)):
+        w.add("engine", {"host": "inf", "endpoint": "http://127.0.0.1:8000/metrics", "engine": "vllm", "source": "scrape",
+                         "ts": at(t), "model": "m", "generation_tokens_total": gen, "prompt_tokens_total": 10 * gen})
+    w.flush()
+    duck, spark = both(store)
+    assert same(duck, spark) == []
+    (m,) = spark["models"]
+    assert spark["token_source"] == "engine counters" and m["completion_tokens"] == 350 and m["cost_usd"] == pytest.approx(6.0)

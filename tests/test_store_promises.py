@@ -455,3 +455,26 @@ def test_token_records_count_once(tmp_path, how):
         assert q["duplicate_token_requests"] == 100
     else:
         assert len(q["token_files_read_once"]) == 1 and "read once" in q["token_files_read_once"][0]
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_many_files_are_read_by_name_only_where_their_schemas_differ(tmp_path, monkeypatch, mixed):
+    """Above 64 files a store whose files all share one schema is read without binding each file's
+    schema by name (about 70 KB of memory a file); where one file differs (an older version without
+    a column) it is read by name. Either way the figures are those of reading every file by name."""
+    from gpu_audit.store import query
+
+    root = tmp_path / "s"
+    for k in range(70):
+        write_samples(str(root), series("n1", "GPU-a", H100, k * 600, 60, [50.0] * 10, power_w=300.0))
+    if mixed:  # one file as an older version wrote it: no power_w
+        f = sorted((root / "samples" / "host=n1" / "date=2026-11-28").glob("*.parquet"))[3]
+        pq.write_table(pq.read_table(f).drop_columns(["power_w"]), f)
+    files = sorted(str(p) for p in root.glob("samples/*/*/*.parquet"))
+    con = __import__("duckdb").connect()
+    assert query.needs_union(con, files) is mixed
+    fast = report(str(root))
+    monkeypatch.setattr(query, "UNIFORM_CHECK_ABOVE", 10**9)  # every file bound by name, as before
+    slow = report(str(root))
+    assert fleet(fast) == fleet(slow) == (11.666666667, 35.0, 17.5)  # 700 one-minute samples at 50 % of a $3.00/h H100
+    assert fast["fleet"]["energy_kwh"] == pytest.approx(slow["fleet"]["energy_kwh"])
