@@ -216,7 +216,7 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     out["records_unknown_host"] = int(toks.loc[in_win & ~known, "records"].sum())
     t = toks[in_win & known].copy()
     gpu = t["gpu_uuid"] if "gpu_uuid" in t else pd.Series([None] * len(t), index=t.index)
-    devs = set(zip(dh["host"], dh["uuid"]))
+    devs = set(dh[["host", "uuid"]].drop_duplicates().itertuples(index=False, name=None))
     t["unit"] = ["*" if g is None or (isinstance(g, float) and g != g) or (h, g) not in devs else g for h, g in zip(t["host"], gpu)]
     claimed = set(zip(t.loc[t["unit"] != "*", "host"], t.loc[t["unit"] != "*", "unit"]))
     own = pd.Series([k in claimed for k in zip(dh["host"], dh["uuid"])], index=dh.index, dtype=bool)
@@ -324,6 +324,7 @@ class _Run:
     rollup_idle: list[float] = field(default_factory=list)
     rsrc: str | None = None  # the rollups' FROM item (rollups_source), built once
     rollup_namespaces: bool | None = None  # whether some rollup row names a namespace
+    rollup_hist: pd.DataFrame | None = None  # the rollups' part of the p95 histograms (read with their hourly sums)
     start: float = 0.0
     end: float = 0.0
     prices: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -363,7 +364,7 @@ def _scan_stage(r: _Run) -> None:
         raise EmptyStore(f"no samples in {', '.join(r.roots)}" + (" in the window" if s.since or s.until else ""))
     r.sc = scan(r.q, files, r.w, r.rfiles)
     r.rsrc = r.q.rollups_source(r.rfiles) if r.rfiles else None  # read the rollups' footers once
-    ru = rollup_hours(r.q, r.rfiles, r.w, r.rsrc) if r.rfiles else None
+    ru, r.rollup_hist = rollup_hours(r.q, r.rfiles, r.w, r.rsrc) if r.rfiles else (None, None)
     r.rollup_namespaces = bool(ru["ns_n"].sum() > 0) if ru is not None else None
     if ru is not None:
         ru = ru.drop(columns=["ns_n"])
@@ -407,7 +408,7 @@ def _energy_columns(dh: pd.DataFrame, pricing: Pricing) -> None:
 
 def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
-    r.hist, mem = device_distributions(r.q, r.sc.rows, r.w, r.rfiles, r.rsrc)
+    r.hist, mem = device_distributions(r.q, r.sc.rows, r.w, r.rfiles, r.rsrc, r.rollup_hist)
     r.start, r.end = window_of(r.dh, r.s)
     dh = r.dh
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.
@@ -603,7 +604,7 @@ def _models_stage(r: _Run) -> None:
     for d in r.devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))
     priced = dh["price"].notna()
-    sample_hosts = set(dh["host"])
+    sample_hosts = set(dh["host"].unique())  # unique first: 7.2M device-hours of strings are slow to iterate
     toks_df = token_hours(con, tokens.table, sample_hosts, r.start, r.end) if tokens is not None and tokens.table.num_rows else None
     engine_hourly, engine_stats = engine_data(con, r.roots, s, r.q)
     token_source = "token logs" if toks_df is not None else None
