@@ -324,7 +324,6 @@ class _Run:
     rollup_idle: list[float] = field(default_factory=list)
     rsrc: str | None = None  # the rollups' FROM item (rollups_source), built once
     rollup_namespaces: bool | None = None  # whether some rollup row names a namespace
-    rollup_hist: pd.DataFrame | None = None  # the rollups' part of the p95 histograms (read with their hourly sums)
     start: float = 0.0
     end: float = 0.0
     prices: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -364,7 +363,7 @@ def _scan_stage(r: _Run) -> None:
         raise EmptyStore(f"no samples in {', '.join(r.roots)}" + (" in the window" if s.since or s.until else ""))
     r.sc = scan(r.q, files, r.w, r.rfiles)
     r.rsrc = r.q.rollups_source(r.rfiles) if r.rfiles else None  # read the rollups' footers once
-    ru, r.rollup_hist = rollup_hours(r.q, r.rfiles, r.w, r.rsrc) if r.rfiles else (None, None)
+    ru = rollup_hours(r.q, r.rfiles, r.w, r.rsrc) if r.rfiles else None
     r.rollup_namespaces = bool(ru["ns_n"].sum() > 0) if ru is not None else None
     if ru is not None:
         ru = ru.drop(columns=["ns_n"])
@@ -408,7 +407,7 @@ def _energy_columns(dh: pd.DataFrame, pricing: Pricing) -> None:
 
 def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
-    r.hist, mem = device_distributions(r.q, r.sc.rows, r.w, r.rfiles, r.rsrc, r.rollup_hist)
+    r.hist, mem = device_distributions(r.q, r.sc.rows, r.w, r.rfiles, r.rsrc)
     r.start, r.end = window_of(r.dh, r.s)
     dh = r.dh
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.

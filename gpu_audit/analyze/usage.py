@@ -155,14 +155,11 @@ def namespaces(q: Runner, rows: str | None, rfiles: list[str], w: Window,
     return sorted(out.values(), key=lambda e: -e["spend_usd"])
 
 
-def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The same per-(device, hour) sums as the sample scan, from rollup rows; and, from the same read
-    of the files (GROUPING SETS), the rollups' part of the p95 histograms (``device_distributions``:
-    each rollup row counts as its mean utilization and peak memory, weighted by its dt). A month of
-    a 10,000-GPU fleet is 37,500 small rollup files: reading them once saves a pass of about 1 ms a file."""
+def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None) -> pd.DataFrame:
+    """The same per-(device, hour) sums as the sample scan, from rollup rows."""
     d = q.d
-    got = q.df(f"""
-    SELECT host, uuid, hour, ubin, mbin, grouping(hour) AS g_hour, grouping(ubin) AS g_ubin,
+    return q.df(f"""
+    SELECT host, uuid, {d.hour("ts")} AS hour,
            any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
            bool_or(mig_mode) AS mig_mode,
            max(CASE WHEN parent_uuid IS NOT NULL
@@ -177,17 +174,8 @@ def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None
            coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below,
            sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, 0.0 AS hot_dt, 0.0 AS hot_udt, CAST(coalesce(sum(CASE WHEN energy_counter_dt_s >= dt_s AND dt_s > 0 THEN n END), 0) AS DOUBLE) AS counter_n,
            count(k8s_namespace) AS ns_n
-    FROM (SELECT *, {d.hour("ts")} AS hour, CAST(round(CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END) AS INTEGER) AS ubin,
-                 CAST(floor(1000.0 * mem_max_bytes / mem_total_bytes) AS INTEGER) AS mbin
-          FROM {rsrc or q.rollups_source(files)} {window_where(w.since, w.until, d=d)}) r
-    GROUP BY GROUPING SETS ((host, uuid, hour), (host, uuid, ubin), (host, uuid, mbin))
+    FROM {rsrc or q.rollups_source(files)} {window_where(w.since, w.until, d=d)} GROUP BY host, uuid, {d.hour("ts")}
     """)
-    hours = got[got["g_hour"] == 0].drop(columns=["ubin", "mbin", "g_hour", "g_ubin"]).reset_index(drop=True)
-    side = got[got["g_hour"] == 1]
-    is_mem = side["g_ubin"].astype(int)  # 1: the memory set (ubin rolled up)
-    hist = pd.DataFrame({"host": side["host"], "uuid": side["uuid"], "bin": side["ubin"].where(is_mem == 0, side["mbin"]),
-                         "w": side["dt_s"], "is_mem": is_mem})
-    return hours, hist[hist["bin"].notna()].reset_index(drop=True)
 
 
 def device_hours(q: Runner, sc: Scan, rollups: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -236,39 +224,27 @@ def device_hours(q: Runner, sc: Scan, rollups: pd.DataFrame | None = None) -> pd
     return dh
 
 
-def device_distributions(q: Runner, rows: str | None, w: Window, rollup_files: list[str] | None = None, rsrc: str | None = None,
-                         rollup_hist: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def device_distributions(q: Runner, rows: str | None, w: Window,
+                         rollup_files: list[str] | None = None, rsrc: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per device, in one scan: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of
     the device's total), from which the 95th percentiles are read. Rolled-up minutes count as their
     mean utilization and peak memory."""
     parts = []
     if rows:
         parts.append(f"SELECT host, uuid, u, mem_used_bytes, mem_total_bytes, dt FROM ({rows})")
-    if rollup_files and rollup_hist is None:
+    if rollup_files:
         parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
                          mem_total_bytes, dt_s AS dt
                          FROM {rsrc or q.rollups_source(rollup_files)} {window_where(w.since, w.until, d=q.d)}""")
-    frames = []
-    if parts:
-        h = q.df(f"""
-            SELECT host, uuid, ubin, mbin, sum(dt) AS w, grouping(ubin) AS is_mem
-            FROM (SELECT host, uuid, dt, CAST(round(u) AS INTEGER) AS ubin,
-                         CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin
-                  FROM ({" UNION ALL ".join(parts)}) p) b
-            GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
-        """)
-        is_mem = h["is_mem"].astype(int)
-        frames.append(pd.DataFrame({"host": h["host"], "uuid": h["uuid"], "bin": h["ubin"].where(is_mem == 0, h["mbin"]),
-                                    "w": h["w"], "is_mem": is_mem}))
-    if rollup_hist is not None and not rollup_hist.empty:
-        frames.append(rollup_hist)
-    h = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0] if frames else pd.DataFrame(
-        columns=["host", "uuid", "bin", "w", "is_mem"])
-    h = h[h["bin"].notna()]
-    if len(frames) > 1:  # the samples' and the rollups' weights of the same bins, summed
-        h = h.groupby(["host", "uuid", "bin", "is_mem"], as_index=False)["w"].sum()
-    util = h[h["is_mem"] == 0][["host", "uuid", "bin", "w"]]
-    mem = h[h["is_mem"] == 1][["host", "uuid", "bin", "w"]]
+    h = q.df(f"""
+        SELECT host, uuid, ubin, mbin, sum(dt) AS w, grouping(ubin) AS is_mem
+        FROM (SELECT host, uuid, dt, CAST(round(u) AS INTEGER) AS ubin,
+                     CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin
+              FROM ({" UNION ALL ".join(parts)}) p) b
+        GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
+    """)
+    util = h[(h["is_mem"] == 0) & h["ubin"].notna()].rename(columns={"ubin": "bin"})[["host", "uuid", "bin", "w"]]
+    mem = h[(h["is_mem"] == 1) & h["mbin"].notna()].rename(columns={"mbin": "bin"})[["host", "uuid", "bin", "w"]]
     return util, weighted_p95(mem).rename(columns={"p95_util_pct": "mem_p95_permille"})
 
 
