@@ -201,3 +201,18 @@ def test_scheduled_reports_keep_findings_and_pass_the_previous_one(tmp_path):
     for text in (*cron(s).values(), *systemd(s).values()):
         if "report " in text:
             assert "--baseline /srv/audits" in text and "/srv/audits/findings-" in text
+
+
+def test_a_folder_baseline_is_found_from_the_files_heads(tmp_path):
+    """In a folder the newest earlier window is chosen from each file's first bytes; a file that is not
+    findings is passed over, and a newer window than this report's is never a baseline."""
+    from gpu_audit.analyze import baseline as bl
+
+    store, kept = tmp_path / "s", tmp_path / "k"
+    kept.mkdir()
+    write_samples(str(store), gpu("n1", "GPU-a", 0, 50) + gpu("n1", "GPU-a", 1, 50) + gpu("n1", "GPU-a", 2, 50))
+    for i, w in enumerate((DAY1, DAY2, ("2026-11-30T00:00:00Z", "2026-12-01T00:00:00Z"))):
+        write_json(report(store, w), str(kept / f"f{i}.json"))
+    (kept / "zz.json").write_text('{"window": {"start": "2026-11-30T00:00:00Z", "end": "2026-11-30T06:00:00Z"}, "x": ')  # the newest head, not JSON
+    path, f = bl.pick(str(kept), {"start": DAY2[1], "end": "2026-11-30T12:00:00Z"})
+    assert path.endswith("zz.json") is False and f["window"]["end"] == "2026-11-30T00:00:00Z"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Any
 
 from gpu_audit.errors import GpuAuditError
@@ -86,11 +87,37 @@ def pick(path: str, window: dict[str, Any], exclude: str | None = None) -> tuple
     window ended by the end of ``window`` and is not this window (nor the file this report writes)."""
     if os.path.isdir(path):
         ex = os.path.realpath(exclude) if exclude else None
-        cands = [(p, f) for p, f in kept(path)
-                 if os.path.realpath(p) != ex and (f["window"].get("end") or "") <= (window.get("end") or "")
-                 and (f["window"].get("start"), f["window"].get("end")) != (window.get("start"), window.get("end"))]
-        return cands[-1] if cands else (None, None)
+        want = (window.get("start"), window.get("end"))
+        cands = []
+        for p in glob.glob(os.path.join(glob.escape(path), "*.json")):
+            if os.path.realpath(p) == ex:
+                continue
+            w = _head_window(p)  # the window from the file's first bytes: months of large findings are not parsed whole
+            if w is None or (w[1] <= (want[1] or "") and w != want):
+                cands.append((w[1] if w else "", p))
+        for _, p in sorted(cands, reverse=True):  # the newest window first; a file whose head did not tell is read whole
+            try:
+                f = read_findings(p)
+            except BaselineError:
+                continue
+            w = (f["window"].get("start"), f["window"].get("end"))
+            if (w[1] or "") <= (want[1] or "") and w != want:
+                return p, f
+        return None, None
     return path, read_findings(path)
+
+
+_WINDOW = re.compile(r'"window":\s*\{\s*"start":\s*"([^"]*)",\s*"end":\s*"([^"]*)"')
+
+
+def _head_window(path: str) -> tuple[str, str] | None:
+    """A findings file's window (start, end) from its first 4 KB (the writer puts it third), or None."""
+    try:
+        with open(path, "rb") as fh:
+            m = _WINDOW.search(fh.read(4096).decode("utf-8", "replace"))
+    except OSError:
+        return None
+    return (m.group(1), m.group(2)) if m else None
 
 
 def _monthly(v: Any, hours: float) -> float | None:
