@@ -178,3 +178,34 @@ def test_engine_counters_come_back_from_spark_the_same(tmp_path):
     assert same(duck, spark) == []
     (m,) = spark["models"]
     assert spark["token_source"] == "engine counters" and m["completion_tokens"] == 350 and m["cost_usd"] == pytest.approx(6.0)
+
+
+@needs_spark
+def test_windows_rejected_rows_host_from_folder_and_rows_before_2000_on_both_engines(tmp_path):
+    """The scan's less travelled paths: --since/--until, rows out of range (counted per file, with the
+    file named), a foreign file without a host column (the host from its folder), rows before 2000."""
+    from datetime import timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from storefix import T0, at
+
+    store = tmp_path / "s"
+    write_samples(str(store), series("n1", "GPU-a", H100, 0, 60, [50.0] * 120))
+    write_samples(str(store), [{"host": "n1", "uuid": "GPU-a", "name": H100, "ts": at(-T0 + 5), "interval_s": 10.0, "util_gpu_pct": 50.0}])
+    folder = store / "samples" / "host=n%2F2" / "date=2026-11-28"
+    folder.mkdir(parents=True)
+    n = 30
+    ts = pa.array([int((T0 + 60 * k) * 1e6) for k in range(n)], pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"ts": ts, "uuid": ["GPU-z"] * n, "name": [H100] * n, "interval_s": pa.array([60.0] * n, pa.float32()),
+                             "util_gpu_pct": pa.array([250.0] * 5 + [20.0] * (n - 5), pa.float32())}), folder / "foreign.parquet")
+    for window in ((None, None), ("2026-11-28T00:30:00Z", "2026-11-28T01:30:00Z")):
+        duck = build(ReportRequest([str(store)], PRICING, since=window[0], until=window[1]))
+        spark = build(ReportRequest([str(store)], PRICING, since=window[0], until=window[1], engine="spark", spark_master="local[2]"))
+        assert same(duck, spark) == []
+        if window[0] is None:
+            assert {d["host"] for d in spark["devices"]} == {"n1", "n/2"}
+            rejected = {os.path.basename(r["file"]): r["rows"] for r in spark["data_quality"]["rejected_samples"]}
+            assert rejected["foreign.parquet"] == 5 and len(rejected) == 2  # and the file with the row of 1970
+    assert spark["window"]["hours"] == pytest.approx(1.0) and spark["devices"][0]["gpu_hours"] == pytest.approx(1.0)

@@ -197,7 +197,8 @@ class SparkRunner:
         cols = []
         for f in SAMPLES:
             if f.name == "host" and (host_from_path or "host" not in have):
-                from_path = "url_decode(regexp_extract(_gpu_audit_file, '/host=([^/]+)/', 1))"
+                # the file's URI escapes the folder name's own escapes (host=n%2F1 is .../host=n%252F1/...): decoded twice
+                from_path = "url_decode(url_decode(regexp_extract(_gpu_audit_file, '/host=([^/]+)/', 1)))"
                 cols.append(f"coalesce({'`host`' if 'host' in have else 'NULL'}, {from_path}) AS host")
             elif f.name in have:
                 cols.append(f"`{f.name}`")
