@@ -108,6 +108,10 @@ def test_rollups_and_late_rows_on_both_engines(tmp_path):
     duck, spark = both(str(store))
     assert same(duck, spark) == []
     assert spark["fleet"]["gpu_hours"] == pytest.approx(3.0) and spark["fleet"]["spend_usd"] == pytest.approx(9.0)
+    shutil.copytree(store, tmp_path / "copy")  # two copies of the rolled-up store, read together: counted once
+    duck, spark = both(str(store), str(tmp_path / "copy"))
+    assert same(duck, spark) == []
+    assert spark["fleet"]["spend_usd"] == pytest.approx(9.0)
 
 
 @needs_spark
