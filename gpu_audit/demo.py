@@ -116,7 +116,7 @@ def released_by(findings: dict[str, Any]) -> list[str]:
     """The whole GPUs that the cash cards of ``findings`` free (what the demo's second day gives back)."""
     whole = {d["uuid"] for d in findings["devices"] if not d.get("parent_uuid") and not d.get("mig_mode")}
     return sorted({x["uuid"] for r in findings["recommendations"] if r.get("savings_class") == "cash"
-                   for x in r.get("frees") or [] if x.get("share", 0) >= 1 and x["uuid"] in whole})
+                   for x in r.get("frees") or [] if x.get("share", 0) >= 1 - 1e-9 and x["uuid"] in whole})  # a whole GPU, to rounding
 
 
 def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool = True,

@@ -175,7 +175,8 @@ def since(f: dict[str, Any]) -> str | None:
         go.Scatter(x=x, y=[p["spend_per_day_usd"] for p in pts], name="spend / day", mode="lines+markers", marker_color="#2b6cb0"),
         go.Scatter(x=x, y=[p["waste_per_day_usd"] for p in pts], name="waste / day", mode="lines+markers", marker_color=COLORS["idle"]),
         go.Bar(x=x, y=[p["realized_monthly_usd"] for p in pts], name="realised savings / month", yaxis="y2",
-               marker_color=COLORS["productive"], opacity=0.5),
+               marker_color=COLORS["productive"], opacity=0.5,
+               width=[0.3 * 3600e3 * min(p["hours"] for p in pts)] * len(pts)),  # ms on a time axis: a third of a window
     ])
     fig.update_layout(legend=dict(orientation="h"), yaxis=dict(title="USD per day"),
                       yaxis2=dict(title="USD per month", overlaying="y", side="right", rangemode="tozero"))
