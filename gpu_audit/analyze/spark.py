@@ -64,6 +64,8 @@ def session(master: str, conf: dict[str, str]) -> Any:
     if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         raise SparkUnavailable("--engine spark needs Java 17, and no java is on PATH (nor JAVA_HOME set)",
                                hint="apt install openjdk-17-jre-headless, or set JAVA_HOME")
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # one machine: no warning that the host name resolves to loopback
     b = SparkSession.builder.master(master).appName("gpu-audit")
     defaults = {"spark.sql.session.timeZone": "UTC", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
                 "spark.log.level": "ERROR", "spark.sql.execution.arrow.pyspark.enabled": "true"}
