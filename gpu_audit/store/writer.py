@@ -93,10 +93,18 @@ def write_text_atomic(text: str, path: str) -> None:
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    """Write ``table`` to ``path`` so that ``path`` exists only when complete and durable."""
+class NameTaken(Exception):
+    """A new data file's name is already in the store (``write_parquet_atomic(exclusive=True)``)."""
+
+
+def write_parquet_atomic(table: pa.Table, path: str, exclusive: bool = False) -> None:
+    """Write ``table`` to ``path`` so that ``path`` exists only when complete and durable. With
+    ``exclusive`` (a new data file) an existing ``path`` is never replaced: ``NameTaken`` is raised
+    and nothing is written (a file of another writer that drew the same name keeps its rows)."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")
+    # a new file's temp name is its own (two writers of one name never share a temp file); a replaced
+    # file's is fixed, so that the journal's recovery finds it (store/replace.py)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp" if exclusive else f".{name}.tmp")
     # Dictionary encoding for every column but the timestamp (delta-encoded): NVML values repeat.
     # Monotonic counters (ts, the energy counter) are delta-encoded, everything else dictionary-encoded.
     delta = [c for c in ("ts", "energy_mj") if c in table.column_names]
@@ -117,7 +125,23 @@ def write_parquet_atomic(table: pa.Table, path: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)  # fails where the name is taken, where os.replace would overwrite
+            except FileExistsError:
+                os.unlink(tmp)
+                raise NameTaken(path) from None
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                if os.path.exists(path):  # a filesystem without hard links: checked, then renamed
+                    os.unlink(tmp)
+                    raise NameTaken(path) from None
+                os.replace(tmp, path)
+            else:
+                os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
         dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
@@ -139,7 +163,7 @@ class StoreWriter:
         self.root = root
         self.host = host
         started = started or datetime.now(timezone.utc)
-        self.run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = 0
         self._buf: dict[str, dict[str, list[Any]]] = {t: self._empty(t) for t in TABLES}
         self.rows_written: dict[str, int] = {t: 0 for t in TABLES}
@@ -186,10 +210,15 @@ class StoreWriter:
         try:
             for date in list(left):
                 part = groups[date]
-                self._seq += 1
-                name = f"{encode_host(self.host)[:60]}-{self.run_id}-{self._seq:05d}.parquet"
-                path = os.path.join(partition_dir(self.root, table, self.host, date), name)
-                write_parquet_atomic(part, path)
+                for _ in range(1000):  # two writers that drew the same run id: the next sequence number
+                    self._seq += 1
+                    name = f"{encode_host(self.host)[:60]}-{self.run_id}-{self._seq:05d}.parquet"
+                    path = os.path.join(partition_dir(self.root, table, self.host, date), name)
+                    try:
+                        write_parquet_atomic(part, path, exclusive=True)
+                        break
+                    except NameTaken:
+                        continue
                 written.append(path)
                 self.rows_written[table] += part.num_rows
                 left.remove(date)
