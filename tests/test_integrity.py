@@ -99,11 +99,11 @@ def test_an_import_resumed_after_a_full_disk_equals_one_clean_import(run_cli, tm
     store, f = str(tmp_path / "s"), log(tmp_path / "a.csv", range(60))
     real, calls = writer.write_parquet_atomic, []
 
-    def full_disk(table, path):
+    def full_disk(table, path, **kw):
         calls.append(path)
         if len(calls) > 2:
             raise StoreError(f"cannot write {path}: the disk is full")
-        real(table, path)
+        real(table, path, **kw)
 
     monkeypatch.setattr(nvidia_smi, "FLUSH_ROWS", 20)
     monkeypatch.setattr(writer, "write_parquet_atomic", full_disk)
@@ -181,11 +181,11 @@ def test_a_retried_flush_across_midnight_writes_each_row_once(tmp_path, monkeypa
     real = wmod.write_parquet_atomic
     calls = []
 
-    def fail_second(table, path):
+    def fail_second(table, path, **kw):
         calls.append(path)
         if len(calls) == 2:
             raise StoreError("cannot write: the disk is full")
-        real(table, path)
+        real(table, path, **kw)
 
     monkeypatch.setattr(wmod, "write_parquet_atomic", fail_second)
     with pytest.raises(StoreError):
