@@ -184,3 +184,18 @@ def test_build_reports_every_stage_in_order(store):
     seen = []
     build(ReportRequest([store], PRICING, [], None, None), step=seen.append)
     assert seen == list(report_stages()) and len(seen) == 7
+
+
+def test_a_terminal_only_report_imports_neither_plotly_nor_jinja2(tmp_path):
+    """Start-up (issue 21): the HTML's libraries load only for --html or --pdf."""
+    import subprocess
+    import sys
+
+    from storefix import series, write_samples
+
+    write_samples(str(tmp_path / "s"), series("h", "GPU-a", "NVIDIA H100 80GB HBM3", 0, 600, [50] * 6))
+    code = ("import sys; from gpu_audit.cli import run; rc = run(['report', sys.argv[1]]); "
+            "print('LOADED', [m for m in ('plotly', 'jinja2') if m in sys.modules]); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "LOADED []" in r.stdout
