@@ -216,3 +216,30 @@ def test_a_folder_baseline_is_found_from_the_files_heads(tmp_path):
     (kept / "zz.json").write_text('{"window": {"start": "2026-11-30T00:00:00Z", "end": "2026-11-30T06:00:00Z"}, "x": ')  # the newest head, not JSON
     path, f = bl.pick(str(kept), {"start": DAY2[1], "end": "2026-11-30T12:00:00Z"})
     assert path.endswith("zz.json") is False and f["window"]["end"] == "2026-11-30T00:00:00Z"
+
+
+def test_a_collector_gap_is_not_a_saving(tmp_path):
+    """The idle GPU is still there on day 2, but its samples cover only 12 of the 24 hours (the
+    collector stopped): its spend in the window halved, its cost did not. Realised: $0, not done."""
+    store = tmp_path / "s"
+    write_samples(str(store), gpu("n1", "GPU-a", 0, 50) + gpu("n1", "GPU-b", 0, 0) + gpu("n1", "GPU-a", 1, 50)
+                  + gpu("n1", "GPU-b", 1, 0, hours=12))
+    base = day1_with(tmp_path, store, [card("idle-b", "idle", [("n1", "GPU-b")], MONTH)])
+    f2 = report(store, DAY2, base)
+    r = rec(f2, "idle-b")
+    assert r["realized_monthly_usd"] == pytest.approx(0) and r["status"] == "not done"
+    assert f2["baseline"]["deltas"]["fleet"]["spend_monthly_usd"]["after"] == pytest.approx(1.5 * MONTH)  # what was spent: its half day
+    assert f2["baseline"]["realized_monthly_usd"] == pytest.approx(0)
+
+
+def test_a_cash_card_realises_only_its_cash_share(tmp_path):
+    """A card that frees a GPU of which half the cost is cash (the other half committed): the GPU is
+    released, $2,190 of cost stops being used, $1,095 of it leaves a bill."""
+    store = tmp_path / "s"
+    write_samples(str(store), gpu("n1", "GPU-a", 0, 50) + gpu("n1", "GPU-b", 0, 0) + gpu("n1", "GPU-a", 1, 50))
+    c = card("idle-b", "idle", [("n1", "GPU-b")], MONTH / 2)
+    c["frees"][0]["cash_share"] = 0.5
+    base = day1_with(tmp_path, store, [c])
+    f2 = report(store, DAY2, base)
+    assert rec(f2, "idle-b")["realized_monthly_usd"] == pytest.approx(MONTH / 2) and rec(f2, "idle-b")["status"] == "done"
+    assert f2["baseline"]["realized_monthly_usd"] == pytest.approx(MONTH / 2)

@@ -202,9 +202,23 @@ def compare(f: dict[str, Any], b: dict[str, Any], source: str) -> dict[str, Any]
 
 
 def _spend(f: dict[str, Any], hours: float) -> tuple[dict[tuple[str, str], float], set[str]]:
-    """Monthly spend per device, and the hosts that report."""
-    return ({(d["host"], d["uuid"]): _monthly(d.get("spend_usd") or 0.0, hours) for d in f["devices"]},
-            {d["host"] for d in f["devices"]})
+    """Per device, what it costs a month while it is seen (spend x 730 / the hours its samples cover;
+    the window's hours for a device without coverage figures), and the hosts that report. A device
+    seen half the window (a collector that stopped, a gap) costs the same rate as before: missing
+    samples are not a saving."""
+    def rate(d: dict[str, Any]) -> float:
+        covered = d.get("covered_hours")
+        return float(_monthly(d.get("spend_usd") or 0.0, covered if covered and covered > 0 else hours))
+
+    return {(d["host"], d["uuid"]): rate(d) for d in f["devices"]}, {d["host"] for d in f["devices"]}
+
+
+def _freed_share(r: dict[str, Any], x: dict[str, Any]) -> float:
+    """The share of a device's cost a card frees that it can realise: for a cash card the part that
+    shrinks a bill (``cash_share``), else the share."""
+    if r.get("savings_class") == "cash" and x.get("cash_share") is not None:
+        return float(x["cash_share"])
+    return float(x.get("share") or 0.0)
 
 
 def _status(r: dict[str, Any], f: dict[str, Any], b: dict[str, Any], h_now: float, h_then: float) -> dict[str, Any]:
@@ -213,7 +227,7 @@ def _status(r: dict[str, Any], f: dict[str, Any], b: dict[str, Any], h_now: floa
     out = {"id": r.get("id"), "kind": r.get("kind"), "title": r.get("title"), "savings_class": r.get("savings_class"),
            "claimed_monthly_usd": claimed, "realized_monthly_usd": None, "status": None, "measured": False, "still_open": still,
            "why": None}
-    frees = [x for x in r.get("frees") or [] if x.get("share")]
+    frees = [x for x in r.get("frees") or [] if _freed_share(r, x) > 0]
     if not frees:
         out["status"] = "not done" if still else "done"
         out["why"] = ("frees no device, so GPU spend cannot show it: judged by whether the rule still fires"
@@ -226,7 +240,7 @@ def _status(r: dict[str, Any], f: dict[str, Any], b: dict[str, Any], h_now: floa
         out.update(status="gone", measured=True,
                    why="its devices and their hosts are absent from this report: a release cannot be told from a collector that stopped")
         return out
-    fell = sum(float(x["share"]) * max(0.0, then.get((x["host"], x["uuid"]), 0.0) - now.get((x["host"], x["uuid"]), 0.0)) for x in seen)
+    fell = sum(_freed_share(r, x) * max(0.0, then.get((x["host"], x["uuid"]), 0.0) - now.get((x["host"], x["uuid"]), 0.0)) for x in seen)
     realized = min(fell, claimed) if claimed is not None and claimed > 0 else fell
     ratio = realized / claimed if claimed else (1.0 if fell > 0 else 0.0)
     out.update(realized_monthly_usd=realized, measured=True,
@@ -237,8 +251,8 @@ def _status(r: dict[str, Any], f: dict[str, Any], b: dict[str, Any], h_now: floa
 
 def _realized_total(b: dict[str, Any], f: dict[str, Any], h_now: float, h_then: float) -> float:
     """Realised savings since the baseline, each freed device counted once (two cards that free the
-    same GPU realise its saving once): per device, its spend's fall x the largest share a cash card
-    freed of it."""
+    same GPU realise its saving once): per device, its monthly cost's fall x the largest cash share a
+    cash card freed of it."""
     now, hosts = _spend(f, h_now)
     then, _ = _spend(b, h_then)
     share: dict[tuple[str, str], float] = {}
@@ -247,8 +261,8 @@ def _realized_total(b: dict[str, Any], f: dict[str, Any], h_now: float, h_then: 
             continue
         for x in r.get("frees") or []:
             k = (x["host"], x["uuid"])
-            if (k in now or x["host"] in hosts) and x.get("share"):
-                share[k] = min(1.0, max(share.get(k, 0.0), float(x["share"])))
+            if (k in now or x["host"] in hosts) and _freed_share(r, x) > 0:
+                share[k] = min(1.0, max(share.get(k, 0.0), _freed_share(r, x)))
     return sum(s * max(0.0, then.get(k, 0.0) - now.get(k, 0.0)) for k, s in share.items())
 
 
