@@ -243,3 +243,36 @@ def test_a_cash_card_realises_only_its_cash_share(tmp_path):
     f2 = report(store, DAY2, base)
     assert rec(f2, "idle-b")["realized_monthly_usd"] == pytest.approx(MONTH / 2) and rec(f2, "idle-b")["status"] == "done"
     assert f2["baseline"]["realized_monthly_usd"] == pytest.approx(MONTH / 2)
+
+
+def test_a_wrong_baseline_or_history_path_is_said_before_the_analysis(tmp_path, run_cli, monkeypatch):
+    from gpu_audit.analyze import engine
+
+    def no_analysis(*a, **k):
+        raise AssertionError("the analysis ran before the inputs were checked")
+
+    monkeypatch.setattr(engine, "analyze", no_analysis)
+    store = tmp_path / "s"
+    write_samples(str(store), gpu("n1", "GPU-a", 0, 50))
+    (tmp_path / "bad.json").write_text("{")
+    for args, says in ((("--baseline", str(tmp_path / "nope.json")), "no such file or folder"),
+                       (("--baseline", str(tmp_path / "bad.json")), "bad.json:1: not JSON"),
+                       (("--history", str(tmp_path / "bad.json")), "--history")):
+        code, _, err = run_cli("report", str(store), "--pricing", PRICING, *args)
+        assert code == 2 and says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda f: f["fleet"].update(spend_usd="lots"), "fleet.spend_usd is not what findings hold"),
+    (lambda f: f["devices"][0].pop("host"), "devices[0] is not what findings hold"),
+    (lambda f: f["recommendations"].append({"id": "x", "frees": [{"host": 1}]}), "frees is not what findings hold"),
+    (lambda f: f["window"].update(hours=True), "its window has no length"),
+])
+def test_a_hand_edited_baseline_is_refused_in_one_line(tmp_path, run_cli, edit, says):
+    store = tmp_path / "s"
+    write_samples(str(store), gpu("n1", "GPU-a", 0, 50) + gpu("n1", "GPU-b", 0, 0))
+    f = report(store, DAY1)
+    edit(f)
+    (tmp_path / "b.json").write_text(json.dumps(f))
+    code, _, err = run_cli("report", str(store), "--pricing", PRICING, "--baseline", str(tmp_path / "b.json"))
+    assert code == 2 and says in err and "Traceback" not in err

@@ -51,10 +51,47 @@ def _check(f: Any, path: str) -> dict[str, Any]:
         if not isinstance(f.get(key), (dict, list)):
             raise BaselineError(f"--baseline {path}: findings schema {v} without {key!r}: too old to compare with",
                                 hint="re-run the earlier report with this version (its store is still there) and compare with that")
-    hours = (f["window"] or {}).get("hours")
-    if not isinstance(hours, (int, float)) or hours <= 0:
+    hours = (f["window"] or {}).get("hours") if isinstance(f["window"], dict) else None
+    if not isinstance(hours, (int, float)) or isinstance(hours, bool) or not hours > 0:
         raise BaselineError(f"--baseline {path}: its window has no length (window.hours)")
+    where = _malformed(f)
+    if where:
+        raise BaselineError(f"--baseline {path}: {where} is not what findings hold", hint="was the file edited by hand?")
     return f
+
+
+_NUMBERS = ("spend_usd", "waste_usd", "idle_usd", "mean_util_pct", "cost_per_1m_output_tokens", "covered_hours", "cost_usd",
+            "potential_monthly_savings_usd", "monthly_savings_usd", "counted_monthly_usd", "share", "cash_share")
+
+
+def _malformed(f: dict[str, Any]) -> str | None:
+    """The first field the comparison reads that has the wrong type (a hand-edited file), or None."""
+    def bad_numbers(x: Any, where: str) -> str | None:
+        if not isinstance(x, dict):
+            return f"{where} (not an object)"
+        for k in _NUMBERS:
+            v = x.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                return f"{where}.{k}"
+        return None
+
+    if not isinstance(f["fleet"], dict):
+        return "fleet"
+    checks: list[tuple[Any, str]] = [(f["fleet"], "fleet")]
+    for name, keys in (("devices", ("host", "uuid")), ("models", ("model",)), ("recommendations", ())):
+        items = f.get(name) or []
+        if not isinstance(items, list):
+            return name
+        for i, x in enumerate(items):
+            if not isinstance(x, dict) or any(not isinstance(x.get(k), str) for k in keys):
+                return f"{name}[{i}]"
+            checks.append((x, f"{name}[{i}]"))
+            frees = x.get("frees") or []
+            if not isinstance(frees, list) or any(not isinstance(y, dict) or not isinstance(y.get("host"), str)
+                                                  or not isinstance(y.get("uuid"), str) for y in frees):
+                return f"{name}[{i}].frees"
+            checks.extend((y, f"{name}[{i}].frees") for y in frees)
+    return next((w for x, where in checks if (w := bad_numbers(x, where))), None)
 
 
 def read_findings(path: str) -> dict[str, Any]:

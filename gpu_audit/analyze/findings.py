@@ -82,17 +82,18 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
     memory_limit = settings.memory_limit if memory_limit is None else memory_limit
     if req.engine not in ("duckdb", "spark"):
         raise GpuAuditError(f"--engine: expected duckdb or spark, got {req.engine!r}")
-    spark_conf = ()
+    spark_conf, in_place = (), ()
     if req.engine == "spark":
-        from gpu_audit.analyze.spark import parse_conf
+        from gpu_audit.analyze.spark import IN_PLACE, parse_conf
 
-        spark_conf = parse_conf(req.spark_conf)
+        spark_conf, in_place = parse_conf(req.spark_conf), IN_PLACE
     if not 0 <= idle_below <= 100:
         raise GpuAuditError(f"--idle-below must be between 0 and 100, got {idle_below}")
     s = parse_time(since, "--since") if since else None
     u = parse_time(until, "--until") if until else None
     if s and u and s >= u:
         raise GpuAuditError("--since must be before --until")
+    _check_baseline_inputs(req)  # before the analysis: a wrong path is said at once, not after minutes
     say = step or (lambda _name: None)
     stages = report_stages()
     pricing = load_pricing(pricing_path)
@@ -104,7 +105,7 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
     tokens = load_tokens(token_paths, strict=strict, default_host=req.tokens_host) if token_paths else None
     roots = []
     for store in stores:  # object-store URIs: the window's partitions mirrored into a local cache
-        if req.engine == "spark" and store.startswith(("s3a://", "hdfs://", "gs://", "abfs://", "abfss://", "wasbs://")):
+        if in_place and store.startswith(in_place):
             roots.append(store)  # Spark reads these itself
         elif "://" in store and not store.startswith("file://"):
             from gpu_audit.store.remote import mirror
@@ -124,6 +125,21 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
     return _clean(aggregate_series(findings))
 
 
+def _check_baseline_inputs(req: ReportRequest) -> None:
+    import os
+
+    from gpu_audit.analyze import baseline as bl
+
+    if req.baseline is not None:
+        if not os.path.exists(req.baseline):
+            raise bl.BaselineError(f"--baseline {req.baseline}: no such file or folder",
+                                   hint="give an earlier report's --json file, or the folder where they are kept")
+        if not os.path.isdir(req.baseline):
+            bl.read_findings(req.baseline)  # not JSON, another schema: said now, in one line
+    if req.history is not None and not os.path.isdir(req.history):
+        raise GpuAuditError(f"--history {req.history}: not a folder", hint="give the folder where the daily findings are kept")
+
+
 def since_last_audit(findings: dict[str, Any], req: ReportRequest) -> None:
     """The ``baseline`` section (null without --baseline), ``history`` (the kept findings' daily
     figures, with --history or a --baseline folder), and each recommendation's ``first_seen``."""
@@ -137,8 +153,6 @@ def since_last_audit(findings: dict[str, Any], req: ReportRequest) -> None:
         findings["data_quality"]["baseline_missing"] = f"no earlier findings in {req.baseline}: nothing to compare with yet"
     bl.first_seen(findings, base)
     folder = req.history or (req.baseline if req.baseline and os.path.isdir(req.baseline) else None)
-    if req.history and not os.path.isdir(req.history):
-        raise GpuAuditError(f"--history {req.history}: not a folder", hint="give the folder where the daily findings are kept")
     findings["history"] = bl.history(folder, findings, req.writes) if folder else None
 
 

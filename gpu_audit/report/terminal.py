@@ -178,7 +178,7 @@ def _since_last_audit(f: dict[str, Any], console: Console, top: int = 5) -> None
         return
     w = b["window"]
     counts = b["status_counts"]
-    console.print(f"[bold]Since the last audit[/] ({w.get('start')} -> {w.get('end')}): realised "
+    console.print(f"[bold]Since the last audit[/] ({clean(w.get('start'))} -> {clean(w.get('end'))}): realised "
                   f"[bold]{fmt_usd(b['realized_monthly_usd'])}/month[/] of {fmt_usd(b['claimed_monthly_usd'])}/month claimed in cash; "
                   f"recommendations done {counts['done']}, partly {counts['partly']}, not done {counts['not done']}, gone {counts['gone']}",
                   soft_wrap=True)
