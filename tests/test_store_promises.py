@@ -492,3 +492,28 @@ def test_two_writers_that_draw_the_same_name_lose_no_row(tmp_path, monkeypatch):
         write_samples(str(root), series("n1", "GPU-a", H100, k * 3600, 60, [50.0] * 60))
     assert len(list((root / "samples" / "host=n1" / "date=2026-11-28").glob("*.parquet"))) == 3
     assert fleet(report(str(root))) == (3.0, 9.0, 4.5)
+
+
+@pytest.mark.parametrize("op", ["link", "unlink", "fsync"])
+def test_a_flush_that_fails_at_any_step_writes_each_row_once(tmp_path, monkeypatch, op):
+    """The writer's new files (linked, never replacing): a full disk at each call of ``op`` in turn,
+    then the same writer flushes again; every row is stored exactly once, or the report says how
+    many instants were read twice and counts them once."""
+    for n in range(1, 6):
+        root = tmp_path / f"s{op}{n}"
+        w = writer.StoreWriter(str(root), "n1")
+        for r in series("n1", "GPU-a", H100, 0, 60, [50.0] * 60):
+            w.add("samples", {"source": "virtual", **r})
+        faulty = inject(monkeypatch, op, n)
+        try:
+            w.flush()
+        except StoreError:
+            pass
+        monkeypatch.undo()
+        w.flush()  # the retry
+        t = read_table(root, "samples")
+        if faulty.fired and op == "fsync" and t.num_rows == 120:  # the file was in place when its folder's fsync failed
+            assert report(str(root))["data_quality"]["duplicate_or_overlapping_samples"][0]["duplicate_rows"] == 60
+        else:
+            assert t.num_rows == 60, (op, n)
+        assert fleet(report(str(root))) == (1.0, 3.0, 1.5)

@@ -139,7 +139,10 @@ def write_parquet_atomic(table: pa.Table, path: str, exclusive: bool = False) ->
                     raise NameTaken(path) from None
                 os.replace(tmp, path)
             else:
-                os.unlink(tmp)
+                try:
+                    os.unlink(tmp)  # the file is in place: a temp name left behind is swept later (compact)
+                except OSError:
+                    pass
         else:
             os.replace(tmp, path)
         dfd = os.open(folder, os.O_RDONLY)
