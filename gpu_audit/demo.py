@@ -14,6 +14,7 @@ work (right-sizing, MIG layouts, batching) are left as they were. Each day's fin
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -159,7 +160,7 @@ def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool
         for name in SCENARIOS:
             text = (PKG / "scenarios" / name).read_text()
             path = outp / f".scenario-{name}"
-            head = f"[host]\nstart = {start_s}\n" + (f"released = {json_list(released)}\n" if released else "")
+            head = f"[host]\nstart = {start_s}\n" + (f"released = {json.dumps(released)}\n" if released else "")  # a JSON array of strings is a TOML one
             path.write_text(text.replace("[host]\n", head, 1))
             say(f"collecting {name}: {hours:g} simulated hours at {interval_s:g} s" + (f" (day {day + 1})" if days > 1 else ""))
             collect(str(store), interval_s=interval_s, duration_s=duration, simulate=str(path), handle_signals=False)
@@ -187,9 +188,3 @@ def run_demo(out: str, hours: float = 24.0, interval_s: float = 30.0, html: bool
     return DemoResult(out=str(outp), store=str(store), tokens=tokens, pricing=pricing, json=js, html=html_path,
                       requests=requests, findings=findings, days=found, released=released)
 
-
-def json_list(items: list[str]) -> str:
-    """A TOML array of strings."""
-    import json
-
-    return "[" + ", ".join(json.dumps(i) for i in items) + "]"

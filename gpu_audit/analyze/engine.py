@@ -7,7 +7,6 @@ sees those small frames. No Python loop runs per sample.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -19,14 +18,13 @@ import pyarrow as pa
 
 from gpu_audit.hourly import COLUMNS as HOURLY_COLUMNS, HourlyColumns
 from gpu_audit.analyze.pricing import Pricing
-from gpu_audit.analyze.reader import table_files
 from gpu_audit.analyze.runner import DuckRunner, DuckRunner as Runner
 from gpu_audit.analyze.tokens import TokenLog
 from gpu_audit.duck import session
 from gpu_audit.errors import GpuAuditError
 from gpu_audit.analyze.usage import (Scan, Window, device_distributions, device_hours, namespaces, rollup_hours, scan,
                                      weighted_p95)
-from gpu_audit.store.query import read_sql, rollups_source, window_where
+from gpu_audit.store.query import window_where
 
 class EmptyStore(GpuAuditError):
     pass

@@ -24,7 +24,6 @@ class DuckRunner:
     """The scan in this process's DuckDB connection."""
 
     d: Dialect = DUCK
-    name = "duckdb"
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con

@@ -30,7 +30,9 @@ from gpu_audit.store import query
 from gpu_audit.store.dialect import SPARK
 from gpu_audit.store.layout import is_data_file
 
-REMOTE = ("s3a://", "s3://", "hdfs://", "gs://", "abfs://", "abfss://", "wasbs://")
+# Roots Spark reads where they are; report mirrors s3:// locally for both engines (store/remote.py).
+IN_PLACE = ("s3a://", "hdfs://", "gs://", "abfs://", "abfss://", "wasbs://")
+REMOTE = ("s3://", *IN_PLACE)  # roots listed through Hadoop's filesystem rather than the local one
 # Cleaned rows handed back to Spark: every column of query.samples_sql, in one order on both sides.
 CLEAN_COLUMNS = ("host", "uuid", "ts_us", *query.ROW_COLUMNS)
 _SESSIONS: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
@@ -100,7 +102,6 @@ class SparkRunner:
     """The scan on Spark; the local DuckDB ``con`` converts results and repairs flagged rows."""
 
     d = SPARK
-    name = "spark"
 
     def __init__(self, con: duckdb.DuckDBPyConnection, master: str = "local[*]", conf: dict[str, str] | None = None) -> None:
         self.con = con

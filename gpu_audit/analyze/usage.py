@@ -20,9 +20,8 @@ import pandas as pd
 
 from gpu_audit.analyze.runner import DuckRunner as Runner  # the interface; Spark's runner has the same methods
 
-from gpu_audit.store.query import (EARLIEST_HOUR, SUM_COLUMNS, Cleaned, dedup, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
-                                   rolled_up_sql, rollups_source, samples_source, samples_sql, several_per_partition,
-                                   split_covered, window_where)
+from gpu_audit.store.query import (EARLIEST_HOUR, SUM_COLUMNS, Cleaned, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
+                                   samples_sql, several_per_partition, split_covered, window_where)
 
 HOT_IDLE_S = 600.0  # 10 minutes of "idle" at high power in a device-hour: the utilization reading is wrong
 
@@ -216,7 +215,7 @@ def device_hours(q: Runner, sc: Scan, rollups: pd.DataFrame | None = None) -> pd
     dh["sm_share_dt"] = sh * dh["sm_dt"]
     dh["sm_waste_share_dt"] = sh * (dh["sm_dt"] - dh["smu_dt"] / 100)
     free = q.df(f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt, sum(stranded_dt) AS stranded_dt "
-                f"FROM ({mig_free_sql(sc.rows)}) m GROUP BY ALL") if sc.rows and _any_mig(sc.dh, rollups) else pd.DataFrame()
+                f"FROM ({mig_free_sql(sc.rows)}) m GROUP BY ALL") if sc.rows and _any_mig(sc.dh) else pd.DataFrame()
     dh = dh.merge(free, on=["host", "uuid", "hour"], how="left") if not free.empty else dh.assign(free_dt=0.0, blind_dt=0.0, stranded_dt=0.0)
     dh["free_dt"] = dh["free_dt"].astype(float).fillna(0.0) + dh["roll_free_dt"].astype(float).fillna(0.0)
     dh["stranded_dt"] = dh["stranded_dt"].astype(float).fillna(0.0) + dh["roll_stranded_dt"].astype(float).fillna(0.0)
@@ -248,8 +247,8 @@ def device_distributions(q: Runner, rows: str | None, w: Window,
     return util, weighted_p95(mem).rename(columns={"p95_util_pct": "mem_p95_permille"})
 
 
-def _any_mig(dh: pd.DataFrame, rollups: pd.DataFrame | None) -> bool:
-    """Whether the scan saw a MIG instance or a GPU in MIG mode (else no MIG query runs)."""
+def _any_mig(dh: pd.DataFrame) -> bool:
+    """Whether the samples' scan saw a MIG instance or a GPU in MIG mode (else no MIG query runs)."""
     return bool(dh["parent_uuid"].notna().any() or dh["mig_mode"].fillna(False).astype(bool).any())
 
 

@@ -184,6 +184,8 @@ def missing_columns(files: list[str]) -> dict[str, list[str]]:
 
     out = {}
     for f in files:
+        if "://" in f:
+            continue  # a remote file Spark read (s3a://, hdfs://): its schema was checked there, merged
         names = set(pq.read_schema(f).names)
         lack = [c for c in REQUIRED if c not in names]
         if lack:
