@@ -34,7 +34,7 @@ class DuckRunner:
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return self.con.execute(sql).fetchall()
 
-    def samples_source(self, files: list[str], host_from_path: bool = False, covered_from: int | None = None) -> str:
+    def samples_source(self, files: list[str], host_from_path: bool = False, covered_from: int | None = None) -> query.Source:
         return query.samples_source(self.con, files, host_from_path, covered_from)
 
     def rolled_up(self, rollup_files: list[str]) -> None:

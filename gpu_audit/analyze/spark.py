@@ -184,7 +184,7 @@ class SparkRunner:
                 out.append(p)
         return out
 
-    def samples_source(self, files: list[str], host_from_path: bool = False, covered_from: int | None = None) -> str:
+    def samples_source(self, files: list[str], host_from_path: bool = False, covered_from: int | None = None) -> query.Source:
         from gpu_audit.store.schema import SAMPLES
 
         have = self.columns(files)
@@ -209,14 +209,15 @@ class SparkRunner:
                 cols.append(f"CAST(NULL AS {SPARK.type(query.DUCK_TYPES[str(f.type)])}) AS `{f.name}`")
         cols.append("_gpu_audit_file AS file_index")
         select = ", ".join(cols)
+        absent = {f.name for f in SAMPLES if f.name not in have and f.name != "host"}
         if covered_from is None or covered_from >= len(files):
-            return f"(SELECT {select} FROM {self._view(self._read(files))})"
+            return query.Source(f"(SELECT {select} FROM {self._view(self._read(files))})", absent)
         plain, late = files[:covered_from], files[covered_from:]
         parts = [f"SELECT {select} FROM {self._view(self._read(plain))}"] if plain else []
         parts.append(f"""SELECT s.* FROM (SELECT {select} FROM {self._view(self._read(late))}) s
           LEFT ANTI JOIN rolled_up r ON r.host = s.host AND r.uuid = s.uuid
                                     AND unix_micros(s.ts) >= r.start_us AND unix_micros(s.ts) < r.end_us""")
-        return "(" + " UNION ALL ".join(parts) + ")"
+        return query.Source("(" + " UNION ALL ".join(parts) + ")", absent)
 
     def rolled_up(self, rollup_files: list[str]) -> None:
         self._sql(f"""SELECT DISTINCT host, uuid, unix_micros(ts) AS start_us,

@@ -53,14 +53,15 @@ def scan(q: Runner, files: list[str], w: Window, rollup_files: list[str] | None 
     if covered_from is not None:
         q.rolled_up([f for f in rollup_files or [] if partition_key(f) in {partition_key(x) for x in files[covered_from:]}])
     src = q.samples_source(files, covered_from=covered_from)
+    absent = getattr(src, "absent", frozenset())  # columns no file has: their sums are constants
     rows = samples_sql(src, w.since, w.until, d=q.d)
     per_file = several_per_partition(files)  # else no two files can hold the same device-hour
-    dh = q.df(hour_sums_sql(rows, float(w.idle_below), per_file))
+    dh = q.df(hour_sums_sql(rows, float(w.idle_below), per_file, absent=absent, d=q.d))
     early = bool((dh["hour"] < EARLIEST_HOUR).any())  # rows before 2000: read again, rejecting them
     if dh["host"].isna().any() or early:  # a file without a host column: the host comes from its host= folder
         src = q.samples_source(files, host_from_path=bool(dh["host"].isna().any()), covered_from=covered_from)
         rows = samples_sql(src, w.since, w.until, early=early, d=q.d)
-        dh = q.df(hour_sums_sql(rows, float(w.idle_below), per_file))
+        dh = q.df(hour_sums_sql(rows, float(w.idle_below), per_file, absent=absent, d=q.d))
     rejected = _rejected(q, src, w, files, early) if dh["bad_n"].sum() > 0 else []
     if not rejected:  # every row in range: the later scans need not check again
         rows = samples_sql(src, w.since, w.until, check=False, d=q.d)
@@ -70,7 +71,8 @@ def scan(q: Runner, files: list[str], w: Window, rollup_files: list[str] | None 
     flagged = sorted((h, u, int(hr)) for h, u, hr in sus.itertuples(index=False))
     cleaned: Cleaned = q.dedup(rows, flagged)
     if flagged:
-        fixed = q.df(hour_sums_sql(q.only_hours(cleaned.sql, "flagged_hours"), float(w.idle_below), False, weighted=True))
+        fixed = q.df(hour_sums_sql(q.only_hours(cleaned.sql, "flagged_hours"), float(w.idle_below), False, weighted=True,
+                                      absent=absent, d=q.d))
         keys = pd.MultiIndex.from_frame(dh[["host", "uuid", "hour"]].astype({"hour": "int64"}))
         dh = pd.concat([dh[~keys.isin(flagged)], fixed], ignore_index=True)
     return Scan(cleaned.sql, dh.drop(columns=["suspect"]), cleaned.devices, rejected)

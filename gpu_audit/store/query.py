@@ -35,6 +35,19 @@ class StoreFileError(GpuAuditError):
     pass
 
 
+class Source(str):
+    """A samples FROM item (SQL text) that knows which schema columns no file of it has: those are
+    typed NULLs, so that ``samples_sql`` and ``hour_sums_sql`` can write their expressions without
+    them (a store without MIG, energy counters or GPM reads 30 % faster; docs/benchmarks.md)."""
+
+    absent: frozenset[str]
+
+    def __new__(cls, sql: str, absent: frozenset[str] | set[str] = frozenset()) -> "Source":
+        s = super().__new__(cls, sql)
+        s.absent = frozenset(absent)
+        return s
+
+
 def sql_list(files: list[str]) -> str:
     return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
 
@@ -73,7 +86,7 @@ def window_where(since: datetime | None, until: datetime | None, *extra: str, d:
 
 
 def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_path: bool = False,
-                   covered_from: int | None = None) -> str:
+                   covered_from: int | None = None) -> Source:
     """A SELECT over the files with every column of the current schema: columns that no file has
     (a store written by an older schema version, or an importer that has fewer fields) are typed
     NULLs, so the analysis reads every version. A file without ``ts``, ``uuid`` or ``interval_s``
@@ -95,6 +108,7 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_p
             raise StoreFileError(f"cannot read {files[0]}: a samples file without the column {col!r}",
                                  hint="every samples file needs ts, uuid and interval_s (docs/store.md)")
     cols = []
+    absent = {f.name for f in SAMPLES if f.name not in have and f.name != "host"}
     for f in SAMPLES:
         if f.name == "host" and (host_from_path or "host" not in have):
             cols.append(f'coalesce({"host" if "host" in have else "NULL"}, {HOST_FROM_PATH}) AS host')
@@ -103,13 +117,13 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_p
         else:
             cols.append(f'CAST(NULL AS {DUCK_TYPES[str(f.type)]}) AS "{f.name}"')
     if covered_from is None or covered_from >= len(files):
-        return f"(SELECT {', '.join(cols)}, file_index FROM {src})"
+        return Source(f"(SELECT {', '.join(cols)}, file_index FROM {src})", absent)
     plain, late = files[:covered_from], files[covered_from:]
     parts = [f"SELECT {', '.join(cols)}, file_index FROM {read_sql(plain, union)}"] if plain else []
     parts.append(f"""SELECT * FROM (SELECT {', '.join(cols)}, file_index + {len(plain)} AS file_index FROM {read_sql(late, union)}) s
       WHERE NOT EXISTS (SELECT 1 FROM rolled_up r WHERE r.host = s.host AND r.uuid = s.uuid
                         AND epoch_us(s.ts) >= r.start_us AND epoch_us(s.ts) < r.end_us)""")
-    return "(" + " UNION ALL BY NAME ".join(parts) + ")"
+    return Source("(" + " UNION ALL BY NAME ".join(parts) + ")", absent)
 
 
 def partition_key(path: str) -> tuple[str, str]:
@@ -197,21 +211,28 @@ _UTIL = ("util_gpu_pct", "gr_engine_active_pct", "sm_active_pct")
 # NaN compares above every number in DuckDB, so BETWEEN rejects NaN and infinities as well as values out of range.
 EARLIEST_SQL = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"  # older times are not real samples (sources.sink.EARLIEST)
 EARLIEST_US = 946684800 * 10**6
-BAD = ("(ts IS NULL OR uuid IS NULL OR NOT coalesce(interval_s BETWEEN 0 AND 1e12, false) OR "
-       + " OR ".join(f"NOT coalesce({c} BETWEEN 0 AND 100, true)" for c in _UTIL) + ")")
+
+
+def _bad(absent: frozenset[str] = frozenset()) -> str:
+    """The range test of a stored row (a utilization column no file has is NULL: it passes)."""
+    return ("(ts IS NULL OR uuid IS NULL OR NOT coalesce(interval_s BETWEEN 0 AND 1e12, false)"
+            + "".join(f" OR NOT coalesce({c} BETWEEN 0 AND 100, true)" for c in _UTIL if c not in absent) + ")")
+
+
+BAD = _bad()
+
+
+def bad_sql(early: bool, d: Dialect = DUCK, absent: frozenset[str] = frozenset()) -> str:
+    """The test of a rejected row (``BAD``; with ``early``, also a time before 2000-01-01)."""
+    bad = _bad(absent)
+    return f"({bad[1:-1]} OR {d.epoch_us('ts')} < {EARLIEST_US})" if early else bad
 # Rows before 2000 are rare (written before the importers refused them): the scan finds their hours
 # (hour < EARLIEST_HOUR) without a per-row test, and only then reads again with this one.
-BAD_EARLY = f"({BAD[1:-1]} OR ts < {EARLIEST_SQL})"
-
-
-def bad_sql(early: bool, d: Dialect = DUCK) -> str:
-    """The test of a rejected row (``BAD``; with ``early``, also a time before 2000-01-01)."""
-    return f"({BAD[1:-1]} OR {d.epoch_us('ts')} < {EARLIEST_US})" if early else BAD
 EARLIEST_HOUR = 946684800 // 3600  # 2000-01-01 as a clock hour
 
 
 def samples_sql(src: str, since: datetime | None = None, until: datetime | None = None, check: bool = True,
-                early: bool = False, d: Dialect = DUCK) -> str:
+                early: bool = False, d: Dialect = DUCK, absent: frozenset[str] | None = None) -> str:
     """Per-sample rows with the columns every sum needs.
 
     share: 1 for a whole GPU; a MIG device's compute slices over its GPU's (7, or 4 on an A30); 0 for
@@ -220,25 +241,35 @@ def samples_sql(src: str, since: datetime | None = None, until: datetime | None 
     gr_engine_active_pct, 3 sm_active_pct, null without evidence; ``bad``: out of range, reaching no
     sum (dt 0, no u). ``check=False`` skips the range check
     (``bad`` is false): for the later scans of rows that the first scan found all in range; ``early``
-    also rejects rows before 2000-01-01."""
+    also rejects rows before 2000-01-01.
+
+    ``absent``: columns that no file has (typed NULLs in ``src``; by default ``src.absent`` where src
+    is a ``Source``). Every output column stays, with the same type: what is computed from them alone
+    is written as the constant it is, so that no row pays for it."""
+    a = frozenset(getattr(src, "absent", frozenset()) if absent is None else absent)
+    dt = "CASE WHEN bad THEN 0.0 ELSE CAST(interval_s AS DOUBLE) END"
+    util = [c for c in _UTIL if c not in a]
+    u = f"CASE WHEN NOT bad THEN CAST(coalesce({', '.join(util)}) AS DOUBLE) END" if util else "CAST(NULL AS DOUBLE)"
+    metric = ("CASE WHEN bad THEN NULL " + " ".join(f"WHEN {c} IS NOT NULL THEN {_UTIL.index(c) + 1}" for c in util) + " END"
+              if util else "CAST(NULL AS INTEGER)")
+    sm = "CASE WHEN NOT bad THEN CAST(sm_active_pct AS DOUBLE) END" if "sm_active_pct" not in a else "CAST(NULL AS DOUBLE)"
+    counter = "CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END" if "energy_j" not in a else "CAST(NULL AS DOUBLE)"
+    power_dt = f"CAST(power_w AS DOUBLE) * {dt}" if "power_w" not in a else None
+    e_j = (f"coalesce({counter}, {power_dt})" if "energy_j" not in a and power_dt else power_dt or counter)
+    mig = "parent_uuid" not in a or "mig_mode" not in a
+    total = (f"""CASE WHEN {' OR '.join(x for x in ('parent_uuid IS NOT NULL', 'mig_mode') if x.split()[0] not in a)} THEN
+                  (CASE WHEN name ILIKE '%A30%' THEN 4e0 ELSE 7e0 END) END""" if mig else "CAST(NULL AS DOUBLE)")
+    slices = ("CASE WHEN parent_uuid IS NOT NULL THEN TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) END"
+              if "parent_uuid" not in a else "CAST(NULL AS DOUBLE)")
     return f"""
-      SELECT host, uuid, parent_uuid, name, mig_profile, coalesce(mig_mode, false) AS mig_mode, source, file_index,
-             {d.epoch_us("ts")} AS ts_us, {d.hour("ts")} AS hour, bad,
-             CASE WHEN bad THEN 0.0 ELSE CAST(interval_s AS DOUBLE) END AS dt, 1e0 AS w,
-             CASE WHEN NOT bad THEN CAST(coalesce(util_gpu_pct, gr_engine_active_pct, sm_active_pct) AS DOUBLE) END AS u,
-             CASE WHEN bad THEN NULL WHEN util_gpu_pct IS NOT NULL THEN 1 WHEN gr_engine_active_pct IS NOT NULL THEN 2
-                  WHEN sm_active_pct IS NOT NULL THEN 3 END AS metric,
-             CASE WHEN NOT bad THEN CAST(sm_active_pct AS DOUBLE) END AS sm,
-             mem_used_bytes, mem_total_bytes, error IS NOT NULL AS has_error, k8s_namespace, k8s_pod,
-             power_w, power_limit_w,
-             CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END AS energy_j,
+      SELECT host, uuid, parent_uuid, name, mig_profile, {"coalesce(mig_mode, false)" if "mig_mode" not in a else "false"} AS mig_mode,
+             source, file_index, {d.epoch_us("ts")} AS ts_us, {d.hour("ts")} AS hour, bad,
+             {dt} AS dt, 1e0 AS w, {u} AS u, {metric} AS metric, {sm} AS sm,
+             mem_used_bytes, mem_total_bytes, {"error IS NOT NULL" if "error" not in a else "false"} AS has_error, k8s_namespace, k8s_pod,
+             power_w, power_limit_w, {counter} AS energy_j,
              -- the energy this sample stands for: the counter's delta, else power x dt (a bad row's dt is 0)
-             coalesce(CASE WHEN NOT bad AND energy_j >= 0 THEN energy_j END,
-                      CAST(power_w AS DOUBLE) * CASE WHEN bad THEN 0.0 ELSE CAST(interval_s AS DOUBLE) END) AS e_j,
-             CASE WHEN parent_uuid IS NOT NULL OR mig_mode THEN
-                  (CASE WHEN name ILIKE '%A30%' THEN 4e0 ELSE 7e0 END) END AS total_slices,
-             CASE WHEN parent_uuid IS NOT NULL THEN TRY_CAST(split_part(mig_profile, 'g.', 1) AS DOUBLE) END AS slices
-      FROM (SELECT *, {bad_sql(early, d) if check else "false"} AS bad FROM {src} {window_where(since, until, d=d)})
+             {e_j} AS e_j, {total} AS total_slices, {slices} AS slices
+      FROM (SELECT *, {bad_sql(early, d, a) if check else "false"} AS bad FROM {src} {window_where(since, until, d=d)})
     """
 
 
@@ -346,18 +377,46 @@ SUM_COLUMNS = ("ev_dt", "u_dt", "idle_dt", "sm_dt", "smu_dt", "error_dt", "m_uti
                "idle_energy_j", "counter_n", "hot_dt", "hot_udt")
 
 
-def hour_sums_sql(rows: str, idle: float, per_file: bool = True, weighted: bool = False) -> str:
+# What a sum is where the columns it reads are absent from every file: (column, needs, constant).
+_CONSTANT_SUMS = (
+    ("parent_uuid", ("parent_uuid",), "CAST(NULL AS VARCHAR)"), ("mig_profile", ("mig_profile",), "CAST(NULL AS VARCHAR)"),
+    ("mig_mode", ("mig_mode",), "false"), ("share", ("parent_uuid", "mig_mode"), "CAST(1.0 AS DOUBLE)"),
+    ("sm_dt", ("sm_active_pct",), "CAST(NULL AS DOUBLE)"), ("smu_dt", ("sm_active_pct",), "CAST(NULL AS DOUBLE)"),
+    ("error_dt", ("error",), "CAST(NULL AS DOUBLE)"),
+    ("m_util_dt", ("util_gpu_pct",), "CAST(NULL AS DOUBLE)"), ("m_gr_dt", ("gr_engine_active_pct",), "CAST(NULL AS DOUBLE)"),
+    ("m_sm_dt", ("sm_active_pct",), "CAST(NULL AS DOUBLE)"), ("counter_n", ("energy_j",), "CAST(0 AS BIGINT)"),
+    ("energy_j", ("energy_j", "power_w"), "CAST(NULL AS DOUBLE)"), ("idle_energy_j", ("energy_j", "power_w"), "CAST(NULL AS DOUBLE)"),
+    ("hot_dt", ("power_limit_w",), "CAST(NULL AS DOUBLE)"), ("hot_udt", ("power_limit_w",), "CAST(NULL AS DOUBLE)"),
+    ("hot_dt", ("power_w",), "CAST(NULL AS DOUBLE)"), ("hot_udt", ("power_w",), "CAST(NULL AS DOUBLE)"),
+    *((c, _UTIL, "CAST(NULL AS DOUBLE)") for c in ("ev_dt", "u_dt", "idle_dt", "idle_energy_j", "hot_dt", "hot_udt")),
+)
+
+
+def constant_sums(absent: frozenset[str], d: Dialect = DUCK) -> dict[str, str]:
+    """The sums of hour_sums_sql that are constants when the columns ``absent`` are (every input of
+    them absent): their value, typed as the sum would be."""
+    out: dict[str, str] = {}
+    for col, needs, value in _CONSTANT_SUMS:
+        if all(n in absent for n in needs):
+            out.setdefault(col, value.replace("VARCHAR", d.type("VARCHAR")))
+    return out
+
+
+def hour_sums_sql(rows: str, idle: float, per_file: bool = True, weighted: bool = False,
+                  absent: frozenset[str] = frozenset(), d: Dialect = DUCK) -> str:
     """Per (device, hour): the sums, and ``suspect`` where rows stand for more time than they span
     (backward intervals [ts - dt, ts] are disjoint within one clean series: duplicates or overlapping
     series) or, with ``per_file``, where two files' spans overlap. Without ``per_file`` (each
-    partition holds one file, as after compact) the sums are taken in one level."""
-    inner = ", ".join(f"{e.format(idle=idle, span_dt='dt / w' if weighted else 'dt')} AS {c}" for c, e, _ in _SUMS)
+    partition holds one file, as after compact) the sums are taken in one level. A sum over columns
+    ``absent`` from every file (``constant_sums``) is its constant, not a sum per row."""
+    const = constant_sums(frozenset(absent), d)
+    inner = ", ".join(f"{const.get(c) or e.format(idle=idle, span_dt='dt / w' if weighted else 'dt')} AS {c}" for c, e, _ in _SUMS)
     if not per_file:
         return f"""
     SELECT *, dt_s * 1e6 > last_us - first_us + {TOLERANCE_US} AS suspect
     FROM (SELECT host, uuid, hour, {inner} FROM ({rows}) GROUP BY host, uuid, hour)
     """
-    outer = ", ".join(f"{agg}({c}) AS {c}" for c, _, agg in _SUMS)
+    outer = ", ".join(f"{const.get(c) or f'{agg}({c})'} AS {c}" for c, _, agg in _SUMS)
     return f"""
     WITH f AS (
       SELECT host, uuid, hour, file_index, {inner}
