@@ -37,6 +37,13 @@ def connect(memory_limit: str = "1GB", threads: int | None = None, temp_dir: str
     return con
 
 
+def list_table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, tuple[str, list]]) -> None:
+    """The temp table ``name`` from Python lists: {column: (DuckDB type, values)}, all of one length.
+    (Lists go in as parameters: an Arrow table built from Python objects would import pandas.)"""
+    cols = ", ".join(f"unnest(${i + 1}::{t}[]) AS {c}" for i, (c, (t, _)) in enumerate(columns.items()))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {cols}", [v for _, v in columns.values()])
+
+
 @contextmanager
 def session(memory_limit: str = "1GB", threads: int | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection with a private spill folder, both gone afterwards."""

@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 AGGREGATE_ABOVE = 300  # devices: above this the written hourly series is per host, not per device
 COLUMNS = ["host", "uuid", "hour", "mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s"]
@@ -36,9 +35,16 @@ class HourlyColumns(Sequence):
     list, in `COLUMNS` order, with the hour as ISO text and null for a missing number, exactly as
     the written series has it."""
 
-    def __init__(self, host: Any, uuid: Any, hour: Any, values: dict[str, Any]) -> None:
-        hc, self.hosts = pd.factorize(pd.Series(host), sort=True)
-        uc, self.uuids = pd.factorize(pd.Series(uuid), sort=True)
+    def __init__(self, host: Any, uuid: Any, hour: Any, values: dict[str, Any],
+                 names: tuple[list[str], list[str]] | None = None) -> None:
+        """``host`` and ``uuid``: names; or, with ``names`` (the sorted distinct hosts and uuids), codes
+        into them (what the analysis hands over: no string per row)."""
+        if names is None:
+            hc, self.hosts = _codes(host)
+            uc, self.uuids = _codes(uuid)
+        else:
+            hc, uc = np.asarray(host, dtype=np.int64), np.asarray(uuid, dtype=np.int64)
+            self.hosts, self.uuids = list(names[0]), list(names[1])
         hour = np.asarray(hour, dtype=np.int64)
         # Rows in (host, uuid, hour) order; the codes follow the names' order, so no string is compared.
         order = np.lexsort((hour, uc, hc))
@@ -85,8 +91,10 @@ class HourlyColumns(Sequence):
         keys = ("host", "uuid", "hour", *_VALUES, "h")
         return [dict(zip(keys, (host, uuid, self._hour_text(h), *vals, h))) for h, *vals in zip(hours, *cols)]
 
-    def frame(self) -> pd.DataFrame:
-        """The columns as a frame: host as a categorical, hour as an integer."""
+    def frame(self) -> Any:
+        """The columns as a pandas frame: host as a categorical, hour as an integer."""
+        import pandas as pd
+
         return pd.DataFrame({"host": pd.Categorical.from_codes(self.host_code, categories=pd.Index(self.hosts)),
                              "hour": self.hour, **self.values})
 
@@ -99,9 +107,17 @@ class HourlyColumns(Sequence):
         return [list(r) for r in zip(*cols)]
 
 
+def _codes(names: Any) -> tuple[np.ndarray, list[str]]:
+    """Names as codes into their sorted distinct values."""
+    found, codes = np.unique(np.asarray(list(names), dtype=object), return_inverse=True)
+    return codes.astype(np.int64), found.tolist()
+
+
 def per_host(series: dict[str, Any]) -> list[list[Any]]:
     """The hourly series summed per host and hour: dt-weighted mean utilization, peak memory,
     summed spend, covered, idle and evidence seconds. ``uuid`` is "*"."""
+    import pandas as pd  # (fleets of more than AGGREGATE_ABOVE devices)
+
     rows = series["rows"]
     if isinstance(rows, HourlyColumns):
         df = rows.frame()

@@ -17,11 +17,12 @@ why}), and no recommendation is built on it:
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from gpu_audit.catalog import find_model, params_in_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def params_b(model: str, given: dict[str, float] | None = None) -> float | None:
@@ -43,6 +44,8 @@ def tokens_vs_compute(toks: pd.DataFrame | None, devices: list[dict[str, Any]],
     """The (model, device or host) pairs whose token volume in some hour is beyond what the GPUs can compute."""
     if toks is None or toks.empty:
         return []
+    import pandas as pd  # (toks is a frame: pandas is loaded)
+
     rows = toks[toks["in_window"] & toks["known_host"]]
     if rows.empty:
         return []
@@ -98,15 +101,12 @@ def memory(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def utilization_vs_power(dh: pd.DataFrame) -> list[dict[str, Any]]:
+def utilization_vs_power(hot: list[tuple[str, str, int, float]]) -> list[dict[str, Any]]:
     """Devices with hours where utilization read idle (< 5 %) while the board drew over 70 % of its power
-    limit for 10 minutes or more (usage.device_hours made those samples no evidence)."""
-    if "hot_hour" not in dh or not dh["hot_hour"].any():
-        return []
-    out = []
-    for (host, uuid), g in dh[dh["hot_hour"]].groupby(["host", "uuid"]):
-        out.append({"kind": "utilization_vs_power", "host": host, "uuid": uuid, "model": None, "hours": int(len(g)),
-                    "why": f"utilization below 5 % while drawing over 70 % of the power limit for {g['hot_dt'].sum() / 60:.0f} min "
-                           f"in {len(g)} hour(s): the reading is not what the GPU does (MIG instances not seen, a wrong unit); "
-                           "those samples are billed as no evidence, with no waste, idle or unallocated claim"})
-    return out
+    limit for 10 minutes or more (usage.device_hours made those samples no evidence). ``hot``: per
+    such device, (host, uuid, hours, seconds of those samples)."""
+    return [{"kind": "utilization_vs_power", "host": host, "uuid": uuid, "model": None, "hours": int(n),
+             "why": f"utilization below 5 % while drawing over 70 % of the power limit for {hot_s / 60:.0f} min "
+                    f"in {n} hour(s): the reading is not what the GPU does (MIG instances not seen, a wrong unit); "
+                    "those samples are billed as no evidence, with no waste, idle or unallocated claim"}
+            for host, uuid, n, hot_s in hot]

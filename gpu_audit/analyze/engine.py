@@ -9,22 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from gpu_audit.hourly import COLUMNS as HOURLY_COLUMNS, HourlyColumns
 from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.runner import DuckRunner, DuckRunner as Runner
 from gpu_audit.analyze.tokens import TokenLog
-from gpu_audit.duck import session
+from gpu_audit.duck import list_table, session
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.analyze.usage import (Scan, Window, device_distributions, device_hours, namespaces, rollup_hours, scan,
-                                     weighted_p95)
+from gpu_audit.analyze.usage import (DEVICE_HOURS, Scan, Window, device_distributions, device_hours, namespaces, p95_sql,
+                                     rollup_hours, scan)
 from gpu_audit.store.query import window_where
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 class EmptyStore(GpuAuditError):
     pass
@@ -77,7 +79,7 @@ def flag_rows(rows: pd.DataFrame, hosts: set[str], start: float, end: float) -> 
 
 
 def engine_data(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSettings,
-                q: Runner | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+                q: Runner | None = None) -> tuple[pd.DataFrame | None, dict[str, dict[str, Any]]]:
     """From the engine table: hourly token deltas per (host, model), and per-model engine statistics.
 
     Counters are stored as scraped; a series is one (host, endpoint, model). A sample's delta is its
@@ -87,7 +89,7 @@ def engine_data(con: duckdb.DuckDBPyConnection, roots: list[str], s: AnalyzeSett
     q = q or DuckRunner(con)
     files = q.table_files(roots, "engine", s.since, s.until)
     if not files:
-        return pd.DataFrame(), {}
+        return None, {}
     src = f"(SELECT * FROM {q.local_table(files)} {window_where(s.since, s.until, 'error IS NULL', 'model IS NOT NULL')})"
 
     def delta(col: str) -> str:
@@ -157,10 +159,11 @@ def model_request_stats(con: duckdb.DuckDBPyConnection, start: float, end: float
                 "hosts": list(hosts), "gpus": list(gpus or [])} for m, n, p50, p95, p99, pp, ex, sh, hosts, gpus in rows}
 
 
-def window_of(dh: pd.DataFrame, s: AnalyzeSettings) -> tuple[float, float]:
+def window_of(con: duckdb.DuckDBPyConnection, dh: str, s: AnalyzeSettings) -> tuple[float, float]:
     """The report window [start, end) in epoch seconds: --since/--until, else the data's extent."""
-    start = s.since.timestamp() if s.since else float(dh["first_us"].min()) / 1e6
-    end = s.until.timestamp() if s.until else float(dh["last_us"].max()) / 1e6
+    lo, hi = con.execute(f"SELECT min(first_us), max(last_us) FROM {dh}").fetchall()[0]
+    start = s.since.timestamp() if s.since else float(lo) / 1e6
+    end = s.until.timestamp() if s.until else float(hi) / 1e6
     return start, end
 
 
@@ -174,6 +177,8 @@ def _model_energy(energy: dict[str, pd.Series], model: str, output: int) -> dict
 
 
 def _int_or_none(v: Any) -> int | None:
+    import pandas as pd  # (a value of attribute's frames)
+
     return None if v is None or pd.isna(v) else int(v)
 
 
@@ -182,14 +187,11 @@ def _iso(t: float) -> str:
 
 
 def _f(v: Any) -> float | None:
+    """A number as a float; None for null or NaN."""
     if v is None:
         return None
-    try:
-        if pd.isna(v):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return float(v)
+    x = float(v)
+    return None if x != x else x
 
 
 def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
@@ -205,6 +207,7 @@ def attribute(dh: pd.DataFrame, toks: pd.DataFrame | None) -> dict[str, Any]:
     (device, host, or mixed), the unattributed cost, per-model hourly series and counts of token
     records left out (host without samples, outside the window).
     """
+    import pandas as pd  # only where there are token records to attribute
     out: dict[str, Any] = {"models": [], "unattributed_usd": float(dh["spend_usd"].sum()),
                            "records_outside_window": 0, "records_unknown_host": 0, "model_hourly": []}
     if toks is None or toks.empty:
@@ -316,9 +319,9 @@ class _Run:
     w: Window = field(init=False)
     sc: Scan | None = None
     rfiles: list[str] = field(default_factory=list)
-    dh: pd.DataFrame | None = None
-    dev: pd.DataFrame | None = None
-    hist: pd.DataFrame | None = None
+    dh: str | None = None  # the device-hour table in the local DuckDB (usage.DEVICE_HOURS)
+    dev: list[Any] | None = None  # per device: its sums (a row with attribute access)
+    hist: str | None = None  # the histograms' table (usage.HIST)
     rollup_idle: list[float] = field(default_factory=list)
     rsrc: str | None = None  # the rollups' FROM item (rollups_source), built once
     rollup_namespaces: bool | None = None  # whether some rollup row names a namespace
@@ -362,86 +365,103 @@ def _scan_stage(r: _Run) -> None:
     r.sc = scan(r.q, files, r.w, r.rfiles)
     r.rsrc = r.q.rollups_source(r.rfiles) if r.rfiles else None  # read the rollups' footers once
     ru = rollup_hours(r.q, r.rfiles, r.w, r.rsrc) if r.rfiles else None
-    r.rollup_namespaces = bool(ru["ns_n"].sum() > 0) if ru is not None else None
     if ru is not None:
-        ru = ru.drop(columns=["ns_n"])
-    r.rollup_idle = sorted({float(x) for x in ru["roll_idle_below"].dropna()}) if ru is not None else []
+        ns_n, idle = r.con.execute(f"SELECT coalesce(sum(ns_n), 0), list(DISTINCT CAST(roll_idle_below AS DOUBLE)) "
+                                   f"FILTER (WHERE roll_idle_below IS NOT NULL) FROM {ru}").fetchall()[0]
+        r.rollup_namespaces = ns_n > 0
+        r.rollup_idle = sorted(float(x) for x in idle or [])
     r.dh = device_hours(r.q, r.sc, ru)
-    if r.dh.empty or not (r.dh["dt_s"].sum() > 0 or r.dh["n"].sum() > r.dh["bad_n"].sum()):
+    rows, dt, n, bad = r.con.execute(f"SELECT count(*), sum(dt_s), sum(n), sum(bad_n) FROM {r.dh}").fetchall()[0]
+    if not rows or not ((dt or 0) > 0 or (n or 0) > (bad or 0)):
         if r.sc.rejected:
             first = r.sc.rejected[0]
             raise EmptyStore(f"no usable samples in {', '.join(r.roots)}: {first['file']}: {first['rows']} rows rejected ({first['why']})")
-        if r.dh.empty:
+        if not rows:
             raise EmptyStore(f"no samples in {', '.join(r.roots)} between --since and --until")
 
 
-def _energy_columns(dh: pd.DataFrame, pricing: Pricing) -> None:
+def _energy_columns(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -> None:
     """Per device-hour: kWh (a MIG instance takes its share of its GPU's energy in that hour, the GPU in
     MIG mode the rest), idle kWh (physical GPUs), and energy $ and kgCO2e where the pricing file gives
     them for the host (x PUE). Energy $ is beside spend, never in it."""
-    inst = dh["parent_uuid"].notna()
-    parents = dh[~inst & dh["mig_mode"].astype(bool)][["host", "uuid", "hour", "energy_j"]]
-    share_j = dh["energy_j"].copy()
-    if inst.any() and not parents.empty:
-        pe = dh[inst][["host", "parent_uuid", "hour"]].merge(
-            parents.rename(columns={"uuid": "parent_uuid", "energy_j": "pe"}), on=["host", "parent_uuid", "hour"], how="left")
-        share_j[inst] = (pe["pe"].fillna(0.0).to_numpy() * dh.loc[inst, "share"].astype(float).to_numpy())
-        kids = pd.DataFrame({"host": dh.loc[inst, "host"], "uuid": dh.loc[inst, "parent_uuid"], "hour": dh.loc[inst, "hour"],
-                             "kid_j": share_j[inst]}).groupby(["host", "uuid", "hour"], as_index=False)["kid_j"].sum()
-        back = dh[["host", "uuid", "hour"]].merge(kids, on=["host", "uuid", "hour"], how="left")["kid_j"].fillna(0.0).to_numpy()
-        share_j = share_j.where(inst, (share_j - back).clip(lower=0.0))
-    dh["kwh"] = share_j / 3.6e6
-    dh["idle_kwh"] = np.where(inst, 0.0, dh["idle_energy_j"] / 3.6e6)
-    e = {h: pricing.energy(h) for h in dh["host"].unique()}
-    pue = dh["host"].map({h: x.pue for h, x in e.items()}).astype(float)
-    usd = dh["host"].map({h: x.usd_per_kwh for h, x in e.items()}).astype(float)
-    grid = dh["host"].map({h: x.grid_gco2_per_kwh for h, x in e.items()}).astype(float)
-    dh["energy_usd"] = (dh["kwh"] * pue * usd).fillna(0.0)
-    dh["kgco2e"] = (dh["kwh"] * pue * grid / 1000).fillna(0.0)
-    dh["has_energy_usd"], dh["has_co2"] = usd.notna(), grid.notna()
-    if inst.any():
-        dh.loc[inst, "has_energy"] = dh.loc[inst, "kwh"] > 0
+    inst, parents = con.execute(f"SELECT coalesce(bool_or(parent_uuid IS NOT NULL), false), "
+                                f"coalesce(bool_or(parent_uuid IS NULL AND mig_mode), false) FROM {dh}").fetchall()[0]
+    hosts = [h for (h,) in con.execute(f"SELECT DISTINCT host FROM {dh}").fetchall()]
+    e = {h: pricing.energy(h) for h in hosts}
+    list_table(con, "gpu_audit_host_energy", {
+        "host": ("VARCHAR", hosts), "pue": ("DOUBLE", [e[h].pue for h in hosts]),
+        "usd": ("DOUBLE", [e[h].usd_per_kwh for h in hosts]), "grid": ("DOUBLE", [e[h].grid_gco2_per_kwh for h in hosts])})
+    if inst and parents:
+        share = f"""
+        WITH par AS (SELECT host, uuid AS parent_uuid, hour, energy_j AS pe FROM {dh} WHERE parent_uuid IS NULL AND mig_mode),
+        s AS (SELECT d.*, CASE WHEN d.parent_uuid IS NOT NULL THEN coalesce(par.pe, 0.0) * CAST(d.share AS DOUBLE)
+                               ELSE d.energy_j END AS share_j
+              FROM {dh} d LEFT JOIN par ON d.parent_uuid IS NOT NULL AND par.host = d.host AND par.parent_uuid = d.parent_uuid
+                                           AND par.hour = d.hour),
+        kids AS (SELECT host, parent_uuid AS uuid, hour, sum(share_j) AS kid_j FROM s WHERE parent_uuid IS NOT NULL GROUP BY ALL),
+        j AS (SELECT s.* REPLACE (CASE WHEN s.parent_uuid IS NOT NULL THEN s.share_j
+                                       ELSE greatest(s.share_j - coalesce(k.kid_j, 0.0), 0.0) END AS share_j)
+              FROM s LEFT JOIN kids k ON s.parent_uuid IS NULL AND k.host = s.host AND k.uuid = s.uuid AND k.hour = s.hour)"""
+    else:
+        share = f"WITH j AS (SELECT *, energy_j AS share_j FROM {dh})"
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {dh} AS {share},
+      k AS (SELECT j.* EXCLUDE (share_j), j.share_j / 3.6e6 AS kwh,
+                   CASE WHEN j.parent_uuid IS NOT NULL THEN 0.0 ELSE j.idle_energy_j / 3.6e6 END AS idle_kwh,
+                   e.pue, e.usd, e.grid
+            FROM j LEFT JOIN gpu_audit_host_energy e USING (host))
+      SELECT k.* EXCLUDE (pue, usd, grid, has_energy), coalesce(kwh * pue * usd, 0.0) AS energy_usd,
+             coalesce(kwh * pue * grid / 1000, 0.0) AS kgco2e, usd IS NOT NULL AS has_energy_usd, grid IS NOT NULL AS has_co2,
+             {"CASE WHEN parent_uuid IS NOT NULL THEN kwh > 0 ELSE has_energy END" if inst else "has_energy"} AS has_energy
+      FROM k""")
+    con.execute("DROP TABLE gpu_audit_host_energy")
+
+
+class _Row:
+    """A result row with attribute access (a device's sums)."""
+
+    def __init__(self, names: list[str], values: tuple[Any, ...]) -> None:
+        self.__dict__.update(zip(names, values))
 
 
 def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
-    r.hist, mem = device_distributions(r.q, r.sc.rows, r.w, r.rfiles, r.rsrc)
-    r.start, r.end = window_of(r.dh, r.s)
-    dh = r.dh
+    con, dh = r.con, r.dh
+    r.hist = device_distributions(r.q, r.sc.rows, r.w, r.rfiles, r.rsrc)
+    r.start, r.end = window_of(con, dh, r.s)
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.
-    devs = dh.groupby(["host", "uuid"], as_index=False).agg(name=("name", "first"))
-    # A device without a name (a DCGM series without modelName) is NaN here: no name, not a float.
-    r.prices = {(h, u): r.pricing.price(h, n if isinstance(n, str) else None) for h, u, n in devs.itertuples(index=False)}
-    per_dev = devs[["host", "uuid"]].assign(price=[r.prices[(h, u)].per_hour if r.prices[(h, u)] else np.nan
-                                                   for h, u in zip(devs["host"], devs["uuid"])])
-    dh["price"] = dh[["host", "uuid"]].merge(per_dev, on=["host", "uuid"], how="left")["price"].to_numpy(dtype=float)  # a join, not a loop per device-hour
-    p = dh["price"].fillna(0.0)
+    devs = con.execute(f"SELECT host, uuid, any_value(name) FROM {dh} GROUP BY host, uuid").fetchall()
+    r.prices = {(h, u): r.pricing.price(h, n if isinstance(n, str) else None) for h, u, n in devs}
+    list_table(con, "gpu_audit_prices", {
+        "host": ("VARCHAR", [h for h, _, _ in devs]), "uuid": ("VARCHAR", [u for _, u, _ in devs]),
+        "price": ("DOUBLE", [r.prices[(h, u)].per_hour if r.prices[(h, u)] else None for h, u, _ in devs])})
     # Unseen MIG time (blind_dt) is billed as the whole GPU, with no evidence: no waste, idle or unallocated.
     # Stranded MIG slices (no instance could use them: every memory slice taken) are billed and wasted, not idle.
-    dh["gpu_s"] = dh["share_dt"] + dh["free_dt"] + dh["blind_dt"] + dh["stranded_dt"]
-    dh["spend_usd"] = p * dh["gpu_s"] / 3600
-    dh["waste_usd"] = p * (dh["waste_share_dt"] + dh["free_dt"] + dh["stranded_dt"]) / 3600
-    dh["stranded_usd"] = p * dh["stranded_dt"] / 3600
-    dh["idle_usd"] = p * (dh["idle_share_dt"] + dh["free_dt"]) / 3600
-    dh["unalloc_usd"] = p * dh["free_dt"] / 3600
-    dh["sm_waste_usd"] = p * dh["sm_waste_share_dt"] / 3600
-    _energy_columns(dh, r.pricing)
-    g = dh.groupby(["host", "uuid"], as_index=False)
-    dev = g.agg(
-        parent_uuid=("parent_uuid", "first"), name=("name", "first"), mig_profile=("mig_profile", "first"),
-        mig_mode=("mig_mode", "max"), share=("share", "max"), dt_s=("dt_s", "sum"), gpu_s=("gpu_s", "sum"),
-        ev_dt=("ev_dt", "sum"), u_dt=("u_dt", "sum"), idle_share_dt=("idle_share_dt", "sum"), free_dt=("free_dt", "sum"),
-        blind_dt=("blind_dt", "sum"), spend_usd=("spend_usd", "sum"), waste_usd=("waste_usd", "sum"), idle_usd=("idle_usd", "sum"),
-        unalloc_usd=("unalloc_usd", "sum"), stranded_usd=("stranded_usd", "sum"),
-        sm_share_dt=("sm_share_dt", "sum"), sm_waste_usd=("sm_waste_usd", "sum"),
-        error_dt=("error_dt", "sum"), mem_max=("mem_max", "max"), mem_total=("mem_total", "max"),
-        m_util=("m_util_dt", "sum"), m_gr=("m_gr_dt", "sum"), m_sm=("m_sm_dt", "sum"), n=("n", "sum"), bad_n=("bad_n", "sum"),
-        kwh=("kwh", "sum"), idle_kwh=("idle_kwh", "sum"), energy_usd=("energy_usd", "sum"), kgco2e=("kgco2e", "sum"),
-        counter_n=("counter_n", "sum"), has_energy=("has_energy", "max"), has_energy_usd=("has_energy_usd", "max"),
-        has_co2=("has_co2", "max"),
-    )
-    dev = dev.merge(weighted_p95(r.hist), on=["host", "uuid"], how="left").merge(mem, on=["host", "uuid"], how="left")
-    r.dev = dev.sort_values(["host", "uuid"]).reset_index(drop=True)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {dh} AS
+      WITH d AS (SELECT d.*, p.price, coalesce(p.price, 0.0) AS p, d.share_dt + d.free_dt + d.blind_dt + d.stranded_dt AS gpu_s
+                 FROM {dh} d LEFT JOIN gpu_audit_prices p USING (host, uuid))
+      SELECT d.* EXCLUDE (p), p * gpu_s / 3600 AS spend_usd, p * (waste_share_dt + free_dt + stranded_dt) / 3600 AS waste_usd,
+             p * stranded_dt / 3600 AS stranded_usd, p * (idle_share_dt + free_dt) / 3600 AS idle_usd,
+             p * free_dt / 3600 AS unalloc_usd, p * sm_waste_share_dt / 3600 AS sm_waste_usd
+      FROM d""")
+    con.execute("DROP TABLE gpu_audit_prices")
+    _energy_columns(con, dh, r.pricing)
+    res = con.execute(f"""
+      WITH dev AS (
+        SELECT host, uuid, any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
+               bool_or(mig_mode) AS mig_mode, max(share) AS share, sum(dt_s) AS dt_s, sum(gpu_s) AS gpu_s, sum(ev_dt) AS ev_dt,
+               sum(u_dt) AS u_dt, sum(idle_share_dt) AS idle_share_dt, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt,
+               sum(spend_usd) AS spend_usd, sum(waste_usd) AS waste_usd, sum(idle_usd) AS idle_usd, sum(unalloc_usd) AS unalloc_usd,
+               sum(stranded_usd) AS stranded_usd, sum(sm_share_dt) AS sm_share_dt, sum(sm_waste_usd) AS sm_waste_usd,
+               sum(error_dt) AS error_dt, max(mem_max) AS mem_max, max(mem_total) AS mem_total, sum(m_util_dt) AS m_util,
+               sum(m_gr_dt) AS m_gr, sum(m_sm_dt) AS m_sm, sum(n) AS n, sum(bad_n) AS bad_n, sum(kwh) AS kwh, sum(idle_kwh) AS idle_kwh,
+               sum(energy_usd) AS energy_usd, sum(kgco2e) AS kgco2e, sum(counter_n) AS counter_n, bool_or(has_energy) AS has_energy,
+               bool_or(has_energy_usd) AS has_energy_usd, bool_or(has_co2) AS has_co2
+        FROM {dh} GROUP BY host, uuid)
+      SELECT dev.*, u.p95 AS p95_util_pct, m.p95 AS mem_p95_permille
+      FROM dev LEFT JOIN ({p95_sql(r.hist, False)}) u USING (host, uuid) LEFT JOIN ({p95_sql(r.hist, True)}) m USING (host, uuid)
+      ORDER BY host, uuid""")
+    names = [c[0] for c in res.description]
+    r.dev = [_Row(names, v) for v in res.fetchall()]
 
 
 BLIND_WHY = ("MIG instances are not visible in {source}: its time is billed with no evidence; collect on the host "
@@ -453,20 +473,18 @@ def _devices_stage(r: _Run) -> None:
     assert r.dev is not None and r.dh is not None and r.sc is not None
     window_s = r.end - r.start
     devices, unpriced, no_evidence, gaps, read_errors = [], [], [], [], []
-    for x in r.dev.itertuples(index=False):
+    for x in r.dev:
         pr = r.prices[(x.host, x.uuid)]
         bill = r.pricing.effective_billing(x.host, pr)
-        parent_in_mig = bool(x.mig_mode) and (x.parent_uuid is None or pd.isna(x.parent_uuid))
+        parent_in_mig = bool(x.mig_mode) and x.parent_uuid is None
         metric = max((("util_gpu_pct", x.m_util), ("gr_engine_active_pct", x.m_gr), ("sm_active_pct", x.m_sm)),
                      key=lambda kv: kv[1] or 0)
         has_ev = x.ev_dt > 0
         mem_total = _f(x.mem_total)
         peak = _f(x.mem_max)
-        p95_mem = (x.mem_p95_permille / 1000 * x.mem_total) if not (pd.isna(x.mem_p95_permille) or pd.isna(x.mem_total)) else None
+        p95_mem = (x.mem_p95_permille / 1000 * x.mem_total) if x.mem_p95_permille is not None and x.mem_total is not None else None
         d = {
-            "host": x.host, "uuid": x.uuid, "name": None if pd.isna(x.name) else x.name,
-            "parent_uuid": None if pd.isna(x.parent_uuid) else x.parent_uuid,
-            "mig_profile": None if pd.isna(x.mig_profile) else x.mig_profile,
+            "host": x.host, "uuid": x.uuid, "name": x.name, "parent_uuid": x.parent_uuid, "mig_profile": x.mig_profile,
             "mig_mode": bool(x.mig_mode), "share": float(x.share),
             "gpu_hours": x.gpu_s / 3600,
             "mean_util_pct": x.u_dt / x.ev_dt if has_ev else None,
@@ -484,7 +502,7 @@ def _devices_stage(r: _Run) -> None:
             "mig_instances_visible": (x.blind_dt <= 0) if parent_in_mig else None,
             "waste_sm_active_usd": x.sm_waste_usd if pr and x.sm_share_dt > 0 else None,
             "energy_kwh": x.kwh if x.has_energy else None,
-            "idle_energy_kwh": x.idle_kwh if x.has_energy and not (x.parent_uuid is not None and not pd.isna(x.parent_uuid)) else None,
+            "idle_energy_kwh": x.idle_kwh if x.has_energy and x.parent_uuid is None else None,
             "energy_source": (None if not x.has_energy else "share of the GPU's energy" if d_is_mig(x) else
                               "counter" if x.counter_n >= x.n else "power x dt" if x.counter_n == 0 else "counter and power x dt"),
             "energy_usd": x.energy_usd if x.has_energy and x.has_energy_usd else None,
@@ -519,15 +537,15 @@ def _devices_stage(r: _Run) -> None:
                  "devices_with_read_errors": read_errors,
                  "duplicate_or_overlapping_samples": sorted(r.sc.repaired.values(), key=lambda e: (e["host"], e["uuid"])),
                  "rejected_samples": r.sc.rejected}
-    r.fleet = _fleet(r.dh, devices)
+    r.fleet = _fleet(r.con, r.dh, devices)
     hours = (r.end - r.start) / 3600
     # The monthly run-rate beside every monthly saving (DESIGN.md "Monthly"): spend x 730 / window hours.
     r.fleet["monthly_run_rate_usd"] = r.fleet["spend_usd"] * 730 / hours if hours > 0 else None
-    r.fleet.update(_fleet_energy(r.dh, hours))
+    r.fleet.update(_fleet_energy(r.con, r.dh, hours))
 
 
 def d_is_mig(x: Any) -> bool:
-    return x.parent_uuid is not None and not pd.isna(x.parent_uuid)
+    return x.parent_uuid is not None
 
 
 def _blind_source(r: _Run, host: str, uuid: str) -> str:
@@ -541,28 +559,35 @@ def _blind_source(r: _Run, host: str, uuid: str) -> str:
     return {"nvidia-smi": "nvidia-smi CSV", "dcgm": "this DCGM data (no GPU_I series)"}.get(src, src or "its source")
 
 
-def _fleet(dh: pd.DataFrame, devices: list[dict[str, Any]]) -> dict[str, Any]:
+def _fleet(con: duckdb.DuckDBPyConnection, dh: str, devices: list[dict[str, Any]]) -> dict[str, Any]:
     billable = [d for d in devices if not (d["mig_mode"] and d["parent_uuid"] is None) or d.get("mig_instances_visible") is False]
-    priced = dh["price"].notna()
-    ev = dh["ev_dt"].sum()
-    sm_rows = dh[priced & (dh["sm_share_dt"] > 0)]
     physical = {(d["host"], d["uuid"]) for d in devices if not d["parent_uuid"]}  # masked UUIDs repeat across hosts
+    (gpu_s, spend, waste, idle, unalloc, stranded, idle_s, u_dt, ev, unpriced_s, sm_n, sm_waste, sm_util_waste) = con.execute(f"""
+      SELECT sum(gpu_s), sum(spend_usd) FILTER (WHERE price IS NOT NULL), sum(waste_usd) FILTER (WHERE price IS NOT NULL),
+             sum(idle_usd) FILTER (WHERE price IS NOT NULL), sum(unalloc_usd) FILTER (WHERE price IS NOT NULL),
+             sum(stranded_usd) FILTER (WHERE price IS NOT NULL), sum(idle_share_dt + free_dt), sum(u_dt), sum(ev_dt),
+             sum(gpu_s) FILTER (WHERE price IS NULL),
+             count(*) FILTER (WHERE price IS NOT NULL AND sm_share_dt > 0),
+             sum(sm_waste_usd) FILTER (WHERE price IS NOT NULL AND sm_share_dt > 0),
+             sum(waste_usd) FILTER (WHERE price IS NOT NULL AND sm_share_dt > 0)
+      FROM {dh}""").fetchall()[0]
+    z = lambda v: float(v or 0.0)  # noqa: E731 (a sum over no row is 0)
     fleet = {
         "gpus": len(physical),
         "devices": len(billable),
-        "gpu_hours": float(dh["gpu_s"].sum() / 3600),
-        "spend_usd": float(dh.loc[priced, "spend_usd"].sum()),
-        "waste_usd": float(dh.loc[priced, "waste_usd"].sum()),
-        "idle_usd": float(dh.loc[priced, "idle_usd"].sum()),
-        "unallocated_usd": float(dh.loc[priced, "unalloc_usd"].sum()),
-        "stranded_usd": float(dh.loc[priced, "stranded_usd"].sum()),
-        "idle_hours": float((dh["idle_share_dt"] + dh["free_dt"]).sum() / 3600),
-        "mean_util_pct": float(dh["u_dt"].sum() / ev) if ev > 0 else None,
+        "gpu_hours": z(gpu_s) / 3600,
+        "spend_usd": z(spend),
+        "waste_usd": z(waste),
+        "idle_usd": z(idle),
+        "unallocated_usd": z(unalloc),
+        "stranded_usd": z(stranded),
+        "idle_hours": z(idle_s) / 3600,
+        "mean_util_pct": z(u_dt) / z(ev) if z(ev) > 0 else None,
         "unattributed_usd": None,
         "coverage_pct": float(sum(d["coverage_pct"] or 0 for d in billable) / len(billable)) if billable else None,
-        "unpriced_gpu_hours": float(dh.loc[~priced, "gpu_s"].sum() / 3600),
-        "waste_sm_active_usd": float(sm_rows["sm_waste_usd"].sum()) if not sm_rows.empty else None,
-        "waste_util_on_sm_devices_usd": float(sm_rows["waste_usd"].sum()) if not sm_rows.empty else None,
+        "unpriced_gpu_hours": z(unpriced_s) / 3600,
+        "waste_sm_active_usd": z(sm_waste) if sm_n else None,
+        "waste_util_on_sm_devices_usd": z(sm_util_waste) if sm_n else None,
     }
     fleet["utilization_pct_of_spend"] = (100 * (1 - fleet["waste_usd"] / fleet["spend_usd"])) if fleet["spend_usd"] else None
     # Spend in three parts for the report: productive (spend - waste), idle, and the rest of the waste
@@ -572,15 +597,18 @@ def _fleet(dh: pd.DataFrame, devices: list[dict[str, Any]]) -> dict[str, Any]:
     return fleet
 
 
-def _fleet_energy(dh: pd.DataFrame, hours: float) -> dict[str, Any]:
+def _fleet_energy(con: duckdb.DuckDBPyConnection, dh: str, hours: float) -> dict[str, Any]:
     """Fleet energy: kWh (board power of the physical GPUs), idle kWh and share, per day; $ and kgCO2e
     where the pricing file gives them."""
-    if not dh["has_energy"].any():
+    any_energy, kwh, idle, any_usd, usd, any_co2, co2 = con.execute(f"""
+      SELECT coalesce(bool_or(has_energy), false), sum(kwh), sum(idle_kwh), coalesce(bool_or(has_energy_usd), false), sum(energy_usd),
+             coalesce(bool_or(has_co2), false), sum(kgco2e) FROM {dh}""").fetchall()[0]
+    if not any_energy:
         return {"energy_kwh": None, "idle_energy_kwh": None, "idle_energy_share_pct": None, "energy_kwh_per_day": None,
                 "energy_usd": None, "kgco2e": None, "kgco2e_per_day": None}
-    kwh, idle = float(dh["kwh"].sum()), float(dh["idle_kwh"].sum())
-    usd = float(dh["energy_usd"].sum()) if dh["has_energy_usd"].any() else None
-    co2 = float(dh["kgco2e"].sum()) if dh["has_co2"].any() else None
+    kwh, idle = float(kwh or 0.0), float(idle or 0.0)
+    usd = float(usd or 0.0) if any_usd else None
+    co2 = float(co2 or 0.0) if any_co2 else None
     day = 24 / hours if hours > 0 else None
     return {"energy_kwh": kwh, "idle_energy_kwh": idle, "idle_energy_share_pct": 100 * idle / kwh if kwh else None,
             "energy_kwh_per_day": kwh * day if day else None, "energy_usd": usd, "kgco2e": co2,
@@ -594,25 +622,28 @@ def _models_stage(r: _Run) -> None:
     ns_costs = namespaces(r.q, r.sc.rows, r.rfiles, r.w, r.devices, r.rsrc, r.rollup_namespaces)
     from gpu_audit.analyze.workloads import workloads
 
-    by_workload, on_device = workloads(r.q, r.q.table_files(r.roots, "processes", s.since, s.until), s.since, s.until, dh, r.sc.rows)
+    by_workload, on_device = workloads(r.q, r.q.table_files(r.roots, "processes", s.since, s.until), s.since, s.until,
+                                       lambda: _priced_frame(con, dh), r.sc.rows)
     for d in r.devices:
         d["workloads"] = on_device.get((d["host"], d["uuid"]), [])
     procs = top_processes(r.q, r.roots, s)
     for d in r.devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))
-    priced = dh["price"].notna()
-    sample_hosts = set(dh["host"].unique())  # unique first: 7.2M device-hours of strings are slow to iterate
+    sample_hosts = {h for (h,) in con.execute(f"SELECT DISTINCT host FROM {dh}").fetchall()}
     toks_df = token_hours(con, tokens.table, sample_hosts, r.start, r.end) if tokens is not None and tokens.table.num_rows else None
     engine_hourly, engine_stats = engine_data(con, r.roots, s, r.q)
     token_source = "token logs" if toks_df is not None else None
-    if toks_df is None and not engine_hourly.empty:
+    if toks_df is None and engine_hourly is not None and not engine_hourly.empty:
         toks_df = flag_rows(engine_hourly, sample_hosts, r.start, r.end)  # no token logs: the engines' counters are the token source
         token_source = "engine counters"
-    att = attribute(dh[priced], toks_df)
+    att = (attribute(_priced_frame(con, dh), toks_df) if toks_df is not None and not toks_df.empty else
+           {"models": [], "unattributed_usd": fleet["spend_usd"], "records_outside_window": 0, "records_unknown_host": 0,
+            "model_hourly": []})
     from gpu_audit.analyze import crosscheck
 
+    hot = con.execute(f"SELECT host, uuid, count(*), sum(hot_dt) FROM {dh} WHERE hot_hour GROUP BY host, uuid ORDER BY host, uuid").fetchall()
     contradictions = (crosscheck.tokens_vs_compute(toks_df, r.devices, s.params_b) + crosscheck.memory(r.devices)
-                      + crosscheck.utilization_vs_power(dh))
+                      + crosscheck.utilization_vs_power(hot))
     bad_models = {c["model"]: c["why"] for c in contradictions if c["kind"] == "tokens_vs_compute"}
     bad_devices = {(c["host"], c["uuid"]) for c in contradictions if c["kind"] == "memory"}
     for m in att["models"]:
@@ -638,10 +669,10 @@ def _models_stage(r: _Run) -> None:
         "namespaces": ns_costs,
         "workloads": by_workload,
         "series": {
-            "device_hourly": {"columns": list(HOURLY_COLUMNS), "rows": _hourly_columns(dh)},
+            "device_hourly": {"columns": list(HOURLY_COLUMNS), "rows": _hourly_columns(con, dh)},
             "model_hourly": {"columns": ["model", "hour", "cost_usd", "prompt_tokens", "completion_tokens"],
                              "rows": att["model_hourly"]},
-            "utilization_histogram": _fleet_histogram(r.hist),
+            "utilization_histogram": _fleet_histogram(con, r.hist),
         },
     }
     r.quality.update({
@@ -657,16 +688,30 @@ def _models_stage(r: _Run) -> None:
     })
 
 
-def _hourly_columns(dh: pd.DataFrame) -> HourlyColumns:
-    """The device-hourly series, column-wise (a fleet has millions of device-hours)."""
-    ev = dh["ev_dt"].to_numpy(dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(ev > 0, dh["u_dt"].to_numpy(dtype=float) / np.where(ev > 0, ev, 1), np.nan)
-    return HourlyColumns(dh["host"], dh["uuid"], dh["hour"], {
-        "mean_util_pct": mean, "mem_max_bytes": dh["mem_max"].to_numpy(dtype=float, na_value=np.nan),
-        "spend_usd": np.where(dh["price"].isna().to_numpy(), np.nan, dh["spend_usd"].to_numpy(dtype=float)),
-        "covered_s": dh["dt_s"].to_numpy(dtype=float), "idle_s": np.where(ev > 0, dh["idle_dt"].to_numpy(dtype=float), np.nan),
-        "evidence_s": ev})
+def _priced_frame(con: duckdb.DuckDBPyConnection, dh: str) -> pd.DataFrame:
+    """The priced device-hours as a pandas frame: for the token attribution and the workload split,
+    which run only where there are token records or workloads."""
+    return con.execute(f"""SELECT host, uuid, hour, spend_usd, kwh, kgco2e, price, waste_usd, idle_usd, gpu_s, idle_share_dt,
+                                  free_dt, u_dt, ev_dt
+                           FROM {dh} WHERE price IS NOT NULL""").df()
+
+
+def _hourly_columns(con: duckdb.DuckDBPyConnection, dh: str) -> HourlyColumns:
+    """The device-hourly series, column-wise (a fleet has millions of device-hours): hosts and uuids
+    as codes into their sorted names, numbers as numpy arrays (NaN for null)."""
+    hosts = [h for (h,) in con.execute(f"SELECT DISTINCT host FROM {dh} ORDER BY host").fetchall()]
+    uuids = [u for (u,) in con.execute(f"SELECT DISTINCT uuid FROM {dh} ORDER BY uuid").fetchall()]
+    a = con.sql(f"""
+      WITH hs AS (SELECT host, CAST(row_number() OVER (ORDER BY host) - 1 AS BIGINT) AS hc FROM (SELECT DISTINCT host FROM {dh})),
+           us AS (SELECT uuid, CAST(row_number() OVER (ORDER BY uuid) - 1 AS BIGINT) AS uc FROM (SELECT DISTINCT uuid FROM {dh}))
+      SELECT hc, uc, hour, CASE WHEN ev_dt > 0 THEN u_dt / ev_dt END AS mean_util_pct,
+             CAST(mem_max AS DOUBLE) AS mem_max_bytes, CASE WHEN price IS NOT NULL THEN spend_usd END AS spend_usd,
+             CAST(dt_s AS DOUBLE) AS covered_s, CASE WHEN ev_dt > 0 THEN idle_dt END AS idle_s, CAST(ev_dt AS DOUBLE) AS evidence_s
+      FROM {dh} JOIN hs USING (host) JOIN us USING (uuid)""").fetchnumpy()
+    num = lambda c: np.ma.filled(np.ma.asarray(a[c], dtype=float), np.nan)  # noqa: E731 (null: NaN)
+    return HourlyColumns(a["hc"], a["uc"], a["hour"],
+                         {c: num(c) for c in ("mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s")},
+                         names=(hosts, uuids))
 
 
 def _fleet_metric(devices: list[dict[str, Any]]) -> str:
@@ -674,10 +719,10 @@ def _fleet_metric(devices: list[dict[str, Any]]) -> str:
     return used[0] if len(used) == 1 else ("mixed: " + ", ".join(used) if used else "none")
 
 
-def _fleet_histogram(hist: pd.DataFrame) -> dict[str, Any]:
+def _fleet_histogram(con: duckdb.DuckDBPyConnection, hist: str) -> dict[str, Any]:
     """dt-weighted hours of device time per 10 % utilization bucket, fleet-wide."""
-    if hist.empty:
+    rows = con.execute(f"SELECT least(least(greatest(bin, 0), 100) // 10, 9) AS b, sum(w) FROM {hist} WHERE NOT is_mem GROUP BY b").fetchall()
+    if not rows:
         return {"bins": [], "hours": []}
-    b = (hist["bin"].clip(0, 100) // 10).clip(upper=9)
-    hours = hist.groupby(b)["w"].sum() / 3600
-    return {"bins": [f"{10 * i}-{10 * i + 10}%" for i in range(10)], "hours": [float(hours.get(i, 0.0)) for i in range(10)]}
+    hours = {int(b): float(w) / 3600 for b, w in rows}
+    return {"bins": [f"{10 * i}-{10 * i + 10}%" for i in range(10)], "hours": [hours.get(i, 0.0) for i in range(10)]}

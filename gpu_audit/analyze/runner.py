@@ -4,20 +4,22 @@
 Both run the same SQL text, written once by ``gpu_audit.store.query`` in the runner's dialect
 (``gpu_audit.store.dialect``); what differs is how a store's files become a FROM item, how a small
 table is registered, and how the rows of the device-hours flagged as duplicated are repaired. A
-runner's results come back as pandas frames through DuckDB's conversion, so that both engines hand
-the analysis the same types.
+runner's results land in the local DuckDB as tables (``into``), so that both engines hand the
+analysis the same types, and the analysis after the scan runs there in SQL.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
 
 from gpu_audit.analyze import reader
 from gpu_audit.store import query
 from gpu_audit.store.dialect import DUCK, Dialect
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class DuckRunner:
@@ -30,6 +32,11 @@ class DuckRunner:
 
     def df(self, sql: str) -> pd.DataFrame:
         return self.con.execute(sql).df()
+
+    def into(self, name: str, sql: str) -> None:
+        """The result of ``sql`` as the temp table ``name`` of the local DuckDB (the analysis after
+        the scan reads it there; no frame is made)."""
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
 
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return self.con.execute(sql).fetchall()

@@ -135,6 +135,15 @@ class SparkRunner:
         finally:
             self.con.unregister("gpu_audit_spark_result")
 
+    def into(self, name: str, sql: str) -> None:
+        """Spark's result as the temp table ``name`` of the local DuckDB."""
+        t = self.arrow(sql)
+        self.con.register("gpu_audit_spark_result", t)
+        try:
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM gpu_audit_spark_result")
+        finally:
+            self.con.unregister("gpu_audit_spark_result")
+
     def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self._sql(sql).collect()]
 

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
-
 from gpu_audit.analyze.runner import DuckRunner as Runner  # the interface; Spark's runner has the same methods
 
 from gpu_audit.store.query import (EARLIEST_HOUR, SUM_COLUMNS, Cleaned, hour_sums_sql, mig_free_sql, missing_columns, partition_key,
@@ -38,17 +36,21 @@ class Scan:
     """The samples of the window, read once: per (device, hour) sums and the cleaned row source."""
 
     rows: str | None  # per-sample SQL, one reading per device and instant (None: rollups only)
-    dh: pd.DataFrame
+    dh: str | None  # the local DuckDB table of per-(device, hour) sums (None: no sample files)
     repaired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+SCAN_HOURS = "gpu_audit_scan_hours"  # the scan's device-hour table in the local DuckDB
 
 
 def scan(q: Runner, files: list[str], w: Window, rollup_files: list[str] | None = None) -> Scan:
     """Read the samples once; where the detection flags device-hours, re-read just those, repaired.
     Raw rows of a time that ``rollup_files`` cover (late rows for a rolled-up day, a rollup
-    interrupted before its raw files went) are left out where the rollup has that device and minute."""
+    interrupted before its raw files went) are left out where the rollup has that device and minute.
+    The sums stay in the local DuckDB (``SCAN_HOURS``): no frame of them is made."""
     if not files:
-        return Scan(None, pd.DataFrame())
+        return Scan(None, None)
     files, covered_from = split_covered(files, rollup_files or [])
     if covered_from is not None:
         q.rolled_up([f for f in rollup_files or [] if partition_key(f) in {partition_key(x) for x in files[covered_from:]}])
@@ -56,26 +58,31 @@ def scan(q: Runner, files: list[str], w: Window, rollup_files: list[str] | None 
     absent = getattr(src, "absent", frozenset())  # columns no file has: their sums are constants
     rows = samples_sql(src, w.since, w.until, d=q.d)
     per_file = several_per_partition(files)  # else no two files can hold the same device-hour
-    dh = q.df(hour_sums_sql(rows, float(w.idle_below), per_file, absent=absent, d=q.d))
-    early = bool((dh["hour"] < EARLIEST_HOUR).any())  # rows before 2000: read again, rejecting them
-    if dh["host"].isna().any() or early:  # a file without a host column: the host comes from its host= folder
-        src = q.samples_source(files, host_from_path=bool(dh["host"].isna().any()), covered_from=covered_from)
+    q.into(SCAN_HOURS, hour_sums_sql(rows, float(w.idle_below), per_file, absent=absent, d=q.d))
+    con = q.con
+    no_host, early, bad = con.execute(f"""SELECT coalesce(bool_or(host IS NULL), false), coalesce(bool_or(hour < {EARLIEST_HOUR}), false),
+                                                 coalesce(sum(bad_n), 0) FROM {SCAN_HOURS}""").fetchall()[0]
+    if no_host or early:  # a file without a host column: the host comes from its host= folder; rows before 2000: read again, rejecting them
+        src = q.samples_source(files, host_from_path=bool(no_host), covered_from=covered_from)
         rows = samples_sql(src, w.since, w.until, early=early, d=q.d)
-        dh = q.df(hour_sums_sql(rows, float(w.idle_below), per_file, absent=absent, d=q.d))
-    rejected = _rejected(q, src, w, files, early) if dh["bad_n"].sum() > 0 else []
+        q.into(SCAN_HOURS, hour_sums_sql(rows, float(w.idle_below), per_file, absent=absent, d=q.d))
+        bad = con.execute(f"SELECT coalesce(sum(bad_n), 0) FROM {SCAN_HOURS}").fetchall()[0][0]
+    rejected = _rejected(q, src, w, files, early) if bad > 0 else []
     if not rejected:  # every row in range: the later scans need not check again
         rows = samples_sql(src, w.since, w.until, check=False, d=q.d)
     # rows without ts or uuid, or with a time before 2000, were counted as rejected: their hours are no part of the window
-    dh = dh[dh["uuid"].notna() & dh["hour"].notna() & (dh["hour"] >= EARLIEST_HOUR)]
-    sus = dh.loc[dh["suspect"].astype(bool), ["host", "uuid", "hour"]]
-    flagged = sorted((h, u, int(hr)) for h, u, hr in sus.itertuples(index=False))
+    con.execute(f"DELETE FROM {SCAN_HOURS} WHERE uuid IS NULL OR hour IS NULL OR hour < {EARLIEST_HOUR}")
+    flagged = [(h, u, int(hr)) for h, u, hr in con.execute(f"SELECT host, uuid, hour FROM {SCAN_HOURS} WHERE suspect").fetchall()]
+    flagged.sort()
     cleaned: Cleaned = q.dedup(rows, flagged)
     if flagged:
-        fixed = q.df(hour_sums_sql(q.only_hours(cleaned.sql, "flagged_hours"), float(w.idle_below), False, weighted=True,
-                                      absent=absent, d=q.d))
-        keys = pd.MultiIndex.from_frame(dh[["host", "uuid", "hour"]].astype({"hour": "int64"}))
-        dh = pd.concat([dh[~keys.isin(flagged)], fixed], ignore_index=True)
-    return Scan(cleaned.sql, dh.drop(columns=["suspect"]), cleaned.devices, rejected)
+        q.into("gpu_audit_fixed_hours", hour_sums_sql(q.only_hours(cleaned.sql, "flagged_hours"), float(w.idle_below), False,
+                                                      weighted=True, absent=absent, d=q.d))
+        con.execute(f"DELETE FROM {SCAN_HOURS} s WHERE suspect")
+        con.execute(f"INSERT INTO {SCAN_HOURS} BY NAME SELECT * FROM gpu_audit_fixed_hours")
+        con.execute("DROP TABLE gpu_audit_fixed_hours")
+    con.execute(f"ALTER TABLE {SCAN_HOURS} DROP COLUMN suspect")
+    return Scan(cleaned.sql, SCAN_HOURS, cleaned.devices, rejected)
 
 
 def _rejected(q: Runner, src: str, w: Window, files: list[str], early: bool = False) -> list[dict[str, Any]]:
@@ -124,6 +131,8 @@ def namespaces(q: Runner, rows: str | None, rfiles: list[str], w: Window,
               ["SELECT 1"] if any_rollup_namespace else [])
     if not probes or not q.fetch(f"SELECT count(*) FROM ({' UNION ALL '.join(probes)} LIMIT 1) p")[0][0]:  # all rows fetched: nothing left open
         return []
+    import pandas as pd  # only where some sample names a namespace
+
     parts = []
     if rows:
         parts.append(f"""SELECT host, uuid, k8s_namespace AS ns, sum(dt) AS dt,
@@ -156,10 +165,14 @@ def namespaces(q: Runner, rows: str | None, rfiles: list[str], w: Window,
     return sorted(out.values(), key=lambda e: -e["spend_usd"])
 
 
-def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None) -> pd.DataFrame:
-    """The same per-(device, hour) sums as the sample scan, from rollup rows."""
+ROLLUP_HOURS = "gpu_audit_rollup_hours"
+DEVICE_HOURS = "gpu_audit_device_hours"  # the analysis' device-hour table (device_hours, then prices: engine)
+
+
+def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None) -> str:
+    """The same per-(device, hour) sums as the sample scan, from rollup rows (a local table)."""
     d = q.d
-    return q.df(f"""
+    q.into(ROLLUP_HOURS, f"""
     SELECT host, uuid, {d.hour("ts")} AS hour,
            any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
            bool_or(mig_mode) AS mig_mode,
@@ -177,59 +190,67 @@ def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None
            count(k8s_namespace) AS ns_n
     FROM {rsrc or q.rollups_source(files)} {window_where(w.since, w.until, d=d)} GROUP BY host, uuid, {d.hour("ts")}
     """)
+    return ROLLUP_HOURS
 
 
-def device_hours(q: Runner, sc: Scan, rollups: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs: the scan's
-    sums, rollup rows, and the unallocated (``free_dt``) and unseen (``blind_dt``) time of GPUs in MIG
-    mode from a small query over MIG rows only."""
-    dh = sc.dh
-    if rollups is not None and not rollups.empty and dh.empty:
-        dh = rollups.drop(columns=["roll_idle_below"])  # already one row per (device, hour)
-    elif rollups is not None and not rollups.empty:
-        agg = {c: "sum" for c in ("n", "bad_n", "dt_s", *SUM_COLUMNS, "roll_free_dt", "roll_blind_dt", "roll_stranded_dt")}
-        agg.update(parent_uuid="first", name="first", mig_profile="first", mig_mode="max", share="max", mem_max="max",
-                   mem_total="max", first_us="min", last_us="max")
-        both = pd.concat([dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0, roll_stranded_dt=0.0), rollups.drop(columns=["roll_idle_below"])],
-                         ignore_index=True)
-        both["mig_mode"] = both["mig_mode"].fillna(False).astype(bool)  # object dtype would make pandas loop in Python
-        for c in (*SUM_COLUMNS, "roll_free_dt", "roll_blind_dt", "roll_stranded_dt"):
-            both[c] = both[c].astype(float).fillna(0.0)
-        dh = both.groupby(["host", "uuid", "hour"], as_index=False, dropna=False).agg(agg)
-    else:
-        dh = dh.assign(roll_free_dt=0.0, roll_blind_dt=0.0, roll_stranded_dt=0.0)
-    dh["has_energy"] = dh["energy_j"].notna()  # null: no power reading and no counter (not 0 kWh)
-    for col in SUM_COLUMNS:
-        dh[col] = dh[col].astype(float).fillna(0.0)
+_ROLL = ("roll_free_dt", "roll_blind_dt", "roll_stranded_dt")
+
+
+def device_hours(q: Runner, sc: Scan, rollups: str | None = None) -> str:
+    """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs, as the local
+    table ``DEVICE_HOURS``: the scan's sums, rollup rows, and the unallocated (``free_dt``) and unseen
+    (``blind_dt``) time of GPUs in MIG mode from a small query over MIG rows only."""
+    con = q.con
+    parts = []
+    if sc.dh:
+        parts.append(f"SELECT *, {', '.join(f'0.0 AS {c}' for c in _ROLL)}, 0 AS part FROM {sc.dh}")
+    if rollups:
+        parts.append(f"SELECT * EXCLUDE (roll_idle_below, ns_n), 1 AS part FROM {rollups}")
+    both = " UNION ALL BY NAME ".join(parts)
+    first = lambda c: f"arg_min({c}, part) FILTER (WHERE {c} IS NOT NULL) AS {c}"  # noqa: E731 (the scan's value, else the rollup's)
+    zero = lambda c: f"coalesce(sum(CAST({c} AS DOUBLE)), 0.0) AS {c}"  # noqa: E731
     # Utilization vs power (DESIGN.md "Evidence cross-checks"): where a device-hour holds 10 minutes or
     # more of samples read as idle while the board draws over 70 % of its limit, those samples are no
     # evidence (billed; no waste, idle or unallocated claim). Rolled-up days carry no power: unchecked.
-    hot = dh["hot_dt"] >= HOT_IDLE_S
-    dh["hot_hour"] = hot
-    if hot.any():
-        for col, less in (("ev_dt", "hot_dt"), ("u_dt", "hot_udt"), ("idle_dt", "hot_dt")):
-            dh.loc[hot, col] = (dh.loc[hot, col] - dh.loc[hot, less]).clip(lower=0.0)
-    sh = dh["share"].astype(float)
-    dh["share_dt"] = sh * dh["dt_s"]
-    dh["ev_share_dt"] = sh * dh["ev_dt"]
-    dh["waste_share_dt"] = sh * (dh["ev_dt"] - dh["u_dt"] / 100)
-    dh["idle_share_dt"] = sh * dh["idle_dt"]
-    dh["sm_share_dt"] = sh * dh["sm_dt"]
-    dh["sm_waste_share_dt"] = sh * (dh["sm_dt"] - dh["smu_dt"] / 100)
-    free = q.df(f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt, sum(stranded_dt) AS stranded_dt "
-                f"FROM ({mig_free_sql(sc.rows)}) m GROUP BY ALL") if sc.rows and _any_mig(sc.dh) else pd.DataFrame()
-    dh = dh.merge(free, on=["host", "uuid", "hour"], how="left") if not free.empty else dh.assign(free_dt=0.0, blind_dt=0.0, stranded_dt=0.0)
-    dh["free_dt"] = dh["free_dt"].astype(float).fillna(0.0) + dh["roll_free_dt"].astype(float).fillna(0.0)
-    dh["stranded_dt"] = dh["stranded_dt"].astype(float).fillna(0.0) + dh["roll_stranded_dt"].astype(float).fillna(0.0)
-    dh["blind_dt"] = dh["blind_dt"].astype(float).fillna(0.0) + dh["roll_blind_dt"].astype(float).fillna(0.0)
-    return dh
+    less = {"ev_dt": "hot_dt", "u_dt": "hot_udt", "idle_dt": "hot_dt"}
+    fixed = ", ".join(f"CASE WHEN hot_dt >= {HOT_IDLE_S} THEN greatest({c} - {m}, 0.0) ELSE {c} END AS {c}" for c, m in less.items())
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE {DEVICE_HOURS} AS
+    WITH g AS (
+      SELECT host, uuid, hour, {first("parent_uuid")}, {first("name")}, {first("mig_profile")},
+             coalesce(bool_or(mig_mode), false) AS mig_mode, max(share) AS share, sum(n) AS n, sum(bad_n) AS bad_n, sum(dt_s) AS dt_s,
+             {", ".join(zero(c) for c in (*SUM_COLUMNS, *_ROLL))},
+             count(energy_j) > 0 AS has_energy,  -- null: no power reading and no counter (not 0 kWh)
+             max(mem_max) AS mem_max, max(mem_total) AS mem_total, min(first_us) AS first_us, max(last_us) AS last_us
+      FROM ({both}) b GROUP BY host, uuid, hour),
+    h AS (SELECT * REPLACE ({fixed}), hot_dt >= {HOT_IDLE_S} AS hot_hour FROM g)
+    SELECT *, share * dt_s AS share_dt, share * ev_dt AS ev_share_dt, share * (ev_dt - u_dt / 100) AS waste_share_dt,
+           share * idle_dt AS idle_share_dt, share * sm_dt AS sm_share_dt, share * (sm_dt - smu_dt / 100) AS sm_waste_share_dt
+    FROM h""")
+    any_mig = sc.rows and sc.dh and con.execute(
+        f"SELECT coalesce(bool_or(parent_uuid IS NOT NULL OR mig_mode), false) FROM {sc.dh}").fetchall()[0][0]
+    if any_mig:  # the samples' scan saw a MIG instance or a GPU in MIG mode (else no MIG query runs)
+        q.into("gpu_audit_mig_free", f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt, "
+                                     f"sum(stranded_dt) AS stranded_dt FROM ({mig_free_sql(sc.rows)}) m GROUP BY ALL")
+        join, val = f"LEFT JOIN gpu_audit_mig_free m USING (host, uuid, hour)", lambda c: f"coalesce(CAST(m.{c} AS DOUBLE), 0.0)"  # noqa: E731
+    else:
+        join, val = "", lambda c: "0.0"  # noqa: E731
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {DEVICE_HOURS} AS
+      SELECT d.* EXCLUDE ({", ".join(_ROLL)}), {val("free_dt")} + d.roll_free_dt AS free_dt, {val("stranded_dt")} + d.roll_stranded_dt AS stranded_dt,
+             {val("blind_dt")} + d.roll_blind_dt AS blind_dt
+      FROM {DEVICE_HOURS} d {join}""")
+    return DEVICE_HOURS
+
+
+HIST = "gpu_audit_hist"  # per device: dt-weighted seconds per utilization bin (1 %) and memory bin (0.1 %)
 
 
 def device_distributions(q: Runner, rows: str | None, w: Window,
-                         rollup_files: list[str] | None = None, rsrc: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                         rollup_files: list[str] | None = None, rsrc: str | None = None) -> str:
     """Per device, in one scan: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of
-    the device's total), from which the 95th percentiles are read. Rolled-up minutes count as their
-    mean utilization and peak memory."""
+    the device's total), from which the 95th percentiles are read (``p95_sql``), as the local table
+    ``HIST`` (host, uuid, bin, w, is_mem). Rolled-up minutes count as their mean utilization and peak
+    memory."""
     parts = []
     if rows:
         parts.append(f"SELECT host, uuid, u, mem_used_bytes, mem_total_bytes, dt FROM ({rows})")
@@ -237,29 +258,26 @@ def device_distributions(q: Runner, rows: str | None, w: Window,
         parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
                          mem_total_bytes, dt_s AS dt
                          FROM {rsrc or q.rollups_source(rollup_files)} {window_where(w.since, w.until, d=q.d)}""")
-    h = q.df(f"""
+    q.into("gpu_audit_hist_sets", f"""
         SELECT host, uuid, ubin, mbin, sum(dt) AS w, grouping(ubin) AS is_mem
         FROM (SELECT host, uuid, dt, CAST(round(u) AS INTEGER) AS ubin,
                      CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin
               FROM ({" UNION ALL ".join(parts)}) p) b
         GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
     """)
-    util = h[(h["is_mem"] == 0) & h["ubin"].notna()].rename(columns={"ubin": "bin"})[["host", "uuid", "bin", "w"]]
-    mem = h[(h["is_mem"] == 1) & h["mbin"].notna()].rename(columns={"mbin": "bin"})[["host", "uuid", "bin", "w"]]
-    return util, weighted_p95(mem).rename(columns={"p95_util_pct": "mem_p95_permille"})
+    q.con.execute(f"""CREATE OR REPLACE TEMP TABLE {HIST} AS
+      SELECT host, uuid, CASE WHEN is_mem = 0 THEN ubin ELSE mbin END AS bin, w, is_mem = 1 AS is_mem FROM gpu_audit_hist_sets
+      WHERE CASE WHEN is_mem = 0 THEN ubin ELSE mbin END IS NOT NULL""")
+    q.con.execute("DROP TABLE gpu_audit_hist_sets")
+    return HIST
 
 
-def _any_mig(dh: pd.DataFrame) -> bool:
-    """Whether the samples' scan saw a MIG instance or a GPU in MIG mode (else no MIG query runs)."""
-    return bool(dh["parent_uuid"].notna().any() or dh["mig_mode"].fillna(False).astype(bool).any())
-
-
-def weighted_p95(hist: pd.DataFrame) -> pd.DataFrame:
-    """The dt-weighted 95th percentile: the smallest bin whose cumulative weight reaches 95 %."""
-    if hist.empty:
-        return pd.DataFrame(columns=["host", "uuid", "p95_util_pct"])
-    h = hist.sort_values(["host", "uuid", "bin"])
-    h["cum"] = h.groupby(["host", "uuid"])["w"].cumsum()
-    h["tot"] = h.groupby(["host", "uuid"])["w"].transform("sum")
-    hit = h[h["cum"] >= 0.95 * h["tot"] - 1e-9]
-    return hit.groupby(["host", "uuid"], as_index=False)["bin"].first().rename(columns={"bin": "p95_util_pct"})
+def p95_sql(hist: str, is_mem: bool) -> str:
+    """Per device, the dt-weighted 95th percentile bin of ``hist``: the smallest bin whose cumulative
+    weight reaches 95 %."""
+    return f"""
+      SELECT host, uuid, min(bin) AS p95 FROM (
+        SELECT host, uuid, bin, sum(w) OVER (PARTITION BY host, uuid ORDER BY bin ROWS UNBOUNDED PRECEDING) AS cum,
+               sum(w) OVER (PARTITION BY host, uuid) AS tot
+        FROM {hist} WHERE is_mem = {"true" if is_mem else "false"}) h
+      WHERE cum >= 0.95 * tot - 1e-9 GROUP BY host, uuid"""

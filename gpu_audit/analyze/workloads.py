@@ -16,14 +16,14 @@ namespace aware; processes that start and end between two samples are not seen.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable
 
 from gpu_audit.analyze.runner import DuckRunner as Runner  # the interface; Spark's runner has the same methods
 from gpu_audit.store.dialect import Dialect
 from gpu_audit.store.query import window_where
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 def _q(name: str, d: Dialect) -> str:
     """A column name quoted for the dialect (``user`` is a word in both)."""
@@ -38,36 +38,39 @@ OPTIONAL = ("container_id", "k8s_pod_uid", "slurm_job_id", "user", "k8s_namespac
 
 
 def workloads(q: Runner, files: list[str], since: Any, until: Any,
-              dh: pd.DataFrame, rows: str | None = None) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
+              priced: Callable[[], pd.DataFrame], rows: str | None = None) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
     """Per workload: its GPUs, GPU-hours, spend, waste, idle cost and hours, mean utilization of its GPUs
     while present, peak memory; plus one "no workload" entry (empty without a processes table). And
-    per device, the workloads seen on it."""
+    per device, the workloads seen on it. ``priced``: the priced device-hours as a frame (made only
+    where there are workloads)."""
     pods = _dcgm_pods(q, rows)
-    if not files and pods.empty:
+    if not files and pods is None:
         return [], {}
+    import pandas as pd  # only where there are workloads
+
     if not files:
         w = pods
     else:
         w = _process_rows(q, files, since, until)
-        if not pods.empty:  # DCGM pod labels speak for the device-hours without process rows
+        if pods is not None:  # DCGM pod labels speak for the device-hours without process rows
             seen = w[["host", "uuid", "hour"]].drop_duplicates().assign(_p=True)
             extra = pods.merge(seen, on=["host", "uuid", "hour"], how="left")
             w = pd.concat([w, extra[extra["_p"].isna()].drop(columns=["_p"])], ignore_index=True)
-    return _split(w, dh)
+    return _split(w, priced())
 
 
-def _dcgm_pods(q: Runner, rows: str | None) -> pd.DataFrame:
+def _dcgm_pods(q: Runner, rows: str | None) -> pd.DataFrame | None:
     """Device-hours whose samples carry Kubernetes pod labels (dcgm-exporter), as workload rows weighted
     by the time each pod was on the device (the same identity, ``namespace/pod``, as the collector's)."""
     if rows is None:
-        return pd.DataFrame()
+        return None
     d = q.d
     return q.df(f"""
         SELECT host, uuid, hour, 'pod' AS kind, coalesce(k8s_namespace, '?') || '/' || k8s_pod AS id, k8s_pod AS name,
                CAST(NULL AS {d.type("VARCHAR")}) AS {_q("user", d)}, any_value(k8s_namespace) AS namespace, sum(dt) AS sm,
                CAST(NULL AS DOUBLE) AS mem, max(mem_used_bytes) AS peak
         FROM ({rows}) b WHERE k8s_pod IS NOT NULL GROUP BY ALL
-    """) if _has_pods(q, rows) else pd.DataFrame()
+    """) if _has_pods(q, rows) else None
 
 
 def _has_pods(q: Runner, rows: str) -> bool:
@@ -89,10 +92,10 @@ def _process_rows(q: Runner, files: list[str], since: Any, until: Any) -> pd.Dat
     """)
 
 
-def _split(w: pd.DataFrame, dh: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
+def _split(w: pd.DataFrame, priced: pd.DataFrame) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[str]]]:
     """Each device-hour's cost split among the workload rows of that device-hour (``sm`` weights, else
-    ``mem``, else evenly)."""
-    priced = dh[dh["price"].notna()]
+    ``mem``, else evenly). ``priced``: the priced device-hours."""
+    import numpy as np
     cost = priced[["host", "uuid", "hour", "spend_usd", "waste_usd", "idle_usd", "gpu_s", "idle_share_dt", "free_dt", "u_dt", "ev_dt"]]
     if w.empty:
         return ([_none(cost)] if len(cost) else []), {}
