@@ -18,7 +18,6 @@ import pyarrow as pa
 from gpu_audit.hourly import COLUMNS as HOURLY_COLUMNS, HourlyColumns
 from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.runner import DuckRunner, DuckRunner as Runner
-from gpu_audit.analyze.tokens import TokenLog
 from gpu_audit.duck import list_table, session
 from gpu_audit.errors import GpuAuditError
 from gpu_audit.analyze.usage import (DEVICE_HOURS, Scan, Window, device_distributions, device_hours, namespaces, p95_sql,
@@ -27,6 +26,8 @@ from gpu_audit.store.query import window_where
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from gpu_audit.analyze.tokens import TokenLog
 
 class EmptyStore(GpuAuditError):
     pass
@@ -380,10 +381,14 @@ def _scan_stage(r: _Run) -> None:
             raise EmptyStore(f"no samples in {', '.join(r.roots)} between --since and --until")
 
 
-def _energy_columns(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -> None:
+COSTS = "gpu_audit_costs"  # the device-hours with prices, spend, waste, idle cost and energy (a view)
+
+
+def _energy_sql(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -> tuple[str, str]:
     """Per device-hour: kWh (a MIG instance takes its share of its GPU's energy in that hour, the GPU in
     MIG mode the rest), idle kWh (physical GPUs), and energy $ and kgCO2e where the pricing file gives
-    them for the host (x PUE). Energy $ is beside spend, never in it."""
+    them for the host (x PUE). Energy $ is beside spend, never in it. Returns the CTEs ending in ``e``
+    (``dh``'s rows with those columns) and the table of host energy prices they read."""
     inst, parents = con.execute(f"SELECT coalesce(bool_or(parent_uuid IS NOT NULL), false), "
                                 f"coalesce(bool_or(parent_uuid IS NULL AND mig_mode), false) FROM {dh}").fetchall()[0]
     hosts = [h for (h,) in con.execute(f"SELECT DISTINCT host FROM {dh}").fetchall()]
@@ -393,7 +398,7 @@ def _energy_columns(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -
         "usd": ("DOUBLE", [e[h].usd_per_kwh for h in hosts]), "grid": ("DOUBLE", [e[h].grid_gco2_per_kwh for h in hosts])})
     if inst and parents:
         share = f"""
-        WITH par AS (SELECT host, uuid AS parent_uuid, hour, energy_j AS pe FROM {dh} WHERE parent_uuid IS NULL AND mig_mode),
+        par AS (SELECT host, uuid AS parent_uuid, hour, energy_j AS pe FROM {dh} WHERE parent_uuid IS NULL AND mig_mode),
         s AS (SELECT d.*, CASE WHEN d.parent_uuid IS NOT NULL THEN coalesce(par.pe, 0.0) * CAST(d.share AS DOUBLE)
                                ELSE d.energy_j END AS share_j
               FROM {dh} d LEFT JOIN par ON d.parent_uuid IS NOT NULL AND par.host = d.host AND par.parent_uuid = d.parent_uuid
@@ -403,17 +408,16 @@ def _energy_columns(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -
                                        ELSE greatest(s.share_j - coalesce(k.kid_j, 0.0), 0.0) END AS share_j)
               FROM s LEFT JOIN kids k ON s.parent_uuid IS NULL AND k.host = s.host AND k.uuid = s.uuid AND k.hour = s.hour)"""
     else:
-        share = f"WITH j AS (SELECT *, energy_j AS share_j FROM {dh})"
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE {dh} AS {share},
+        share = f"j AS (SELECT *, energy_j AS share_j FROM {dh})"
+    return f"""{share},
       k AS (SELECT j.* EXCLUDE (share_j), j.share_j / 3.6e6 AS kwh,
                    CASE WHEN j.parent_uuid IS NOT NULL THEN 0.0 ELSE j.idle_energy_j / 3.6e6 END AS idle_kwh,
-                   e.pue, e.usd, e.grid
-            FROM j LEFT JOIN gpu_audit_host_energy e USING (host))
-      SELECT k.* EXCLUDE (pue, usd, grid, has_energy), coalesce(kwh * pue * usd, 0.0) AS energy_usd,
-             coalesce(kwh * pue * grid / 1000, 0.0) AS kgco2e, usd IS NOT NULL AS has_energy_usd, grid IS NOT NULL AS has_co2,
-             {"CASE WHEN parent_uuid IS NOT NULL THEN kwh > 0 ELSE has_energy END" if inst else "has_energy"} AS has_energy
-      FROM k""")
-    con.execute("DROP TABLE gpu_audit_host_energy")
+                   he.pue, he.usd, he.grid
+            FROM j LEFT JOIN gpu_audit_host_energy he USING (host)),
+      e AS (SELECT k.* EXCLUDE (pue, usd, grid, has_energy), coalesce(kwh * pue * usd, 0.0) AS energy_usd,
+                   coalesce(kwh * pue * grid / 1000, 0.0) AS kgco2e, usd IS NOT NULL AS has_energy_usd, grid IS NOT NULL AS has_co2,
+                   {"CASE WHEN parent_uuid IS NOT NULL THEN kwh > 0 ELSE has_energy END" if inst else "has_energy"} AS has_energy
+            FROM k)""", "gpu_audit_host_energy"
 
 
 class _Row:
@@ -434,17 +438,23 @@ def _percentiles_stage(r: _Run) -> None:
     list_table(con, "gpu_audit_prices", {
         "host": ("VARCHAR", [h for h, _, _ in devs]), "uuid": ("VARCHAR", [u for _, u, _ in devs]),
         "price": ("DOUBLE", [r.prices[(h, u)].per_hour if r.prices[(h, u)] else None for h, u, _ in devs])})
+    energy, _ = _energy_sql(con, dh, r.pricing)
     # Unseen MIG time (blind_dt) is billed as the whole GPU, with no evidence: no waste, idle or unallocated.
     # Stranded MIG slices (no instance could use them: every memory slice taken) are billed and wasted, not idle.
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE {dh} AS
-      WITH d AS (SELECT d.*, p.price, coalesce(p.price, 0.0) AS p, d.share_dt + d.free_dt + d.blind_dt + d.stranded_dt AS gpu_s
-                 FROM {dh} d LEFT JOIN gpu_audit_prices p USING (host, uuid))
+    # A view, not a table: every reader computes these from the device-hours it reads (millions of rows in
+    # a fleet: a second copy of them would spill).
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW {COSTS} AS
+      WITH {energy},
+      sh AS (SELECT e.*, share * dt_s AS share_dt, share * ev_dt AS ev_share_dt, share * (ev_dt - u_dt / 100) AS waste_share_dt,
+                    share * idle_dt AS idle_share_dt, share * sm_dt AS sm_share_dt, share * (sm_dt - smu_dt / 100) AS sm_waste_share_dt
+             FROM e),
+      d AS (SELECT d.*, p.price, coalesce(p.price, 0.0) AS p, d.share_dt + d.free_dt + d.blind_dt + d.stranded_dt AS gpu_s
+            FROM sh d LEFT JOIN gpu_audit_prices p USING (host, uuid))
       SELECT d.* EXCLUDE (p), p * gpu_s / 3600 AS spend_usd, p * (waste_share_dt + free_dt + stranded_dt) / 3600 AS waste_usd,
              p * stranded_dt / 3600 AS stranded_usd, p * (idle_share_dt + free_dt) / 3600 AS idle_usd,
              p * free_dt / 3600 AS unalloc_usd, p * sm_waste_share_dt / 3600 AS sm_waste_usd
       FROM d""")
-    con.execute("DROP TABLE gpu_audit_prices")
-    _energy_columns(con, dh, r.pricing)
+    r.dh = dh = COSTS
     res = con.execute(f"""
       WITH dev AS (
         SELECT host, uuid, any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
@@ -629,7 +639,7 @@ def _models_stage(r: _Run) -> None:
     procs = top_processes(r.q, r.roots, s)
     for d in r.devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))
-    sample_hosts = {h for (h,) in con.execute(f"SELECT DISTINCT host FROM {dh}").fetchall()}
+    sample_hosts = {h for (h,) in con.execute(f"SELECT DISTINCT host FROM {DEVICE_HOURS}").fetchall()}
     toks_df = token_hours(con, tokens.table, sample_hosts, r.start, r.end) if tokens is not None and tokens.table.num_rows else None
     engine_hourly, engine_stats = engine_data(con, r.roots, s, r.q)
     token_source = "token logs" if toks_df is not None else None
@@ -641,7 +651,7 @@ def _models_stage(r: _Run) -> None:
             "model_hourly": []})
     from gpu_audit.analyze import crosscheck
 
-    hot = con.execute(f"SELECT host, uuid, count(*), sum(hot_dt) FROM {dh} WHERE hot_hour GROUP BY host, uuid ORDER BY host, uuid").fetchall()
+    hot = con.execute(f"SELECT host, uuid, count(*), sum(hot_dt) FROM {DEVICE_HOURS} WHERE hot_hour GROUP BY host, uuid ORDER BY host, uuid").fetchall()
     contradictions = (crosscheck.tokens_vs_compute(toks_df, r.devices, s.params_b) + crosscheck.memory(r.devices)
                       + crosscheck.utilization_vs_power(hot))
     bad_models = {c["model"]: c["why"] for c in contradictions if c["kind"] == "tokens_vs_compute"}
@@ -704,13 +714,13 @@ def _hourly_columns(con: duckdb.DuckDBPyConnection, dh: str) -> HourlyColumns:
     a = con.sql(f"""
       WITH hs AS (SELECT host, CAST(row_number() OVER (ORDER BY host) - 1 AS BIGINT) AS hc FROM (SELECT DISTINCT host FROM {dh})),
            us AS (SELECT uuid, CAST(row_number() OVER (ORDER BY uuid) - 1 AS BIGINT) AS uc FROM (SELECT DISTINCT uuid FROM {dh}))
-      SELECT hc, uc, hour, CASE WHEN ev_dt > 0 THEN u_dt / ev_dt END AS mean_util_pct,
-             CAST(mem_max AS DOUBLE) AS mem_max_bytes, CASE WHEN price IS NOT NULL THEN spend_usd END AS spend_usd,
-             CAST(dt_s AS DOUBLE) AS covered_s, CASE WHEN ev_dt > 0 THEN idle_dt END AS idle_s, CAST(ev_dt AS DOUBLE) AS evidence_s
-      FROM {dh} JOIN hs USING (host) JOIN us USING (uuid)""").fetchnumpy()
-    num = lambda c: np.ma.filled(np.ma.asarray(a[c], dtype=float), np.nan)  # noqa: E731 (null: NaN)
+      SELECT hc, uc, hour, {", ".join(f"coalesce(CAST({e} AS DOUBLE), 'NaN'::DOUBLE) AS {c}" for c, e in (
+                 ("mean_util_pct", "CASE WHEN ev_dt > 0 THEN u_dt / ev_dt END"), ("mem_max_bytes", "mem_max"),
+                 ("spend_usd", "CASE WHEN price IS NOT NULL THEN spend_usd END"), ("covered_s", "dt_s"),
+                 ("idle_s", "CASE WHEN ev_dt > 0 THEN idle_dt END"), ("evidence_s", "ev_dt")))}
+      FROM {dh} JOIN hs USING (host) JOIN us USING (uuid)""").fetchnumpy()  # NaN for null: plain arrays, not masked ones
     return HourlyColumns(a["hc"], a["uc"], a["hour"],
-                         {c: num(c) for c in ("mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s")},
+                         {c: a[c] for c in ("mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s")},
                          names=(hosts, uuids))
 
 

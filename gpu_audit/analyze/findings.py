@@ -71,7 +71,6 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
     ``step`` is told each of report_stages() as it starts (a progress display)."""
     from gpu_audit.analyze.engine import AnalyzeSettings, analyze
     from gpu_audit.analyze.pricing import load_pricing
-    from gpu_audit.analyze.tokens import load_tokens
     from gpu_audit.settings import load_settings
     from gpu_audit.units import parse_time
 
@@ -102,7 +101,11 @@ def build(req: ReportRequest, step: Callable[[str], None] | None = None) -> dict
         from gpu_audit.store.layout import check_host
 
         check_host(req.tokens_host, "--tokens-host")
-    tokens = load_tokens(token_paths, strict=strict, default_host=req.tokens_host) if token_paths else None
+    tokens = None
+    if token_paths:
+        from gpu_audit.analyze.tokens import load_tokens  # (pyarrow.compute: only where there are token logs)
+
+        tokens = load_tokens(token_paths, strict=strict, default_host=req.tokens_host)
     roots = []
     for store in stores:  # object-store URIs: the window's partitions mirrored into a local cache
         if in_place and store.startswith(in_place):

@@ -199,46 +199,52 @@ _ROLL = ("roll_free_dt", "roll_blind_dt", "roll_stranded_dt")
 def device_hours(q: Runner, sc: Scan, rollups: str | None = None) -> str:
     """One row per (host, uuid, clock hour) with the dt-weighted sums every number needs, as the local
     table ``DEVICE_HOURS``: the scan's sums, rollup rows, and the unallocated (``free_dt``) and unseen
-    (``blind_dt``) time of GPUs in MIG mode from a small query over MIG rows only."""
+    (``blind_dt``) time of GPUs in MIG mode from a small query over MIG rows only. Written once, in one
+    statement: a fleet has millions of device-hours (docs/benchmarks.md)."""
     con = q.con
-    parts = []
-    if sc.dh:
-        parts.append(f"SELECT *, {', '.join(f'0.0 AS {c}' for c in _ROLL)}, 0 AS part FROM {sc.dh}")
-    if rollups:
-        parts.append(f"SELECT * EXCLUDE (roll_idle_below, ns_n), 1 AS part FROM {rollups}")
-    both = " UNION ALL BY NAME ".join(parts)
-    first = lambda c: f"arg_min({c}, part) FILTER (WHERE {c} IS NOT NULL) AS {c}"  # noqa: E731 (the scan's value, else the rollup's)
-    zero = lambda c: f"coalesce(sum(CAST({c} AS DOUBLE)), 0.0) AS {c}"  # noqa: E731
+    zero = lambda c: f"coalesce(CAST({c} AS DOUBLE), 0.0)"  # noqa: E731
+    if sc.dh and rollups:  # both: a device-hour can have raw rows and rollup rows
+        first = lambda c: f"arg_min({c}, part) FILTER (WHERE {c} IS NOT NULL) AS {c}"  # noqa: E731 (the scan's value, else the rollup's)
+        both = (f"SELECT *, {', '.join(f'0.0 AS {c}' for c in _ROLL)}, 0 AS part FROM {sc.dh} UNION ALL BY NAME "
+                f"SELECT * EXCLUDE (roll_idle_below, ns_n), 1 AS part FROM {rollups}")
+        base = f"""
+      SELECT host, uuid, hour, {first("parent_uuid")}, {first("name")}, {first("mig_profile")},
+             coalesce(bool_or(mig_mode), false) AS mig_mode, max(share) AS share, sum(n) AS n, sum(bad_n) AS bad_n, sum(dt_s) AS dt_s,
+             {", ".join(f"coalesce(sum(CAST({c} AS DOUBLE)), 0.0) AS {c}" for c in (*SUM_COLUMNS, *_ROLL))},
+             count(energy_j) > 0 AS has_energy,  -- null: no power reading and no counter (not 0 kWh)
+             max(mem_max) AS mem_max, max(mem_total) AS mem_total, min(first_us) AS first_us, max(last_us) AS last_us
+      FROM ({both}) b GROUP BY host, uuid, hour"""
+    else:  # one source: already one row per device-hour
+        src = sc.dh or rollups
+        roll = ", ".join(f"{zero(c) if rollups else '0e0'} AS {c}" for c in _ROLL)
+        base = f"""
+      SELECT host, uuid, hour, parent_uuid, name, mig_profile, coalesce(mig_mode, false) AS mig_mode, share, n, bad_n, dt_s,
+             {", ".join(f"{zero(c)} AS {c}" for c in SUM_COLUMNS)}, {roll},
+             energy_j IS NOT NULL AS has_energy,  -- null: no power reading and no counter (not 0 kWh)
+             mem_max, mem_total, first_us, last_us
+      FROM {src}"""
     # Utilization vs power (DESIGN.md "Evidence cross-checks"): where a device-hour holds 10 minutes or
     # more of samples read as idle while the board draws over 70 % of its limit, those samples are no
     # evidence (billed; no waste, idle or unallocated claim). Rolled-up days carry no power: unchecked.
     less = {"ev_dt": "hot_dt", "u_dt": "hot_udt", "idle_dt": "hot_dt"}
     fixed = ", ".join(f"CASE WHEN hot_dt >= {HOT_IDLE_S} THEN greatest({c} - {m}, 0.0) ELSE {c} END AS {c}" for c, m in less.items())
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE {DEVICE_HOURS} AS
-    WITH g AS (
-      SELECT host, uuid, hour, {first("parent_uuid")}, {first("name")}, {first("mig_profile")},
-             coalesce(bool_or(mig_mode), false) AS mig_mode, max(share) AS share, sum(n) AS n, sum(bad_n) AS bad_n, sum(dt_s) AS dt_s,
-             {", ".join(zero(c) for c in (*SUM_COLUMNS, *_ROLL))},
-             count(energy_j) > 0 AS has_energy,  -- null: no power reading and no counter (not 0 kWh)
-             max(mem_max) AS mem_max, max(mem_total) AS mem_total, min(first_us) AS first_us, max(last_us) AS last_us
-      FROM ({both}) b GROUP BY host, uuid, hour),
-    h AS (SELECT * REPLACE ({fixed}), hot_dt >= {HOT_IDLE_S} AS hot_hour FROM g)
-    SELECT *, share * dt_s AS share_dt, share * ev_dt AS ev_share_dt, share * (ev_dt - u_dt / 100) AS waste_share_dt,
-           share * idle_dt AS idle_share_dt, share * sm_dt AS sm_share_dt, share * (sm_dt - smu_dt / 100) AS sm_waste_share_dt
-    FROM h""")
     any_mig = sc.rows and sc.dh and con.execute(
         f"SELECT coalesce(bool_or(parent_uuid IS NOT NULL OR mig_mode), false) FROM {sc.dh}").fetchall()[0][0]
     if any_mig:  # the samples' scan saw a MIG instance or a GPU in MIG mode (else no MIG query runs)
         q.into("gpu_audit_mig_free", f"SELECT host, uuid, hour, sum(free_dt) AS free_dt, sum(blind_dt) AS blind_dt, "
                                      f"sum(stranded_dt) AS stranded_dt FROM ({mig_free_sql(sc.rows)}) m GROUP BY ALL")
-        join, val = f"LEFT JOIN gpu_audit_mig_free m USING (host, uuid, hour)", lambda c: f"coalesce(CAST(m.{c} AS DOUBLE), 0.0)"  # noqa: E731
+        join, val = "LEFT JOIN gpu_audit_mig_free m USING (host, uuid, hour)", lambda c: f"coalesce(CAST(m.{c} AS DOUBLE), 0.0)"  # noqa: E731
     else:
-        join, val = "", lambda c: "0.0"  # noqa: E731
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE {DEVICE_HOURS} AS
-      SELECT d.* EXCLUDE ({", ".join(_ROLL)}), {val("free_dt")} + d.roll_free_dt AS free_dt, {val("stranded_dt")} + d.roll_stranded_dt AS stranded_dt,
-             {val("blind_dt")} + d.roll_blind_dt AS blind_dt
-      FROM {DEVICE_HOURS} d {join}""")
+        join, val = "", lambda c: "0e0"  # noqa: E731 (a DOUBLE: 0.0 is a DECIMAL in DuckDB)
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE {DEVICE_HOURS} AS
+    WITH g AS ({base})
+    SELECT g.* EXCLUDE ({", ".join(_ROLL)}) REPLACE ({fixed}), g.hot_dt >= {HOT_IDLE_S} AS hot_hour,
+           {val("free_dt")} + g.roll_free_dt AS free_dt, {val("stranded_dt")} + g.roll_stranded_dt AS stranded_dt,
+           {val("blind_dt")} + g.roll_blind_dt AS blind_dt
+    FROM g {join}""")
+    if any_mig:
+        con.execute("DROP TABLE gpu_audit_mig_free")
     return DEVICE_HOURS
 
 
