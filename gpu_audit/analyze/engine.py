@@ -20,8 +20,8 @@ from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.runner import DuckRunner, DuckRunner as Runner
 from gpu_audit.duck import list_table, session
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.analyze.usage import (DEVICE_HOURS, Scan, Window, device_distributions, device_hours, namespaces, p95_sql,
-                                     rollup_hours, scan)
+from gpu_audit.analyze.usage import (DEVICE_HOURS, ROLLUP_HIST, Scan, Window, device_distributions, device_hours, namespaces,
+                                     p95_sql, rollup_hours, scan)
 from gpu_audit.store.query import window_where
 
 if TYPE_CHECKING:
@@ -430,7 +430,7 @@ class _Row:
 def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
     con, dh = r.con, r.dh
-    r.hist = device_distributions(r.q, r.sc.rows, r.w, r.rfiles, r.rsrc)
+    r.hist = device_distributions(r.q, r.sc.rows, ROLLUP_HIST if r.rfiles else None)
     r.start, r.end = window_of(con, dh, r.s)
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.
     devs = con.execute(f"SELECT host, uuid, any_value(name) FROM {dh} GROUP BY host, uuid").fetchall()

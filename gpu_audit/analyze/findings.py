@@ -28,10 +28,19 @@ def _clean(o: Any) -> Any:
     return o
 
 
+INDENT_UP_TO = 50_000  # series rows: a larger findings file is written compact (the C encoder: 10x faster)
+
+
 def write_json(findings: dict[str, Any], path: str) -> None:
+    """The findings as JSON: indented for reading, or compact where the series hold more than
+    ``INDENT_UP_TO`` rows (a fleet of thousands of GPUs: Python's indenting encoder took 20 s)."""
     from gpu_audit.store.writer import write_text_atomic
 
-    write_text_atomic(json.dumps(_clean(findings), indent=1, allow_nan=False), path)
+    series = findings.get("series") or {}
+    rows = sum(len((s or {}).get("rows") or []) for s in series.values() if isinstance(s, dict))
+    indent = 1 if rows <= INDENT_UP_TO else None
+    write_text_atomic(json.dumps(_clean(findings), indent=indent, allow_nan=False,
+                                 separators=None if indent else (",", ":")), path)
 
 
 def report_stages() -> tuple[str, ...]:

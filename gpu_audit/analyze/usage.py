@@ -169,11 +169,19 @@ ROLLUP_HOURS = "gpu_audit_rollup_hours"
 DEVICE_HOURS = "gpu_audit_device_hours"  # the analysis' device-hour table (device_hours, then prices: engine)
 
 
+ROLLUP_HIST = "gpu_audit_rollup_hist"  # the rollups' part of the histograms (host, uuid, bin, w, is_mem)
+
+
 def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None) -> str:
-    """The same per-(device, hour) sums as the sample scan, from rollup rows (a local table)."""
+    """The same per-(device, hour) sums as the sample scan, from rollup rows (the local table
+    ``ROLLUP_HOURS``), and in the same read of the files the rollups' part of the utilization and
+    memory histograms (``ROLLUP_HIST``; a rolled-up minute counts as its mean utilization and peak
+    memory): a month of a large fleet is tens of thousands of files, and each read of them costs
+    about 1 ms a file (docs/benchmarks.md)."""
     d = q.d
-    q.into(ROLLUP_HOURS, f"""
-    SELECT host, uuid, {d.hour("ts")} AS hour,
+    sets = "gpu_audit_rollup_sets"
+    q.into(sets, f"""
+    SELECT host, uuid, hour, ubin, mbin, grouping(hour) AS g_hour, grouping(ubin) AS g_u, sum(dt_s) AS w,
            any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
            bool_or(mig_mode) AS mig_mode,
            max(CASE WHEN parent_uuid IS NOT NULL
@@ -188,8 +196,17 @@ def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None
            coalesce(sum(blind_dt_s), 0) AS roll_blind_dt, any_value(idle_below_pct) AS roll_idle_below,
            sum(energy_j) AS energy_j, sum(idle_energy_j) AS idle_energy_j, 0.0 AS hot_dt, 0.0 AS hot_udt, CAST(coalesce(sum(CASE WHEN energy_counter_dt_s >= dt_s AND dt_s > 0 THEN n END), 0) AS DOUBLE) AS counter_n,
            count(k8s_namespace) AS ns_n
-    FROM {rsrc or q.rollups_source(files)} {window_where(w.since, w.until, d=d)} GROUP BY host, uuid, {d.hour("ts")}
+    FROM (SELECT *, {d.hour("ts")} AS hour, CAST(round(CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END) AS INTEGER) AS ubin,
+                 CAST(floor(1000.0 * mem_max_bytes / mem_total_bytes) AS INTEGER) AS mbin
+          FROM {rsrc or q.rollups_source(files)} {window_where(w.since, w.until, d=d)}) r
+    GROUP BY GROUPING SETS ((host, uuid, hour), (host, uuid, ubin), (host, uuid, mbin))
     """)
+    con = q.con
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {ROLLUP_HOURS} AS SELECT * EXCLUDE (ubin, mbin, g_hour, g_u, w) FROM {sets} WHERE g_hour = 0")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {ROLLUP_HIST} AS
+      SELECT host, uuid, CASE WHEN g_u = 0 THEN ubin ELSE mbin END AS bin, w, g_u = 1 AS is_mem FROM {sets}
+      WHERE g_hour = 1 AND CASE WHEN g_u = 0 THEN ubin ELSE mbin END IS NOT NULL""")
+    con.execute(f"DROP TABLE {sets}")
     return ROLLUP_HOURS
 
 
@@ -251,30 +268,28 @@ def device_hours(q: Runner, sc: Scan, rollups: str | None = None) -> str:
 HIST = "gpu_audit_hist"  # per device: dt-weighted seconds per utilization bin (1 %) and memory bin (0.1 %)
 
 
-def device_distributions(q: Runner, rows: str | None, w: Window,
-                         rollup_files: list[str] | None = None, rsrc: str | None = None) -> str:
-    """Per device, in one scan: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of
-    the device's total), from which the 95th percentiles are read (``p95_sql``), as the local table
-    ``HIST`` (host, uuid, bin, w, is_mem). Rolled-up minutes count as their mean utilization and peak
-    memory."""
+def device_distributions(q: Runner, rows: str | None, rollup_hist: str | None = None) -> str:
+    """Per device: dt-weighted histograms of u (1 % bins) and of memory used (0.1 % of the device's
+    total), from which the 95th percentiles are read (``p95_sql``), as the local table ``HIST``
+    (host, uuid, bin, w, is_mem): the samples' in one scan, plus ``rollup_hist`` (rollup_hours)."""
     parts = []
     if rows:
-        parts.append(f"SELECT host, uuid, u, mem_used_bytes, mem_total_bytes, dt FROM ({rows})")
-    if rollup_files:
-        parts.append(f"""SELECT host, uuid, CASE WHEN ev_dt_s > 0 THEN u_dt / ev_dt_s END AS u, mem_max_bytes AS mem_used_bytes,
-                         mem_total_bytes, dt_s AS dt
-                         FROM {rsrc or q.rollups_source(rollup_files)} {window_where(w.since, w.until, d=q.d)}""")
-    q.into("gpu_audit_hist_sets", f"""
-        SELECT host, uuid, ubin, mbin, sum(dt) AS w, grouping(ubin) AS is_mem
-        FROM (SELECT host, uuid, dt, CAST(round(u) AS INTEGER) AS ubin,
-                     CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin
-              FROM ({" UNION ALL ".join(parts)}) p) b
-        GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
-    """)
+        q.into("gpu_audit_hist_sets", f"""
+            SELECT host, uuid, ubin, mbin, sum(dt) AS w, grouping(ubin) AS is_mem
+            FROM (SELECT host, uuid, dt, CAST(round(u) AS INTEGER) AS ubin,
+                         CAST(floor(1000.0 * mem_used_bytes / mem_total_bytes) AS INTEGER) AS mbin
+                  FROM ({rows}) p) b
+            GROUP BY GROUPING SETS ((host, uuid, ubin), (host, uuid, mbin))
+        """)
+        parts.append("""SELECT host, uuid, CASE WHEN is_mem = 0 THEN ubin ELSE mbin END AS bin, w, is_mem = 1 AS is_mem
+                        FROM gpu_audit_hist_sets WHERE CASE WHEN is_mem = 0 THEN ubin ELSE mbin END IS NOT NULL""")
+    if rollup_hist:
+        parts.append(f"SELECT host, uuid, bin, w, is_mem FROM {rollup_hist}")
+    src = " UNION ALL ".join(parts) if parts else "SELECT NULL::VARCHAR AS host, NULL::VARCHAR AS uuid, NULL::INTEGER AS bin, NULL::DOUBLE AS w, NULL::BOOLEAN AS is_mem WHERE false"
     q.con.execute(f"""CREATE OR REPLACE TEMP TABLE {HIST} AS
-      SELECT host, uuid, CASE WHEN is_mem = 0 THEN ubin ELSE mbin END AS bin, w, is_mem = 1 AS is_mem FROM gpu_audit_hist_sets
-      WHERE CASE WHEN is_mem = 0 THEN ubin ELSE mbin END IS NOT NULL""")
-    q.con.execute("DROP TABLE gpu_audit_hist_sets")
+      SELECT host, uuid, bin, {"sum(w)" if len(parts) > 1 else "any_value(w)"} AS w, is_mem FROM ({src}) h GROUP BY host, uuid, bin, is_mem""")
+    if rows:
+        q.con.execute("DROP TABLE gpu_audit_hist_sets")
     return HIST
 
 
