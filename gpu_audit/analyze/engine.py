@@ -430,7 +430,7 @@ class _Row:
 def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
     con, dh = r.con, r.dh
-    r.hist = device_distributions(r.q, r.sc.rows, ROLLUP_HIST if r.rfiles else None)
+    r.hist = device_distributions(r.q, r.sc.rows, ROLLUP_HIST if r.rfiles else None, r.sc.dh)
     r.start, r.end = window_of(con, dh, r.s)
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.
     devs = con.execute(f"SELECT host, uuid, any_value(name) FROM {dh} GROUP BY host, uuid").fetchall()
