@@ -128,7 +128,8 @@ def per_host(series: dict[str, Any]) -> list[list[Any]]:
     g = df.groupby(["host", "hour"], as_index=False, observed=True, sort=True).agg(
         uw=("uw", "sum"), w=("w", "sum"), mem=("mem_max_bytes", "max"), spend=("spend_usd", "sum"),
         covered=("covered_s", "sum"), idle=("idle_s", "sum"))
-    iso = (lambda h: iso_hour(h)) if isinstance(rows, HourlyColumns) else (lambda h: h)
+    texts: dict[int, str] = {}  # a window has few distinct hours: each written once
+    iso = (lambda h: texts.get(h) or texts.setdefault(h, iso_hour(h))) if isinstance(rows, HourlyColumns) else (lambda h: h)
     return [[str(r.host), "*", iso(r.hour), (r.uw / r.w) if r.w > 0 else None, _num(r.mem), _num(r.spend), float(r.covered),
              _num(r.idle), float(r.w)]
             for r in g.itertuples(index=False)]

@@ -201,12 +201,11 @@ def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None
           FROM {rsrc or q.rollups_source(files)} {window_where(w.since, w.until, d=d)}) r
     GROUP BY GROUPING SETS ((host, uuid, hour), (host, uuid, ubin), (host, uuid, mbin))
     """)
-    con = q.con
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {ROLLUP_HOURS} AS SELECT * EXCLUDE (ubin, mbin, g_hour, g_u, w) FROM {sets} WHERE g_hour = 0")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE {ROLLUP_HIST} AS
+    con = q.con  # views over the one table (a month of a large fleet is millions of device-hours: no copy)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {ROLLUP_HOURS} AS SELECT * EXCLUDE (ubin, mbin, g_hour, g_u, w) FROM {sets} WHERE g_hour = 0")
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW {ROLLUP_HIST} AS
       SELECT host, uuid, CASE WHEN g_u = 0 THEN ubin ELSE mbin END AS bin, w, g_u = 1 AS is_mem FROM {sets}
       WHERE g_hour = 1 AND CASE WHEN g_u = 0 THEN ubin ELSE mbin END IS NOT NULL""")
-    con.execute(f"DROP TABLE {sets}")
     return ROLLUP_HOURS
 
 

@@ -154,6 +154,21 @@ class HourlyIndex:
         return out
 
 
+    def arrays(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        """A device's hourly values as numpy arrays in hour order (NaN for null; ``h``: the hour as an
+        integer), without a dict per hour (what a rule that reads every device of a fleet wants)."""
+        import numpy as np
+
+        idx = self.index.get(key)
+        if idx is None:
+            return None
+        if self.columnar:
+            return {"h": self.rows.hour[idx], **{c: self.rows.values[c][idx] for c in self.rows.values}}
+        rows = self.get(key)
+        return {"h": np.array([r["h"] for r in rows], dtype=np.int64),
+                **{c: np.array([np.nan if r[c] is None else r[c] for r in rows], dtype=float) for c in self.cols[3:]}}
+
+
 _HOURLY_CACHE: list[Any] = [None, None]  # (the rows list it was built from, its index): rules share one
 
 

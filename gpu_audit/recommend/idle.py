@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
+
+import numpy as np
 
 from gpu_audit.recommend.base import Recommendation, RecommendSettings, busy, eligible, hourly, monthly, target
 
@@ -41,30 +42,33 @@ def rule(findings: dict[str, Any], s: RecommendSettings) -> list[Recommendation]
     for d in findings["devices"]:
         if not eligible(d, s) or busy(d, s):
             continue
-        rows = [r for r in series.get((d["host"], d["uuid"]), []) if r["covered_s"] and r["idle_s"] is not None]
-        if not rows:
+        a = series.arrays((d["host"], d["uuid"]))  # arrays, not a dict per hour: a fleet has millions of device-hours
+        if a is None:
             continue
-        idle_hours = {r["h"] for r in rows if r["idle_s"] >= s.idle_hour_share * r["covered_s"]}
-        stretches = [run for run in _runs(list(idle_hours)) if len(run) >= s.idle_min_stretch_hours]
-        in_stretch = {h for run in stretches for h in run}
-        covered_h = sum(r["covered_s"] for r in rows) / 3600
-        idle_h = sum(r["covered_s"] for r in rows if r["h"] in in_stretch) / 3600
+        keep = (a["covered_s"] != 0) & ~np.isnan(a["covered_s"]) & ~np.isnan(a["idle_s"])  # hours with time and evidence
+        if not keep.any():
+            continue
+        h, cov, idle = a["h"][keep], a["covered_s"][keep], a["idle_s"][keep]
+        idle_hours = h[idle >= s.idle_hour_share * cov].tolist()
+        stretches = [run for run in _runs(idle_hours) if len(run) >= s.idle_min_stretch_hours]
+        in_stretch = {x for run in stretches for x in run}
+        ins = np.fromiter((x in in_stretch for x in h.tolist()), dtype=bool, count=len(h))
+        covered_h = sum(cov.tolist()) / 3600  # summed in hour order, as a list (the same floats as always)
+        idle_h = sum(cov[ins].tolist()) / 3600
         if not covered_h or idle_h / covered_h < s.idle_min_share:
             continue
-        cost = sum(r["spend_usd"] or 0 for r in rows if r["h"] in in_stretch)
-        mems = sorted(r["mem_max_bytes"] or 0 for r in rows if r["h"] in in_stretch)
+        spend = a["spend_usd"][keep][ins]
+        cost = sum(np.where(np.isnan(spend), 0.0, spend).tolist())
+        mem = a["mem_max_bytes"][keep][ins]
+        mems = sorted(np.where(np.isnan(mem), 0.0, mem).tolist())
         held = mems[len(mems) // 2] if mems else 0
-        # Daily pattern: hours of the day idle on most covered days.
-        days: dict[int, set[int]] = defaultdict(set)
-        idle_days: dict[int, set[int]] = defaultdict(set)
-        for r in rows:
-            days[r["h"] % 24].add(r["h"] // 24)
-            if r["h"] in in_stretch:
-                idle_days[r["h"] % 24].add(r["h"] // 24)
-        pattern = {hod for hod, ds in days.items()
-                   if len(ds) >= s.schedule_min_days and len(idle_days[hod]) >= s.schedule_day_share * len(ds)}
+        # Daily pattern: hours of the day idle on most covered days (one row per hour: a day per row).
+        days = np.bincount(h % 24, minlength=24)
+        idle_days = np.bincount(h[ins] % 24, minlength=24)
+        pattern = {hod for hod in range(24)
+                   if days[hod] and days[hod] >= s.schedule_min_days and idle_days[hod] >= s.schedule_day_share * days[hod]}
         scheduled = bool(pattern) and len(pattern) < 24 and len(
-            [h for h in in_stretch if h % 24 in pattern]) >= 0.7 * len(in_stretch)
+            [x for x in in_stretch if x % 24 in pattern]) >= 0.7 * len(in_stretch)
         proc = d.get("top_process") or {}
         label = f"{d['name']}" + (f" {d['mig_profile']}" if d.get("mig_profile") else "")
         if held >= s.idle_held_memory_gib * GIB:
