@@ -186,8 +186,9 @@ def test_build_reports_every_stage_in_order(store):
     assert seen == list(report_stages()) and len(seen) == 7
 
 
-def test_a_terminal_only_report_imports_neither_plotly_nor_jinja2(tmp_path):
-    """Start-up (issue 21): the HTML's libraries load only for --html or --pdf."""
+def test_a_terminal_only_report_imports_neither_plotly_nor_jinja2_nor_pandas(tmp_path):
+    """Start-up (issue 21): the HTML's libraries load only for --html or --pdf; pandas only where token
+    records, workloads or namespaces are split (the analysis after the scan is SQL)."""
     import subprocess
     import sys
 
@@ -195,7 +196,7 @@ def test_a_terminal_only_report_imports_neither_plotly_nor_jinja2(tmp_path):
 
     write_samples(str(tmp_path / "s"), series("h", "GPU-a", "NVIDIA H100 80GB HBM3", 0, 600, [50] * 6))
     code = ("import sys; from gpu_audit.cli import run; rc = run(['report', sys.argv[1]]); "
-            "print('LOADED', [m for m in ('plotly', 'jinja2') if m in sys.modules]); sys.exit(rc)")
+            "print('LOADED', [m for m in ('plotly', 'jinja2', 'pandas') if m in sys.modules]); sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "LOADED []" in r.stdout

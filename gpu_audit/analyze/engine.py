@@ -1,8 +1,9 @@
 """Samples to money: spend, waste, idle cost, attribution of cost to models.
 
 Every number follows docs/metrics.md (the project's account of DESIGN.md "What every number
-means"). The heavy work is one DuckDB aggregation to one row per (device, clock hour); pandas only
-sees those small frames. No Python loop runs per sample.
+means"). The heavy work is one DuckDB aggregation to one row per (device, clock hour), kept as a
+DuckDB table; prices, energy, per-device and fleet figures are SQL over it. pandas is imported only
+to split token records and workloads among models and workloads. No Python loop runs per sample.
 """
 
 from __future__ import annotations
@@ -384,11 +385,11 @@ def _scan_stage(r: _Run) -> None:
 COSTS = "gpu_audit_costs"  # the device-hours with prices, spend, waste, idle cost and energy (a view)
 
 
-def _energy_sql(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -> tuple[str, str]:
+def _energy_sql(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -> str:
     """Per device-hour: kWh (a MIG instance takes its share of its GPU's energy in that hour, the GPU in
     MIG mode the rest), idle kWh (physical GPUs), and energy $ and kgCO2e where the pricing file gives
     them for the host (x PUE). Energy $ is beside spend, never in it. Returns the CTEs ending in ``e``
-    (``dh``'s rows with those columns) and the table of host energy prices they read."""
+    (``dh``'s rows with those columns); they read the table ``gpu_audit_host_energy`` made here."""
     inst, parents = con.execute(f"SELECT coalesce(bool_or(parent_uuid IS NOT NULL), false), "
                                 f"coalesce(bool_or(parent_uuid IS NULL AND mig_mode), false) FROM {dh}").fetchall()[0]
     hosts = [h for (h,) in con.execute(f"SELECT DISTINCT host FROM {dh}").fetchall()]
@@ -417,7 +418,7 @@ def _energy_sql(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -> tu
       e AS (SELECT k.* EXCLUDE (pue, usd, grid, has_energy), coalesce(kwh * pue * usd, 0.0) AS energy_usd,
                    coalesce(kwh * pue * grid / 1000, 0.0) AS kgco2e, usd IS NOT NULL AS has_energy_usd, grid IS NOT NULL AS has_co2,
                    {"CASE WHEN parent_uuid IS NOT NULL THEN kwh > 0 ELSE has_energy END" if inst else "has_energy"} AS has_energy
-            FROM k)""", "gpu_audit_host_energy"
+            FROM k)"""
 
 
 class _Row:
@@ -438,7 +439,7 @@ def _percentiles_stage(r: _Run) -> None:
     list_table(con, "gpu_audit_prices", {
         "host": ("VARCHAR", [h for h, _, _ in devs]), "uuid": ("VARCHAR", [u for _, u, _ in devs]),
         "price": ("DOUBLE", [r.prices[(h, u)].per_hour if r.prices[(h, u)] else None for h, u, _ in devs])})
-    energy, _ = _energy_sql(con, dh, r.pricing)
+    energy = _energy_sql(con, dh, r.pricing)
     # Unseen MIG time (blind_dt) is billed as the whole GPU, with no evidence: no waste, idle or unallocated.
     # Stranded MIG slices (no instance could use them: every memory slice taken) are billed and wasted, not idle.
     # A view, not a table: every reader computes these from the device-hours it reads (millions of rows in

@@ -295,7 +295,7 @@ def device_distributions(q: Runner, rows: str | None, rollup_hist: str | None = 
         parts.append(f"SELECT host, uuid, bin, w, is_mem FROM {rollup_hist}")
     src = " UNION ALL ".join(parts) if parts else "SELECT NULL::VARCHAR AS host, NULL::VARCHAR AS uuid, NULL::INTEGER AS bin, NULL::DOUBLE AS w, NULL::BOOLEAN AS is_mem WHERE false"
     q.con.execute(f"""CREATE OR REPLACE TEMP TABLE {HIST} AS
-      SELECT host, uuid, bin, {"sum(w)" if len(parts) > 1 else "any_value(w)"} AS w, is_mem FROM ({src}) h GROUP BY host, uuid, bin, is_mem""")
+      SELECT host, uuid, bin, sum(w) AS w, is_mem FROM ({src}) h GROUP BY host, uuid, bin, is_mem""")
     if rows:
         q.con.execute("DROP TABLE gpu_audit_hist_sets")
     return HIST

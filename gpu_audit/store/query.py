@@ -108,7 +108,9 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_p
             raise StoreFileError(f"cannot read {files[0]}: a samples file without the column {col!r}",
                                  hint="every samples file needs ts, uuid and interval_s (docs/store.md)")
     cols = []
-    absent = {f.name for f in SAMPLES if f.name not in have and f.name != "host"}
+    # Absent: no file has the column, or every row of every file holds NULL in it (footer statistics).
+    nulls = all_null_columns(con, files)
+    absent = {f.name for f in SAMPLES if f.name != "host" and (f.name not in have or f.name in nulls)}
     for f in SAMPLES:
         if f.name == "host" and (host_from_path or "host" not in have):
             cols.append(f'coalesce({"host" if "host" in have else "NULL"}, {HOST_FROM_PATH}) AS host')
@@ -124,6 +126,16 @@ def samples_source(con: duckdb.DuckDBPyConnection, files: list[str], host_from_p
       WHERE NOT EXISTS (SELECT 1 FROM rolled_up r WHERE r.host = s.host AND r.uuid = s.uuid
                         AND epoch_us(s.ts) >= r.start_us AND epoch_us(s.ts) < r.end_us)""")
     return Source("(" + " UNION ALL BY NAME ".join(parts) + ")", absent)
+
+
+def all_null_columns(con: duckdb.DuckDBPyConnection, files: list[str]) -> set[str]:
+    """The columns in which every row of every file is NULL, from the files' footer statistics (exact
+    null counts; a row group without statistics counts as holding values). The store's writer writes
+    every column of the schema, so a GPU without MIG, GPM or an energy counter leaves those columns
+    NULL, and the scan writes what it computes from them alone as constants."""
+    return {r[0] for r in con.execute(f"""
+        SELECT path_in_schema FROM parquet_metadata({sql_list(files)}) GROUP BY path_in_schema
+        HAVING bool_and(stats_null_count IS NOT NULL AND stats_null_count = row_group_num_rows)""").fetchall()}
 
 
 def partition_key(path: str) -> tuple[str, str]:
