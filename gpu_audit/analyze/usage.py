@@ -55,7 +55,7 @@ def scan(q: Runner, files: list[str], w: Window, rollup_files: list[str] | None 
     if covered_from is not None:
         q.rolled_up([f for f in rollup_files or [] if partition_key(f) in {partition_key(x) for x in files[covered_from:]}])
     src = q.samples_source(files, covered_from=covered_from)
-    absent = getattr(src, "absent", frozenset())  # columns no file has: their sums are constants
+    absent = getattr(src, "absent", frozenset())  # columns no file has, or NULL in every row: their sums are constants
     rows = samples_sql(src, w.since, w.until, d=q.d)
     per_file = several_per_partition(files)  # else no two files can hold the same device-hour
     q.into(SCAN_HOURS, hour_sums_sql(rows, float(w.idle_below), per_file, absent=absent, d=q.d))
@@ -78,7 +78,7 @@ def scan(q: Runner, files: list[str], w: Window, rollup_files: list[str] | None 
     if flagged:
         q.into("gpu_audit_fixed_hours", hour_sums_sql(q.only_hours(cleaned.sql, "flagged_hours"), float(w.idle_below), False,
                                                       weighted=True, absent=absent, d=q.d))
-        con.execute(f"DELETE FROM {SCAN_HOURS} s WHERE suspect")
+        con.execute(f"DELETE FROM {SCAN_HOURS} WHERE suspect")
         con.execute(f"INSERT INTO {SCAN_HOURS} BY NAME SELECT * FROM gpu_audit_fixed_hours")
         con.execute("DROP TABLE gpu_audit_fixed_hours")
     con.execute(f"ALTER TABLE {SCAN_HOURS} DROP COLUMN suspect")
@@ -165,11 +165,9 @@ def namespaces(q: Runner, rows: str | None, rfiles: list[str], w: Window,
     return sorted(out.values(), key=lambda e: -e["spend_usd"])
 
 
-ROLLUP_HOURS = "gpu_audit_rollup_hours"
-DEVICE_HOURS = "gpu_audit_device_hours"  # the analysis' device-hour table (device_hours, then prices: engine)
-
-
+ROLLUP_HOURS = "gpu_audit_rollup_hours"  # the rollups' per-(device, hour) sums
 ROLLUP_HIST = "gpu_audit_rollup_hist"  # the rollups' part of the histograms (host, uuid, bin, w, is_mem)
+DEVICE_HOURS = "gpu_audit_device_hours"  # the analysis' device-hour table (device_hours; prices and costs: engine)
 
 
 def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None) -> str:
