@@ -36,9 +36,10 @@ class HourlyColumns(Sequence):
     the written series has it."""
 
     def __init__(self, host: Any, uuid: Any, hour: Any, values: dict[str, Any],
-                 names: tuple[list[str], list[str]] | None = None) -> None:
+                 names: tuple[list[str], list[str]] | None = None, ordered: bool = False) -> None:
         """``host`` and ``uuid``: names; or, with ``names`` (the sorted distinct hosts and uuids), codes
-        into them (what the analysis hands over: no string per row)."""
+        into them (what the analysis hands over: no string per row). ``ordered``: the rows already are
+        in (host, uuid, hour) order (the arrays are kept, not copied)."""
         if names is None:
             hc, self.hosts = _codes(host)
             uc, self.uuids = _codes(uuid)
@@ -46,11 +47,14 @@ class HourlyColumns(Sequence):
             hc, uc = np.asarray(host, dtype=np.int64), np.asarray(uuid, dtype=np.int64)
             self.hosts, self.uuids = list(names[0]), list(names[1])
         hour = np.asarray(hour, dtype=np.int64)
-        # Rows in (host, uuid, hour) order; the codes follow the names' order, so no string is compared.
-        order = np.lexsort((hour, uc, hc))
-        self.host_code, self.uuid_code = hc[order].astype(np.int64), uc[order].astype(np.int64)
-        self.hour = hour[order]
-        self.values = {c: np.asarray(values[c], dtype=float)[order] for c in _VALUES}
+        if ordered:
+            self.host_code, self.uuid_code, self.hour = hc, uc, hour
+            self.values = {c: np.asarray(values[c], dtype=float) for c in _VALUES}
+        else:  # rows in (host, uuid, hour) order; the codes follow the names' order, so no string is compared
+            order = np.lexsort((hour, uc, hc))
+            self.host_code, self.uuid_code = hc[order].astype(np.int64), uc[order].astype(np.int64)
+            self.hour = hour[order]
+            self.values = {c: np.asarray(values[c], dtype=float)[order] for c in _VALUES}
         self._iso: dict[int, str] = {}
 
     def __len__(self) -> int:
@@ -115,24 +119,38 @@ def _codes(names: Any) -> tuple[np.ndarray, list[str]]:
 
 def per_host(series: dict[str, Any]) -> list[list[Any]]:
     """The hourly series summed per host and hour: dt-weighted mean utilization, peak memory,
-    summed spend, covered, idle and evidence seconds. ``uuid`` is "*"."""
-    import pandas as pd  # (fleets of more than AGGREGATE_ABOVE devices)
-
+    summed spend, covered, idle and evidence seconds (a missing number counts as 0 in a sum; the peak
+    of missing ones is null). ``uuid`` is "*". Numpy over the columns: a 10,000-GPU month is 7.2M
+    device-hours."""
     rows = series["rows"]
-    if isinstance(rows, HourlyColumns):
-        df = rows.frame()
-    else:
-        df = pd.DataFrame(rows, columns=series["columns"])
-    df["w"] = df["evidence_s"].where(df["mean_util_pct"].notna(), 0.0)
-    df["uw"] = df["mean_util_pct"].fillna(0.0) * df["w"]
-    g = df.groupby(["host", "hour"], as_index=False, observed=True, sort=True).agg(
-        uw=("uw", "sum"), w=("w", "sum"), mem=("mem_max_bytes", "max"), spend=("spend_usd", "sum"),
-        covered=("covered_s", "sum"), idle=("idle_s", "sum"))
+    if not len(rows):
+        return []
+    cols = rows if isinstance(rows, HourlyColumns) else _from_lists(rows, series["columns"])
+    order = np.lexsort((cols.hour, cols.host_code))
+    hc, hr = cols.host_code[order], cols.hour[order]
+    start = np.flatnonzero(np.r_[True, (hc[1:] != hc[:-1]) | (hr[1:] != hr[:-1])])
+    v = {c: cols.values[c][order] for c in _VALUES}
+    has_u = ~np.isnan(v["mean_util_pct"])
+    w = np.where(has_u, v["evidence_s"], 0.0)
+    total = lambda x: np.add.reduceat(np.nan_to_num(x, nan=0.0), start)  # noqa: E731 (a missing number adds 0)
+    uw, ws = total(np.where(has_u, v["mean_util_pct"], 0.0) * w), total(w)
+    mem = np.fmax.reduceat(v["mem_max_bytes"], start)  # NaN only where every value is
+    spend, covered, idle = total(v["spend_usd"]), total(v["covered_s"]), total(v["idle_s"])
     texts: dict[int, str] = {}  # a window has few distinct hours: each written once
-    iso = (lambda h: texts.get(h) or texts.setdefault(h, iso_hour(h))) if isinstance(rows, HourlyColumns) else (lambda h: h)
-    return [[str(r.host), "*", iso(r.hour), (r.uw / r.w) if r.w > 0 else None, _num(r.mem), _num(r.spend), float(r.covered),
-             _num(r.idle), float(r.w)]
-            for r in g.itertuples(index=False)]
+    out = []
+    for i, (h, hour) in enumerate(zip(hc[start].tolist(), hr[start].tolist())):
+        text = texts.get(hour) or texts.setdefault(hour, iso_hour(hour))
+        out.append([cols.hosts[h], "*", text, float(uw[i] / ws[i]) if ws[i] > 0 else None, _num(mem[i]), _num(spend[i]),
+                    float(covered[i]), _num(idle[i]), float(ws[i])])
+    return out
+
+
+def _from_lists(rows: list[list[Any]], columns: list[str]) -> HourlyColumns:
+    """Written rows (hour as ISO text, null for a missing number) as columns."""
+    ix = {c: columns.index(c) for c in COLUMNS}
+    hours = [int(datetime.fromisoformat(r[ix["hour"]].replace("Z", "+00:00")).timestamp() // 3600) for r in rows]
+    return HourlyColumns([r[ix["host"]] for r in rows], [r[ix["uuid"]] for r in rows], hours,
+                         {c: np.array([np.nan if r[ix[c]] is None else r[ix[c]] for r in rows], dtype=float) for c in _VALUES})
 
 
 def _num(v: Any) -> float | None:

@@ -21,8 +21,8 @@ from gpu_audit.analyze.pricing import Pricing
 from gpu_audit.analyze.runner import DuckRunner, DuckRunner as Runner
 from gpu_audit.duck import list_table, session
 from gpu_audit.errors import GpuAuditError
-from gpu_audit.analyze.usage import (DEVICE_HOURS, ROLLUP_HIST, Scan, Window, device_distributions, device_hours, namespaces,
-                                     p95_sql, rollup_hours, scan)
+from gpu_audit.analyze.usage import (DEVICE_HOURS, ROLLUP_HIST, Scan, Window, device_distributions, device_hours, drop_inputs,
+                                     namespaces, p95_sql, rollup_hours, scan)
 from gpu_audit.store.query import window_where
 
 if TYPE_CHECKING:
@@ -432,6 +432,7 @@ def _percentiles_stage(r: _Run) -> None:
     assert r.sc is not None and r.dh is not None
     con, dh = r.con, r.dh
     r.hist = device_distributions(r.q, r.sc.rows, ROLLUP_HIST if r.rfiles else None, r.sc.dh)
+    drop_inputs(con)  # the device-hour table and the histograms are all that is read from here on
     r.start, r.end = window_of(con, dh, r.s)
     # Prices per device (host, name): the pricing file, then the catalog; None = unpriced.
     devs = con.execute(f"SELECT host, uuid, any_value(name) FROM {dh} GROUP BY host, uuid").fetchall()
@@ -719,10 +720,8 @@ def _hourly_columns(con: duckdb.DuckDBPyConnection, dh: str) -> HourlyColumns:
                  ("mean_util_pct", "CASE WHEN ev_dt > 0 THEN u_dt / ev_dt END"), ("mem_max_bytes", "mem_max"),
                  ("spend_usd", "CASE WHEN price IS NOT NULL THEN spend_usd END"), ("covered_s", "dt_s"),
                  ("idle_s", "CASE WHEN ev_dt > 0 THEN idle_dt END"), ("evidence_s", "ev_dt")))}
-      FROM {dh} JOIN hs USING (host) JOIN us USING (uuid)""").fetchnumpy()  # NaN for null: plain arrays, not masked ones
-    return HourlyColumns(a["hc"], a["uc"], a["hour"],
-                         {c: a[c] for c in ("mean_util_pct", "mem_max_bytes", "spend_usd", "covered_s", "idle_s", "evidence_s")},
-                         names=(hosts, uuids))
+      FROM {dh} JOIN hs USING (host) JOIN us USING (uuid) ORDER BY hc, uc, hour""").fetchnumpy()  # NaN for null: plain arrays
+    return HourlyColumns(a.pop("hc"), a.pop("uc"), a.pop("hour"), a, names=(hosts, uuids), ordered=True)
 
 
 def _fleet_metric(devices: list[dict[str, Any]]) -> str:

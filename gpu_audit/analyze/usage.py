@@ -165,6 +165,7 @@ def namespaces(q: Runner, rows: str | None, rfiles: list[str], w: Window,
     return sorted(out.values(), key=lambda e: -e["spend_usd"])
 
 
+ROLLUP_SETS = "gpu_audit_rollup_sets"  # the one read of the rollups: their hourly sums and histogram groups
 ROLLUP_HOURS = "gpu_audit_rollup_hours"  # the rollups' per-(device, hour) sums
 ROLLUP_HIST = "gpu_audit_rollup_hist"  # the rollups' part of the histograms (host, uuid, bin, w, is_mem)
 DEVICE_HOURS = "gpu_audit_device_hours"  # the analysis' device-hour table (device_hours; prices and costs: engine)
@@ -177,7 +178,7 @@ def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None
     memory): a month of a large fleet is tens of thousands of files, and each read of them costs
     about 1 ms a file (docs/benchmarks.md)."""
     d = q.d
-    sets = "gpu_audit_rollup_sets"
+    sets = ROLLUP_SETS
     q.into(sets, f"""
     SELECT host, uuid, hour, ubin, mbin, grouping(hour) AS g_hour, grouping(ubin) AS g_u, sum(dt_s) AS w,
            any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
@@ -308,3 +309,12 @@ def p95_sql(hist: str, is_mem: bool) -> str:
                sum(w) OVER (PARTITION BY host, uuid) AS tot
         FROM {hist} WHERE is_mem = {"true" if is_mem else "false"}) h
       WHERE cum >= 0.95 * tot - 1e-9 GROUP BY host, uuid"""
+
+
+def drop_inputs(con: Any) -> None:
+    """Drop the scan's and the rollups' tables once the device-hour table and the histograms are made
+    from them: a 10,000-GPU month holds millions of rows in each (the peak memory of the report)."""
+    for view in (ROLLUP_HOURS, ROLLUP_HIST):
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    for table in (ROLLUP_SETS, SCAN_HOURS):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
