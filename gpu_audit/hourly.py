@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,13 @@ _VALUES = COLUMNS[3:]  # float columns; NaN stands for null
 
 def iso_hour(hour: int) -> str:
     return datetime.fromtimestamp(int(hour) * 3600, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@lru_cache(maxsize=65536)
+def hour_of(text: str) -> int:
+    """The clock hour (hours since 1970) of a written hour, the inverse of ``iso_hour`` (a window
+    has few distinct hours: each is parsed once)."""
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() // 3600)
 
 
 def _nullable(a: np.ndarray) -> list[float | None]:
@@ -148,7 +156,7 @@ def per_host(series: dict[str, Any]) -> list[list[Any]]:
 def _from_lists(rows: list[list[Any]], columns: list[str]) -> HourlyColumns:
     """Written rows (hour as ISO text, null for a missing number) as columns."""
     ix = {c: columns.index(c) for c in COLUMNS}
-    hours = [int(datetime.fromisoformat(r[ix["hour"]].replace("Z", "+00:00")).timestamp() // 3600) for r in rows]
+    hours = [hour_of(r[ix["hour"]]) for r in rows]
     return HourlyColumns([r[ix["host"]] for r in rows], [r[ix["uuid"]] for r in rows], hours,
                          {c: np.array([np.nan if r[ix[c]] is None else r[ix[c]] for r in rows], dtype=float) for c in _VALUES})
 

@@ -385,14 +385,13 @@ def _scan_stage(r: _Run) -> None:
 COSTS = "gpu_audit_costs"  # the device-hours with prices, spend, waste, idle cost and energy (a view)
 
 
-def _energy_sql(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing) -> str:
+def _energy_sql(con: duckdb.DuckDBPyConnection, dh: str, pricing: Pricing, hosts: list[str]) -> str:
     """Per device-hour: kWh (a MIG instance takes its share of its GPU's energy in that hour, the GPU in
     MIG mode the rest), idle kWh (physical GPUs), and energy $ and kgCO2e where the pricing file gives
     them for the host (x PUE). Energy $ is beside spend, never in it. Returns the CTEs ending in ``e``
     (``dh``'s rows with those columns); they read the table ``gpu_audit_host_energy`` made here."""
     inst, parents = con.execute(f"SELECT coalesce(bool_or(parent_uuid IS NOT NULL), false), "
                                 f"coalesce(bool_or(parent_uuid IS NULL AND mig_mode), false) FROM {dh}").fetchall()[0]
-    hosts = [h for (h,) in con.execute(f"SELECT DISTINCT host FROM {dh}").fetchall()]
     e = {h: pricing.energy(h) for h in hosts}
     list_table(con, "gpu_audit_host_energy", {
         "host": ("VARCHAR", hosts), "pue": ("DOUBLE", [e[h].pue for h in hosts]),
@@ -440,7 +439,7 @@ def _percentiles_stage(r: _Run) -> None:
     list_table(con, "gpu_audit_prices", {
         "host": ("VARCHAR", [h for h, _, _ in devs]), "uuid": ("VARCHAR", [u for _, u, _ in devs]),
         "price": ("DOUBLE", [r.prices[(h, u)].per_hour if r.prices[(h, u)] else None for h, u, _ in devs])})
-    energy = _energy_sql(con, dh, r.pricing)
+    energy = _energy_sql(con, dh, r.pricing, sorted({h for h, _ in r.prices}))
     # Unseen MIG time (blind_dt) is billed as the whole GPU, with no evidence: no waste, idle or unallocated.
     # Stranded MIG slices (no instance could use them: every memory slice taken) are billed and wasted, not idle.
     # A view, not a table: every reader computes these from the device-hours it reads (millions of rows in
@@ -641,7 +640,7 @@ def _models_stage(r: _Run) -> None:
     procs = top_processes(r.q, r.roots, s)
     for d in r.devices:
         d["top_process"] = procs.get((d["host"], d["uuid"]))
-    sample_hosts = {h for (h,) in con.execute(f"SELECT DISTINCT host FROM {DEVICE_HOURS}").fetchall()}
+    sample_hosts = {h for h, _ in r.prices}  # the devices' hosts (every device is priced or not: a key)
     toks_df = token_hours(con, tokens.table, sample_hosts, r.start, r.end) if tokens is not None and tokens.table.num_rows else None
     engine_hourly, engine_stats = engine_data(con, r.roots, s, r.q)
     token_source = "token logs" if toks_df is not None else None
@@ -711,17 +710,18 @@ def _priced_frame(con: duckdb.DuckDBPyConnection, dh: str) -> pd.DataFrame:
 def _hourly_columns(con: duckdb.DuckDBPyConnection, dh: str) -> HourlyColumns:
     """The device-hourly series, column-wise (a fleet has millions of device-hours): hosts and uuids
     as codes into their sorted names, numbers as numpy arrays (NaN for null)."""
-    hosts = [h for (h,) in con.execute(f"SELECT DISTINCT host FROM {dh} ORDER BY host").fetchall()]
-    uuids = [u for (u,) in con.execute(f"SELECT DISTINCT uuid FROM {dh} ORDER BY uuid").fetchall()]
+    names = {}
+    for col, code in (("host", "hc"), ("uuid", "uc")):  # each name's code, and the names in code order, from one table
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE gpu_audit_{code} AS SELECT {col}, CAST(row_number() OVER (ORDER BY {col}) - 1 AS BIGINT) AS {code}
+                        FROM (SELECT DISTINCT {col} FROM {DEVICE_HOURS})""")
+        names[col] = [n for (n,) in con.execute(f"SELECT {col} FROM gpu_audit_{code} ORDER BY {code}").fetchall()]
     a = con.sql(f"""
-      WITH hs AS (SELECT host, CAST(row_number() OVER (ORDER BY host) - 1 AS BIGINT) AS hc FROM (SELECT DISTINCT host FROM {dh})),
-           us AS (SELECT uuid, CAST(row_number() OVER (ORDER BY uuid) - 1 AS BIGINT) AS uc FROM (SELECT DISTINCT uuid FROM {dh}))
       SELECT hc, uc, hour, {", ".join(f"coalesce(CAST({e} AS DOUBLE), 'NaN'::DOUBLE) AS {c}" for c, e in (
                  ("mean_util_pct", "CASE WHEN ev_dt > 0 THEN u_dt / ev_dt END"), ("mem_max_bytes", "mem_max"),
                  ("spend_usd", "CASE WHEN price IS NOT NULL THEN spend_usd END"), ("covered_s", "dt_s"),
                  ("idle_s", "CASE WHEN ev_dt > 0 THEN idle_dt END"), ("evidence_s", "ev_dt")))}
-      FROM {dh} JOIN hs USING (host) JOIN us USING (uuid) ORDER BY hc, uc, hour""").fetchnumpy()  # NaN for null: plain arrays
-    return HourlyColumns(a.pop("hc"), a.pop("uc"), a.pop("hour"), a, names=(hosts, uuids), ordered=True)
+      FROM {dh} JOIN gpu_audit_hc USING (host) JOIN gpu_audit_uc USING (uuid) ORDER BY hc, uc, hour""").fetchnumpy()  # NaN for null: plain arrays
+    return HourlyColumns(a.pop("hc"), a.pop("uc"), a.pop("hour"), a, names=(names["host"], names["uuid"]), ordered=True)
 
 
 def _fleet_metric(devices: list[dict[str, Any]]) -> str:

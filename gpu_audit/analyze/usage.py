@@ -178,8 +178,7 @@ def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None
     memory): a month of a large fleet is tens of thousands of files, and each read of them costs
     about 1 ms a file (docs/benchmarks.md)."""
     d = q.d
-    sets = ROLLUP_SETS
-    q.into(sets, f"""
+    q.into(ROLLUP_SETS, f"""
     SELECT host, uuid, hour, ubin, mbin, grouping(hour) AS g_hour, grouping(ubin) AS g_u, sum(dt_s) AS w,
            any_value(parent_uuid) AS parent_uuid, any_value(name) AS name, any_value(mig_profile) AS mig_profile,
            bool_or(mig_mode) AS mig_mode,
@@ -201,9 +200,9 @@ def rollup_hours(q: Runner, files: list[str], w: Window, rsrc: str | None = None
     GROUP BY GROUPING SETS ((host, uuid, hour), (host, uuid, ubin), (host, uuid, mbin))
     """)
     con = q.con  # views over the one table (a month of a large fleet is millions of device-hours: no copy)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {ROLLUP_HOURS} AS SELECT * EXCLUDE (ubin, mbin, g_hour, g_u, w) FROM {sets} WHERE g_hour = 0")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {ROLLUP_HOURS} AS SELECT * EXCLUDE (ubin, mbin, g_hour, g_u, w) FROM {ROLLUP_SETS} WHERE g_hour = 0")
     con.execute(f"""CREATE OR REPLACE TEMP VIEW {ROLLUP_HIST} AS
-      SELECT host, uuid, CASE WHEN g_u = 0 THEN ubin ELSE mbin END AS bin, w, g_u = 1 AS is_mem FROM {sets}
+      SELECT host, uuid, CASE WHEN g_u = 0 THEN ubin ELSE mbin END AS bin, w, g_u = 1 AS is_mem FROM {ROLLUP_SETS}
       WHERE g_hour = 1 AND CASE WHEN g_u = 0 THEN ubin ELSE mbin END IS NOT NULL""")
     return ROLLUP_HOURS
 
@@ -292,9 +291,8 @@ def device_distributions(q: Runner, rows: str | None, rollup_hist: str | None = 
                         FROM {names} h WHERE CASE WHEN is_mem = 0 THEN ubin ELSE mbin END IS NOT NULL""")
     if rollup_hist:
         parts.append(f"SELECT host, uuid, bin, w, is_mem FROM {rollup_hist}")
-    src = " UNION ALL ".join(parts) if parts else "SELECT NULL::VARCHAR AS host, NULL::VARCHAR AS uuid, NULL::INTEGER AS bin, NULL::DOUBLE AS w, NULL::BOOLEAN AS is_mem WHERE false"
     q.con.execute(f"""CREATE OR REPLACE TEMP TABLE {HIST} AS
-      SELECT host, uuid, bin, sum(w) AS w, is_mem FROM ({src}) h GROUP BY host, uuid, bin, is_mem""")
+      SELECT host, uuid, bin, sum(w) AS w, is_mem FROM ({" UNION ALL ".join(parts)}) h GROUP BY host, uuid, bin, is_mem""")
     if rows:
         q.con.execute("DROP TABLE gpu_audit_hist_sets")
     return HIST

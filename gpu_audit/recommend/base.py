@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
-from gpu_audit.hourly import HourlyColumns
+from gpu_audit.hourly import HourlyColumns, hour_of
 
 HOURS_PER_MONTH = 730
 
@@ -124,7 +123,6 @@ class HourlyIndex:
     def __init__(self, findings: dict[str, Any]) -> None:
         self.rows = findings["series"]["device_hourly"]["rows"]
         self.cols = findings["series"]["device_hourly"]["columns"]
-        self._hours: dict[str, int] = {}  # a window has few distinct hours: parse each once
         self.columnar = isinstance(self.rows, HourlyColumns)
         if self.columnar:  # what `analyze` hands the rules: columns, indexed without a row per hour
             self.index: dict[tuple[str, str], Any] = self.rows.groups()
@@ -133,12 +131,6 @@ class HourlyIndex:
         self.index = defaultdict(list)
         for i, row in enumerate(self.rows):
             self.index[(row[host_i], row[uuid_i])].append(i)
-
-    def _h(self, text: str) -> int:
-        h = self._hours.get(text)
-        if h is None:
-            h = self._hours[text] = int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() // 3600)
-        return h
 
     def get(self, key: tuple[str, str], default: Any = None) -> list[dict[str, Any]]:
         idx = self.index.get(key)
@@ -149,10 +141,9 @@ class HourlyIndex:
         out = []
         for i in idx:
             r = dict(zip(self.cols, self.rows[i]))
-            r["h"] = self._h(r["hour"])
+            r["h"] = hour_of(r["hour"])
             out.append(r)
         return out
-
 
     def arrays(self, key: tuple[str, str]) -> dict[str, Any] | None:
         """A device's hourly values as numpy arrays in hour order (NaN for null; ``h``: the hour as an

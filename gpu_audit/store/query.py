@@ -36,9 +36,10 @@ class StoreFileError(GpuAuditError):
 
 
 class Source(str):
-    """A samples FROM item (SQL text) that knows which schema columns no file of it has: those are
-    typed NULLs, so that ``samples_sql`` and ``hour_sums_sql`` can write their expressions without
-    them (a store without MIG, energy counters or GPM reads 30 % faster; docs/benchmarks.md)."""
+    """A samples FROM item (SQL text) that knows which schema columns no file of it has, or every row
+    holds NULL in (``all_null_columns``), so that ``samples_sql`` and ``hour_sums_sql`` can write
+    their expressions without them (a store without MIG, energy counters or GPM reads 30 % faster;
+    docs/benchmarks.md)."""
 
     absent: frozenset[str]
 
@@ -231,11 +232,8 @@ def _bad(absent: frozenset[str] = frozenset()) -> str:
             + "".join(f" OR NOT coalesce({c} BETWEEN 0 AND 100, true)" for c in _UTIL if c not in absent) + ")")
 
 
-BAD = _bad()
-
-
 def bad_sql(early: bool, d: Dialect = DUCK, absent: frozenset[str] = frozenset()) -> str:
-    """The test of a rejected row (``BAD``; with ``early``, also a time before 2000-01-01)."""
+    """The test of a rejected row (``_bad``; with ``early``, also a time before 2000-01-01)."""
     bad = _bad(absent)
     return f"({bad[1:-1]} OR {d.epoch_us('ts')} < {EARLIEST_US})" if early else bad
 # Rows before 2000 are rare (written before the importers refused them): the scan finds their hours
