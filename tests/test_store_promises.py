@@ -494,6 +494,27 @@ def test_two_writers_that_draw_the_same_name_lose_no_row(tmp_path, monkeypatch):
     assert fleet(report(str(root))) == (3.0, 9.0, 4.5)
 
 
+def test_a_writer_that_finds_no_free_name_keeps_its_rows(tmp_path, monkeypatch):
+    """Every name the writer draws is taken (a store of another writer with its run id): the flush
+    fails in one line and keeps the rows; the next flush stores each of them once."""
+    root = tmp_path / "s"
+    w = writer.StoreWriter(str(root), "n1")
+    for r in series("n1", "GPU-a", H100, 0, 60, [50.0] * 60):
+        w.add("samples", {"source": "virtual", **r})
+
+    def taken(table, path, exclusive=False):
+        raise writer.NameTaken(path)
+
+    monkeypatch.setattr(writer, "write_parquet_atomic", taken)
+    with pytest.raises(StoreError, match="1,000 names in a row are taken"):
+        w.flush()
+    assert w.rows_written["samples"] == 0 and not list(root.rglob("*.parquet"))
+    monkeypatch.undo()
+    w.flush()
+    assert read_table(root, "samples").num_rows == 60
+    assert fleet(report(str(root))) == (1.0, 3.0, 1.5)
+
+
 @pytest.mark.parametrize("op", ["link", "unlink", "fsync"])
 def test_a_flush_that_fails_at_any_step_writes_each_row_once(tmp_path, monkeypatch, op):
     """The writer's new files (linked, never replacing): a full disk at each call of ``op`` in turn,

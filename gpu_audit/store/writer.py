@@ -222,6 +222,8 @@ class StoreWriter:
                         break
                     except NameTaken:
                         continue
+                else:  # never in practice; the rows stay buffered, not counted as written
+                    raise StoreError(f"cannot write {path}: 1,000 names in a row are taken by other files")
                 written.append(path)
                 self.rows_written[table] += part.num_rows
                 left.remove(date)
